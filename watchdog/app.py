@@ -1,0 +1,219 @@
+"""The ASGI application factory: wires store, registry, serving and the background components.
+
+Background work (sampling, scheduler) plugs in as `Component`s started and stopped by the
+lifespan; the request path only ever touches the batcher and a non-blocking sampler offer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import metrics
+from .config import Settings
+from .errors import WatchdogError
+from .registry import Registry
+from .serving import admin, routes
+from .serving.asgi import send_error
+from .serving.batcher import MicroBatcher, ModelUnavailableError
+from .serving.hot_swap import ModelManager
+from .serving.validation import BadRequest
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Component(Protocol):
+    """A background part of the daemon (sampling worker, scheduler, ...)."""
+
+    async def start(self, daemon: Daemon) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class Sampler(Protocol):
+    def offer(self, request: Any, probs: Any, version: str) -> None: ...
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    store: Store
+    registry: Registry
+    models: ModelManager
+    batcher: MicroBatcher = field(init=False)
+    sampler: Sampler | None = None
+    components: list[Component] = field(default_factory=list)
+    draining: bool = False
+    started_at: float = field(default_factory=time.time)
+
+
+# Route templates bound the `route` label of the request metrics.
+_EXACT = {
+    "/v1/predict", "/v1/feedback", "/v2", "/v2/health/live", "/v2/health/ready", "/metrics",
+    "/openapi.json", "/admin/models", "/admin/models/rollback", "/admin/teachers", "/admin/runs",
+}  # fmt: skip
+_PATTERNS = [
+    (re.compile(r"^/v2/models/[^/]+/infer$"), "/v2/models/{name}/infer"),
+    (re.compile(r"^/v2/models/[^/]+/versions/[^/]+/infer$"), "/v2/models/{name}/versions/{version}/infer"),
+    (re.compile(r"^/v2/models/[^/]+/ready$"), "/v2/models/{name}/ready"),
+    (re.compile(r"^/v2/models/[^/]+$"), "/v2/models/{name}"),
+    (re.compile(r"^/admin/models/[^/]+/activate$"), "/admin/models/{version}/activate"),
+    (re.compile(r"^/admin/teachers/[^/]+/accept$"), "/admin/teachers/{name}/accept"),
+    (re.compile(r"^/admin/runs/[^/]+/(approve|reject)$"), "/admin/runs/{id}/{action}"),
+    (re.compile(r"^/admin/runs/[^/]+$"), "/admin/runs/{id}"),
+    (re.compile(r"^/ui(/.*)?$"), "/ui"),
+]
+_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+
+
+def route_label(path: str) -> str:
+    if path in _EXACT:
+        return path
+    for pattern, label in _PATTERNS:
+        if pattern.match(path):
+            return label
+    return "other"
+
+
+class WatchdogASGI:
+    """Dispatches the hot routes directly, the rest to Starlette; counts every answer."""
+
+    def __init__(self, daemon: Daemon, framework: Starlette) -> None:
+        self.daemon = daemon
+        self.framework = framework
+        self._children: dict[tuple[str, int], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.framework(scope, receive, send)
+            return
+        path: str = scope["path"]
+        label = route_label(path)
+        status = 500
+        started = False
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started = True
+            await send(message)
+
+        begin = time.perf_counter()
+        metrics.requests_in_flight.inc()
+        try:
+            if label == "/v1/predict" and scope["method"] == "POST":
+                await routes.predict(self.daemon, scope, receive, send_wrapper)
+            elif label.endswith("/infer") and scope["method"] == "POST":
+                name = _INFER.match(path).group(1)  # type: ignore[union-attr]
+                await routes.infer(self.daemon, name, scope, receive, send_wrapper)
+            else:
+                await self.framework(scope, receive, send_wrapper)
+        except BadRequest as exc:
+            if not started:
+                await send_error(send_wrapper, exc.status, exc.message)
+        except WatchdogError as exc:
+            if not started:
+                await send_error(send_wrapper, exc.status_code, str(exc))
+        except ModelUnavailableError as exc:
+            if not started:
+                await send_error(send_wrapper, 503, str(exc))
+        except ConnectionAbortedError:
+            status = 499
+        except Exception:
+            metrics.internal_errors_total.labels(route=label).inc()
+            log.exception("serving: unexpected error on %s", label)
+            if not started:
+                await send_error(send_wrapper, 500, "internal error; see the daemon's log")
+        finally:
+            metrics.requests_in_flight.dec()
+            key = (label, status)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = metrics.requests_total.labels(route=label, code=str(status))
+            child.inc()
+            hist = self._durations.get(label)
+            if hist is None:
+                hist = self._durations[label] = metrics.request_duration_seconds.labels(route=label)
+            hist.observe(time.perf_counter() - begin)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"not found: {request.url.path[:200]}", 405: f"method {request.method} not allowed here"}
+    return routes.error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BadRequest)
+    return routes.error(exc.status, exc.message)
+
+
+async def _watchdog_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WatchdogError)
+    return routes.error(exc.status_code, str(exc))
+
+
+def build_daemon(settings: Settings) -> Daemon:
+    store = Store(settings.store_url)
+    registry = Registry(store, settings.models_dir, ort_threads=settings.student.ort_threads)
+    models = ModelManager(registry, warm_batch=settings.student.max_batch_size)
+    return Daemon(settings=settings, store=store, registry=registry, models=models)
+
+
+def _register_initial_student(daemon: Daemon) -> None:
+    """`student.model` + `student.card` seed an empty registry (idempotent by content hash)."""
+    cfg = daemon.settings.student
+    if cfg.model is None or cfg.card is None or daemon.registry.active_version() is not None:
+        return
+    info = daemon.registry.register_files(cfg.model, cfg.card, actor="config")
+    daemon.registry.record_activation(info.version, actor="config", reason="initial student from config")
+
+
+def create_app(settings: Settings, components: list[Component] | None = None) -> WatchdogASGI:
+    daemon = build_daemon(settings)
+    daemon.components = list(components or [])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        daemon.batcher = MicroBatcher(daemon.models.get, settings.student.max_batch_size,
+                                      settings.student.max_batch_delay_ms)  # fmt: skip
+        daemon.batcher.start()
+        await asyncio.to_thread(_register_initial_student, daemon)
+        await daemon.models.sync()
+        poller = asyncio.get_running_loop().create_task(daemon.models.poll_forever(settings.store.poll_interval_s))
+        for component in daemon.components:
+            await component.start(daemon)
+        log.info("daemon: ready, serving %s", daemon.models.current.version if daemon.models.current else "nothing")
+        try:
+            yield
+        finally:
+            daemon.draining = True
+            poller.cancel()
+            for component in reversed(daemon.components):
+                try:
+                    await component.stop()
+                except Exception:
+                    log.exception("daemon: a component failed to stop cleanly")
+            await daemon.batcher.stop()
+            daemon.store.close()
+
+    framework = Starlette(
+        routes=[*routes.ROUTES, *admin.ROUTES],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, BadRequest: _bad_request, WatchdogError: _watchdog_error},
+    )
+    framework.state.daemon = daemon
+    return WatchdogASGI(daemon, framework)

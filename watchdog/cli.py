@@ -1,0 +1,154 @@
+"""`distill-watchdog`: the command line. User errors print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+
+from .config import CONFIG_ENV, Settings, load_settings
+from .errors import ConfigError, WatchdogError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Serve a distilled student, watch it against its teacher, redistill when it slips.")  # fmt: skip
+models_app = typer.Typer(no_args_is_help=True, help="Student versions in the registry.")
+app.add_typer(models_app, name="models")
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", envvar=CONFIG_ENV, help="YAML config file", show_default=False)
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+def _registry(config: Path | None):  # noqa: ANN202 - lazy import keeps `check-config` fast
+    from .registry import Registry
+    from .store import Store
+
+    settings = _settings(config)
+    return Registry(Store(settings.store_url), settings.models_dir, ort_threads=1)
+
+
+@app.command()
+def serve(config: ConfigOpt = None) -> None:
+    """Run the daemon (HTTP, sampling, scheduler) until SIGTERM; drains in-flight requests."""
+    from .server import serve as run_server
+
+    run_server(_settings(config), str(config) if config else None)
+
+
+@app.command("check-config")
+def check_config(file: Annotated[Path, typer.Argument(help="YAML config file")]) -> None:
+    """Validate a config file; exit 2 with one line per bad key."""
+    load_settings(file)
+    typer.echo(f"{file}: ok")
+
+
+@models_app.command("register")
+def models_register(
+    model: Annotated[Path, typer.Argument(help="student ONNX file")],
+    card: Annotated[Path, typer.Option("--card", help="card.json beside the model")],
+    activate: Annotated[bool, typer.Option("--activate", help="make it the active version")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Add a student version; prints its version id."""
+    registry = _registry(config)
+    info = registry.register_files(model, card, actor="cli")
+    if activate:
+        registry.load(info.version)
+        registry.record_activation(info.version, actor="cli", reason="registered with --activate")
+    typer.echo(info.version)
+
+
+@models_app.command("list")
+def models_list(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List student versions (the active one is marked with *)."""
+    infos = _registry(config).list()
+    if as_json:
+        typer.echo(orjson.dumps([i.as_dict() for i in infos], option=orjson.OPT_INDENT_2).decode())
+        return
+    for info in infos:
+        mark = "*" if info.active else " "
+        typer.echo(f"{mark} {info.version}  {info.name:<24} classes={info.card.num_classes} "
+                   f"features={info.card.num_features} T={info.card.temperature:.3f}")  # fmt: skip
+
+
+@models_app.command("activate")
+def models_activate(version: str, config: ConfigOpt = None) -> None:
+    """Make VERSION active; running daemons load it within their poll interval."""
+    registry = _registry(config)
+    registry.load(version)  # refuses a version that would not serve
+    registry.record_activation(version, actor="cli")
+    typer.echo(f"active: {version}")
+
+
+@models_app.command("rollback")
+def models_rollback(config: ConfigOpt = None) -> None:
+    """Return to the version that was active before the current one."""
+    registry = _registry(config)
+    registry.load(registry.rollback_target())
+    typer.echo(f"active: {registry.record_rollback(actor='cli')}")
+
+
+@app.command()
+def distill(
+    job: Annotated[Path, typer.Option("--job", help="JOB.yaml")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    config: ConfigOpt = None,
+) -> None:
+    """Run one distillation job; writes student.onnx, card.json, result.json, report.html."""
+    from distill_engine import run_job_file
+    from distill_engine.errors import JobError
+
+    try:
+        result = run_job_file(job, out)
+    except JobError as exc:
+        raise WatchdogError(str(exc)) from None
+    typer.echo(f"wrote {out}/student.onnx ({getattr(result, 'summary', lambda: '')()})".rstrip(" ()"))
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="smaller data, exits when done")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """The embedded demo behind `make demo`."""
+    from .demo import run_demo
+
+    run_demo(quick=quick, config=config)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ConfigError as exc:
+        for line in exc.lines:
+            typer.echo(line, err=True)
+        sys.exit(2)
+    except WatchdogError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The one configuration model: a YAML file, overridden by `WATCHDOG__SECTION__KEY` variables.
+
+Every invalid value is reported with its dotted key (`sampling.rate: must be within [0, 1]`),
+so `check-config` can print one line per fault.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "WATCHDOG__"
+CONFIG_ENV = "WATCHDOG_CONFIG"
+
+
+def _within(lo: float, hi: float | None = None) -> AfterValidator:
+    def check(value: float) -> float:
+        if value < lo or (hi is not None and value > hi):
+            raise ValueError(f"must be within [{lo:g}, {hi:g}]" if hi is not None else f"must be >= {lo:g}")
+        return value
+
+    return AfterValidator(check)
+
+
+Fraction = Annotated[float, _within(0, 1)]
+Positive = Annotated[float, AfterValidator(lambda v: _positive(v))]
+PositiveInt = Annotated[int, AfterValidator(lambda v: _positive(v))]
+Port = Annotated[int, _within(0, 65535)]
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    workers: PositiveInt = 1
+    admin_token: SecretStr | None = None
+    max_body_bytes: PositiveInt = 1_048_576
+    max_upload_bytes: PositiveInt = 256 * 1_048_576
+    max_rows_per_request: PositiveInt = 1024
+    drain_timeout_s: Positive = 30.0
+    log_format: Literal["auto", "json", "text"] = "auto"
+
+
+class StoreConfig(Section):
+    url: str | None = None
+    poll_interval_s: Positive = 2.0
+
+
+class StudentConfig(Section):
+    name: str = "student"
+    model: Path | None = None
+    card: Path | None = None
+    ort_threads: PositiveInt | None = None
+    max_batch_size: PositiveInt = 64
+    max_batch_delay_ms: Annotated[float, _within(0)] = 1.0
+
+    @model_validator(mode="after")
+    def _model_and_card(self) -> StudentConfig:
+        if (self.model is None) != (self.card is None):
+            raise ValueError("model and card must be given together")
+        return self
+
+
+class TeacherConfig(Section):
+    name: str
+    kind: Literal["onnx", "torch", "http-v2", "http-json"]
+    location: str
+    pinned_version: str | None = None
+    timeout_s: Positive = 5.0
+    weight: Annotated[float, _within(0)] = 1.0
+    slices: list[str] = Field(default_factory=list)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SamplingConfig(Section):
+    rate: Fraction = 0.0
+    per_slice: dict[str, Fraction] = Field(default_factory=dict)
+    queue_size: PositiveInt = 10_000
+    batch_size: PositiveInt = 64
+    on_teacher_change: Literal["quarantine", "accept", "pause"] = "quarantine"
+
+
+class MonitorConfig(Section):
+    interval_s: Positive = 60.0
+    window: PositiveInt = 5_000
+    window_s: Positive | None = None
+    reference: Path | None = None
+    drift_method: str = "psi"
+    drift_threshold: Positive = 0.1
+    top_slices: PositiveInt = 20
+
+
+class PolicyConfig(Section):
+    min_agreement: Fraction = 0.9
+    max_ece: Fraction = 0.1
+    max_drift_share: Fraction = 0.5
+    hysteresis: PositiveInt = 2
+    cooldown_s: Annotated[float, _within(0)] = 3600.0
+    max_runs_per_day: PositiveInt = 4
+    min_samples: PositiveInt = 200
+    min_gain: Annotated[float, _within(0)] = 0.01
+    max_regression: Annotated[float, _within(0)] = 0.01
+    auto_promote: bool = False
+
+
+class DistillConfig(Section):
+    launcher: Literal["process", "torchrun", "command"] = "process"
+    command: str | None = None
+    nproc_per_node: PositiveInt = 1
+    timeout_s: Positive = 3600.0
+    job: dict[str, Any] = Field(default_factory=dict)
+
+
+class AlertsConfig(Section):
+    alertmanager_url: str | None = None
+    webhook_urls: list[str] = Field(default_factory=list)
+    timeout_s: Positive = 5.0
+
+
+class BinRule(Section):
+    """Puts a row into a slice by the value of one feature: `name=<label of the bin>`."""
+
+    name: str
+    feature: int | str
+    edges: list[float]
+    labels: list[str] | None = None
+
+
+class SlicesConfig(Section):
+    keys: list[str] = Field(default_factory=list)
+    bins: list[BinRule] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
+
+    data_dir: Path = Path("data")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    teachers: list[TeacherConfig] = Field(default_factory=list)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    slices: SlicesConfig = Field(default_factory=SlicesConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _unique_teachers(self) -> Settings:
+        names = [t.name for t in self.teachers]
+        if len(names) != len(set(names)):
+            raise ValueError("teacher names must be unique")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.data_dir / 'watchdog.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{key}: {msg}")
+    return lines
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Reads the YAML file (or `$WATCHDOG_CONFIG`), applies env overrides, validates."""
+    path = path or os.environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+        data = loaded or {}
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc)) from None

@@ -1,0 +1,40 @@
+"""Runs the daemon under uvicorn: SIGTERM stops accepting, drains in-flight requests, then stops."""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+
+from .app import create_app
+from .config import CONFIG_ENV, Settings, load_settings
+from .logs import setup_logging
+
+
+def app_from_env() -> object:
+    """Factory for uvicorn workers (server.workers > 1): each process reads the same config."""
+    settings = load_settings(os.environ.get(CONFIG_ENV))
+    setup_logging(settings.server.log_format)
+    return create_app(settings, components=default_components(settings))
+
+
+def default_components(settings: Settings) -> list:
+    """The background parts the daemon runs beside serving."""
+    return []
+
+
+def serve(settings: Settings, config_path: str | None = None) -> None:
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    setup_logging(settings.server.log_format)
+    common = dict(
+        host=settings.server.host, port=settings.server.port, lifespan="on", access_log=False,
+        timeout_graceful_shutdown=int(settings.server.drain_timeout_s), log_config=None,
+        loop="uvloop", http="httptools", backlog=4096,
+    )  # fmt: skip
+    if settings.server.workers > 1:
+        if config_path:
+            os.environ[CONFIG_ENV] = str(config_path)
+        uvicorn.run("distill_watchdog.server:app_from_env", factory=True, workers=settings.server.workers, **common)
+        return
+    app = create_app(settings, components=default_components(settings))
+    uvicorn.Server(uvicorn.Config(app, **common)).run()

@@ -1,0 +1,1 @@
+"""Serving: ONNX Runtime micro-batching, hot swap, HTTP routes."""

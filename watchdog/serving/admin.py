@@ -1,0 +1,138 @@
+"""The admin API (`/admin/*`): bearer token, constant-time compare, every change audited."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .routes import JSON
+from .validation import BadRequest
+
+if TYPE_CHECKING:
+    from ..app import Daemon
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def check_token(daemon: Daemon, authorization: str | None) -> None:
+    """Raises 401 unless `Authorization: Bearer <server.admin_token>` matches."""
+    token = daemon.settings.server.admin_token
+    if token is None:
+        raise BadRequest(401, "admin API disabled: set server.admin_token")
+    scheme, _, given = (authorization or "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise BadRequest(401, "admin: missing or wrong bearer token")
+
+
+def admin(endpoint: Endpoint) -> Endpoint:
+    @wraps(endpoint)
+    async def guarded(request: Request) -> Response:
+        check_token(request.app.state.daemon, request.headers.get("authorization"))
+        return await endpoint(request)
+
+    return guarded
+
+
+def _daemon(request: Request) -> Daemon:
+    return request.app.state.daemon
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"body: exceeds the limit of {limit} bytes")
+    if not body:
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(400, f"body: not valid JSON ({exc})") from None
+
+
+@admin
+async def list_models(request: Request) -> Response:
+    daemon = _daemon(request)
+    infos = await asyncio.to_thread(daemon.registry.list)
+    serving = daemon.models.current.version if daemon.models.current else None
+    return JSON({"active": serving, "models": [i.as_dict() for i in infos]})
+
+
+async def _upload_parts(request: Request, limit: int) -> tuple[bytes, Any, bool]:
+    """ONNX bytes, card data and the activate flag, from multipart or JSON (base64 model)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"body: {declared} bytes exceeds the limit of {limit}")
+    activate = request.query_params.get("activate", "false").lower() in ("1", "true", "yes")
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=2, max_fields=4, max_part_size=limit)
+        model, card = form.get("model"), form.get("card")
+        if not isinstance(model, UploadFile):
+            raise BadRequest(422, "model: required as a file part")
+        model_bytes = await model.read()
+        if card is None:
+            raise BadRequest(422, "card: required (file or text part with the card JSON)")
+        card_raw = await card.read() if isinstance(card, UploadFile) else card.encode()
+        try:
+            card_data = orjson.loads(card_raw)
+        except orjson.JSONDecodeError:
+            raise BadRequest(422, "card: not valid JSON") from None
+        activate = activate or str(form.get("activate", "")).lower() in ("1", "true", "yes")
+        return model_bytes, card_data, activate
+    data = await read_json(request, limit)
+    if not isinstance(data, dict) or not isinstance(data.get("model_base64"), str):
+        raise BadRequest(422, "model_base64: required (or send multipart/form-data with 'model' and 'card')")
+    try:
+        model_bytes = base64.b64decode(data["model_base64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(422, "model_base64: not valid base64") from None
+    return model_bytes, data.get("card"), activate or bool(data.get("activate", False))
+
+
+@admin
+async def upload_model(request: Request) -> Response:
+    daemon = _daemon(request)
+    model_bytes, card_data, activate = await _upload_parts(request, daemon.settings.server.max_upload_bytes)
+    info = await asyncio.to_thread(daemon.registry.register, model_bytes, card_data, "admin-api")
+    if activate:
+        await daemon.models.activate(info.version, actor="admin-api", reason="uploaded with activate")
+        info = await asyncio.to_thread(daemon.registry.get, info.version)
+    return JSON(info.as_dict(), status_code=201)
+
+
+@admin
+async def activate_model(request: Request) -> Response:
+    daemon = _daemon(request)
+    data = await read_json(request, daemon.settings.server.max_body_bytes)
+    reason = str(data.get("reason", ""))[:500] if isinstance(data, dict) else ""
+    model = await daemon.models.activate(request.path_params["version"], actor="admin-api", reason=reason)
+    return JSON({"active": model.version})
+
+
+@admin
+async def rollback_model(request: Request) -> Response:
+    daemon = _daemon(request)
+    model = await daemon.models.rollback(actor="admin-api")
+    return JSON({"active": model.version})
+
+
+ROUTES = [
+    Route("/admin/models", list_models, methods=["GET"]),
+    Route("/admin/models", upload_model, methods=["POST"]),
+    Route("/admin/models/rollback", rollback_model, methods=["POST"]),
+    Route("/admin/models/{version}/activate", activate_model, methods=["POST"]),
+]

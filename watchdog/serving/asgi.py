@@ -1,0 +1,65 @@
+"""Raw ASGI helpers for the hot routes: bounded body reads and JSON answers without framework cost."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .validation import BadRequest
+
+Scope = dict[str, Any]
+JSON_HEADERS = [(b"content-type", b"application/json")]
+_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
+    """The whole body, or BadRequest(413) as soon as it is known to exceed `limit`."""
+    declared = header(scope, b"content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BadRequest(413, f"body: {int(declared)} bytes exceeds the limit of {limit}")
+        except ValueError:
+            raise BadRequest(400, "Content-Length: not a number") from None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError("client went away")
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"body: exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def send_bytes(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Any, status: int, payload: Any) -> None:
+    await send_bytes(send, status, orjson.dumps(payload, option=_JSON_OPTS), JSON_HEADERS)
+
+
+async def send_error(send: Any, status: int, message: str) -> None:
+    await send_json(send, status, {"error": message})

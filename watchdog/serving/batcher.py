@@ -1,0 +1,122 @@
+"""Dynamic micro-batching: concurrent requests share one ONNX Runtime run, off the event loop.
+
+While one run is in progress, new requests queue; the next run takes all of them (up to
+`max_batch_size` rows). When requests are still being parsed (`arriving`), the batcher may
+wait up to `max_batch_delay_ms` for them; a lone request never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import metrics
+from ..runtime import LoadedModel
+
+
+class ModelUnavailableError(RuntimeError):
+    """No student is loaded (start-up, or every load failed)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    x: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, str]]
+
+
+class MicroBatcher:
+    def __init__(
+        self, current_model: Callable[[], LoadedModel | None], max_batch_size: int, max_batch_delay_ms: float
+    ) -> None:
+        self._current_model = current_model
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_batch_delay_ms / 1000.0
+        self.arriving = 0
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-run")
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run_forever(), name="micro-batcher")
+
+    async def stop(self) -> None:
+        """Finishes what is queued, then stops."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def predict(self, x: np.ndarray) -> tuple[np.ndarray, str]:
+        """Probabilities for `x` and the version that produced them."""
+        future: asyncio.Future[tuple[np.ndarray, str]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(x, future))
+        self._wakeup.set()
+        return await future
+
+    async def _gather_stragglers(self, rows: int) -> None:
+        deadline = time.monotonic() + self.max_delay_s
+        while rows < self.max_batch_size and self.arriving > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+            rows = sum(len(p.x) for p in self._queue)
+
+    def _take_batch(self) -> list[_Pending]:
+        batch = [self._queue.popleft()]
+        rows = len(batch[0].x)
+        while self._queue and rows + len(self._queue[0].x) <= self.max_batch_size:
+            item = self._queue.popleft()
+            batch.append(item)
+            rows += len(item.x)
+        return batch
+
+    async def _run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.max_delay_s > 0 and self.arriving > 0:
+                await self._gather_stragglers(sum(len(p.x) for p in self._queue))
+            batch = [p for p in self._take_batch() if not p.future.done()]
+            if not batch:
+                continue
+            model = self._current_model()
+            if model is None:
+                for p in batch:
+                    p.future.set_exception(ModelUnavailableError("no student model is loaded"))
+                continue
+            x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+            started = time.perf_counter()
+            try:
+                probs = await loop.run_in_executor(self._executor, model.predict_proba, x)
+            except Exception as exc:
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                continue
+            metrics.inference_seconds.observe(time.perf_counter() - started)
+            metrics.batch_size.observe(len(x))
+            start = 0
+            for p in batch:
+                end = start + len(p.x)
+                if not p.future.done():
+                    p.future.set_result((probs[start:end], model.version))
+                start = end

@@ -1,0 +1,172 @@
+"""Public HTTP routes: the simple JSON API, Open Inference Protocol v2, health, metrics.
+
+`/v1/predict` and `/v2/models/{name}/infer` are raw ASGI handlers (no framework objects on
+the hot path); everything else is a Starlette route.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import __version__, metrics
+from .asgi import JSON_HEADERS, Scope, header, read_body, send_bytes, send_error, send_json
+from .validation import OIP_OUTPUT, BadRequest, parse_infer, parse_predict
+
+if TYPE_CHECKING:
+    from ..app import Daemon
+
+
+class JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error(status: int, message: str) -> JSON:
+    return JSON({"error": message}, status_code=status)
+
+
+# --- hot paths (raw ASGI) -------------------------------------------------------------------
+
+
+async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None:
+    batcher = daemon.batcher
+    batcher.arriving += 1
+    counted = True
+    try:
+        body = await read_body(scope, receive, daemon.settings.server.max_body_bytes)
+        model = daemon.models.current
+        if model is None:
+            await send_error(send, 503, "no student model is loaded yet")
+            return
+        request = parse_predict(body, model.card.num_features, daemon.settings.server.max_rows_per_request)
+        batcher.arriving -= 1
+        counted = False
+        probs, version = await batcher.predict(request.x)
+    finally:
+        if counted:
+            batcher.arriving -= 1
+    predictions = probs.argmax(axis=1)
+    if daemon.sampler is not None:
+        daemon.sampler.offer(request, probs, version)
+    await send_json(
+        send, 200,
+        {"model_version": version, "predictions": predictions, "probabilities": probs, "ids": request.ids},
+    )  # fmt: skip
+
+
+async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any) -> None:
+    if name != daemon.settings.student.name:
+        await send_error(send, 404, f"model: unknown model {name[:64]!r}")
+        return
+    body = await read_body(scope, receive, daemon.settings.server.max_body_bytes)
+    model = daemon.models.current
+    if model is None:
+        await send_error(send, 503, "no student model is loaded yet")
+        return
+    raw_length = header(scope, b"inference-header-content-length")
+    try:
+        header_length = int(raw_length) if raw_length is not None else None
+    except ValueError:
+        raise BadRequest(400, "Inference-Header-Content-Length: not a number") from None
+    request = parse_infer(
+        body, header_length, model.card.input_name, model.card.num_features,
+        daemon.settings.server.max_rows_per_request,
+    )  # fmt: skip
+    probs, version = await daemon.batcher.predict(request.x)
+    output: dict[str, Any] = {"name": OIP_OUTPUT, "datatype": "FP32", "shape": list(probs.shape)}
+    answer: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": [output]}
+    if request.request_id is not None:
+        answer["id"] = request.request_id
+    if not request.binary_output:
+        output["data"] = probs.ravel()
+        await send_json(send, 200, answer)
+        return
+    raw = probs.astype("<f4").tobytes()
+    output["parameters"] = {"binary_data_size": len(raw)}
+    head = orjson.dumps(answer)
+    await send_bytes(
+        send, 200, head + raw,
+        [(b"content-type", b"application/octet-stream"), (b"inference-header-content-length", str(len(head)).encode())],
+    )  # fmt: skip
+
+
+# --- Starlette routes -----------------------------------------------------------------------
+
+
+def _daemon(request: Request) -> Daemon:
+    return request.app.state.daemon
+
+
+async def live(request: Request) -> Response:
+    return JSON({"live": True})
+
+
+async def ready(request: Request) -> Response:
+    daemon = _daemon(request)
+    if daemon.models.current is None or daemon.draining:
+        return JSON({"ready": False}, status_code=503)
+    return JSON({"ready": True})
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSON({"name": "distill-watchdog", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+def _model_or_404(request: Request) -> Any:
+    daemon = _daemon(request)
+    name = request.path_params["name"]
+    if name != daemon.settings.student.name:
+        raise BadRequest(404, f"model: unknown model {name[:64]!r}")
+    return daemon.models.current
+
+
+async def model_metadata(request: Request) -> Response:
+    model = _model_or_404(request)
+    if model is None:
+        return error(503, "no student model is loaded yet")
+    card = model.card
+    return JSON(
+        {
+            "name": request.path_params["name"],
+            "versions": [model.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": card.input_name, "datatype": "FP32", "shape": [-1, card.num_features]}],
+            "outputs": [{"name": OIP_OUTPUT, "datatype": "FP32", "shape": [-1, card.num_classes]}],
+            "parameters": {"classes": [str(c) for c in card.classes], "temperature": card.temperature},
+        }
+    )
+
+
+async def model_ready(request: Request) -> Response:
+    model = _model_or_404(request)
+    if model is None:
+        return JSON({"name": request.path_params["name"], "ready": False}, status_code=503)
+    return JSON({"name": request.path_params["name"], "ready": True})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    from .openapi import document
+
+    return JSON(document(_daemon(request)))
+
+
+ROUTES = [
+    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/health/live", live, methods=["GET"]),
+    Route("/v2/health/ready", ready, methods=["GET"]),
+    Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+    Route("/metrics", metrics_endpoint, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]
+
+__all__ = ["JSON_HEADERS", "ROUTES", "error", "infer", "predict"]

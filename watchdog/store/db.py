@@ -1,0 +1,124 @@
+"""Engine set-up, schema creation and upgrade, and reconnects: the database plumbing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from .. import metrics
+from ..errors import WatchdogError
+from .tables import SchemaInfo
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# Statements that take the schema from version N-1 to N, for tables that already exist
+# (create_all makes new tables by itself).
+MIGRATIONS: dict[int, list[str]] = {}
+
+T = TypeVar("T")
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here; SQLite paths get their folder created."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800)
+    return engine
+
+
+class Database:
+    """Owns the engine; every store module runs its SQL through `session()` or `retry()`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self.engine = make_engine(self.url)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def retry(self, operation: str, fn: Callable[[Session], T], attempts: int = 3) -> T:
+        """Runs `fn` in a transaction; a dropped connection (database restart) is retried."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session() as session:
+                    result = fn(session)
+                    session.commit()
+                    return result
+            except (OperationalError, DBAPIError) as exc:
+                if not getattr(exc, "connection_invalidated", False) and not isinstance(exc, OperationalError):
+                    raise
+                metrics.store_errors_total.labels(operation=operation).inc()
+                if attempt == attempts:
+                    raise
+                log.warning("store: %s failed (%s); retrying", operation, exc.__class__.__name__)
+                self.engine.dispose()
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
+    def ensure_schema(self) -> int:
+        """Creates missing tables and applies migrations; refuses a schema newer than this build."""
+        with self.engine.begin() as conn:
+            if self.is_postgres:
+                # Replicas starting together must not race on CREATE TABLE.
+                conn.execute(text("SELECT pg_advisory_xact_lock(727001)"))
+            SQLModel.metadata.create_all(conn)
+            with Session(bind=conn) as session:
+                info = session.exec(select(SchemaInfo)).first()
+                current = info.version if info else SCHEMA_VERSION
+                if current > SCHEMA_VERSION:
+                    raise WatchdogError(
+                        f"store: database schema version {current} is newer than this build's {SCHEMA_VERSION}"
+                    )
+                for version in range(current + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(version, []):
+                        conn.execute(text(statement))
+                    log.info("store: schema upgraded to version %d", version)
+                if info is None:
+                    session.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
+                else:
+                    info.version = SCHEMA_VERSION
+                    session.add(info)
+                session.flush()
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        with self.session() as session:
+            info = session.exec(select(SchemaInfo)).first()
+            return info.version if info else 0
+
+    def close(self) -> None:
+        self.engine.dispose()

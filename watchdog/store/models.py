@@ -1,0 +1,82 @@
+"""SQL for student versions, activations and the audit trail."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from sqlmodel import Session, col, select
+
+from .db import Database
+from .tables import Activation, AuditEvent, ModelVersion
+
+
+def active_stack(rows: list[Activation]) -> list[str]:
+    """Replays the activation history: `activate` pushes, `rollback` pops."""
+    stack: list[str] = []
+    for row in rows:
+        if row.kind == "rollback":
+            if len(stack) > 1:
+                stack.pop()
+        elif not stack or stack[-1] != row.version:
+            stack.append(row.version)
+    return stack
+
+
+class ModelStore:
+    db: Database
+
+    def add_model_version(self, row: ModelVersion) -> ModelVersion:
+        def op(session: Session) -> ModelVersion:
+            existing = session.get(ModelVersion, row.version)
+            if existing is not None:
+                return existing
+            session.add(row)
+            return row
+
+        return self.db.retry("add_model_version", op)
+
+    def get_model_version(self, version: str) -> ModelVersion | None:
+        return self.db.retry("get_model_version", lambda s: s.get(ModelVersion, version))
+
+    def list_model_versions(self) -> list[ModelVersion]:
+        return self.db.retry(
+            "list_model_versions",
+            lambda s: list(s.exec(select(ModelVersion).order_by(col(ModelVersion.created_at)))),
+        )
+
+    def _activations(self, session: Session) -> list[Activation]:
+        return list(session.exec(select(Activation).order_by(col(Activation.id))))
+
+    def activation_stack(self) -> list[str]:
+        return self.db.retry("activation_stack", lambda s: active_stack(self._activations(s)))
+
+    def active_version(self) -> str | None:
+        stack = self.activation_stack()
+        return stack[-1] if stack else None
+
+    def record_activation(self, version: str, kind: str, actor: str, reason: str = "") -> None:
+        def op(session: Session) -> None:
+            session.add(Activation(version=version, kind=kind, actor=actor, reason=reason, at=time.time()))
+            session.add(
+                AuditEvent(
+                    at=time.time(), actor=actor, action=f"model.{kind}", subject=version,
+                    detail_json=orjson.dumps({"reason": reason}).decode(),
+                )
+            )  # fmt: skip
+
+        self.db.retry("record_activation", op)
+
+    def audit(self, actor: str, action: str, subject: str = "", **detail: Any) -> None:
+        row = AuditEvent(
+            at=time.time(), actor=actor, action=action, subject=subject,
+            detail_json=orjson.dumps(detail, default=str).decode(),
+        )  # fmt: skip
+        self.db.retry("audit", lambda s: s.add(row))
+
+    def audit_events(self, limit: int = 100) -> list[AuditEvent]:
+        return self.db.retry(
+            "audit_events",
+            lambda s: list(s.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(limit))),
+        )
