@@ -1,0 +1,247 @@
+"""The distillation job spec (`JOB.yaml`): typed, validated, loadable from YAML/JSON or Python.
+
+Relative paths in a job file resolve against the file's folder, so a job folder can be moved.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import JobError
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FactorySpec(_Spec):
+    """A model factory `module:function` called with `num_features`, `num_classes` and kwargs."""
+
+    factory: str = "distill_engine.zoo:mlp"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("factory")
+    @classmethod
+    def _has_colon(cls, v: str) -> str:
+        if ":" not in v or v.startswith(":") or v.endswith(":"):
+            raise ValueError("must look like 'module:function'")
+        return v
+
+
+class TeacherSpec(_Spec):
+    """One teacher. `kind` picks the adapter; `slices` makes it a specialist for those slices."""
+
+    name: str
+    kind: Literal["onnx", "torch", "http-v2", "http-json"]
+    path: str | None = None
+    url: str | None = None
+    factory: str | None = None  # torch: "module:function" when `path` is a state dict
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weight: float = Field(1.0, gt=0)
+    slices: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(10.0, gt=0)
+    batch_size: int = Field(1024, ge=1)
+    output_kind: Literal["probabilities", "logits"] = "probabilities"
+    version: str | None = None  # for local teachers without an intrinsic version
+    headers: dict[str, str] = Field(default_factory=dict)
+    # http-v2
+    model_name: str | None = None
+    input_name: str = "input"
+    output_name: str | None = None
+    # http-json
+    request_template: Any = None
+    probabilities_path: str = "probabilities"
+    version_path: str | None = None
+    version_header: str | None = None
+
+    @model_validator(mode="after")
+    def _location(self) -> TeacherSpec:
+        if self.kind in ("onnx", "torch") and not self.path:
+            raise ValueError(f"kind {self.kind} needs 'path'")
+        if self.kind in ("http-v2", "http-json") and not self.url:
+            raise ValueError(f"kind {self.kind} needs 'url'")
+        return self
+
+
+class DataSpec(_Spec):
+    """npz files: `x` float32 [N, D]; optional `y`, `slice`, `teacher_probs[__name]`, `weight`."""
+
+    train: str
+    eval: str
+
+
+class HintSpec(_Spec):
+    """Match a student module's output to a teacher intermediate (ONNX value name or module path)."""
+
+    teacher: str
+    student: str
+    weight: float = Field(1.0, gt=0)
+    teacher_name: str | None = None  # which teacher; default the first
+
+
+class LossSpec(_Spec):
+    temperature: float = Field(4.0, gt=0)
+    kd_weight: float = Field(0.9, ge=0, le=1)
+    kd_weight_end: float | None = Field(None, ge=0, le=1)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    hints: list[HintSpec] = Field(default_factory=list)
+    hint_epochs: int | None = Field(None, ge=0)
+    ensemble: Literal["probs", "logits"] = "probs"
+
+
+class MatchProductionSpec(_Spec):
+    """Importance weights so the training pool looks like a recent production window."""
+
+    path: str
+    clip: tuple[float, float] = (0.1, 10.0)
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return v
+
+
+class CurationSpec(_Spec):
+    min_teacher_confidence: float = Field(0.0, ge=0, le=1)
+    dedupe: bool = True
+    dedupe_tolerance: float = Field(1e-6, gt=0)
+    exclude_teacher_versions: list[str] = Field(default_factory=list)
+    exclude_slices: list[str] = Field(default_factory=list)
+    slice_weights: dict[str, float] = Field(default_factory=dict)
+    match_production: MatchProductionSpec | None = None
+
+    @field_validator("match_production", mode="before")
+    @classmethod
+    def _path_shortcut(cls, v: Any) -> Any:
+        return {"path": v} if isinstance(v, str) else v
+
+
+class StageSpec(_Spec):
+    """A teacher-assistant stage: this model learns from the teachers, then teaches the next."""
+
+    student: FactorySpec
+    epochs: int | None = Field(None, ge=1)
+
+
+class TrainSpec(_Spec):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class CalibrateSpec(_Spec):
+    enabled: bool = True
+    holdout: float = Field(0.1, gt=0, lt=0.5)
+
+
+class BaselineSpec(_Spec):
+    """`auto`: same architecture on the train labels if any; `none`: skip; `labels`: require labels."""
+
+    mode: Literal["auto", "labels", "none"] = "auto"
+    data: str | None = None  # npz with x, y for the baseline instead of data.train
+
+
+class StopSpec(_Spec):
+    """Inputs of the ceiling rule: earlier rounds and thresholds."""
+
+    history: list[float] = Field(default_factory=list)
+    previous_model: str | None = None
+    min_gain: float = 0.0
+    teacher_wrong_share: float = Field(0.8, ge=0, le=1)
+    capacity_agreement: float = Field(0.97, ge=0, le=1)
+    n_boot: int = Field(1000, ge=100)
+
+
+class ExportSpec(_Spec):
+    dynamo: bool = False
+    opset: int = Field(17, ge=13)
+    parity_tolerance: float = Field(1e-5, gt=0)
+
+
+class DistillJob(_Spec):
+    name: str = "student"
+    version: str | None = None
+    parent_version: str | None = None
+    student: FactorySpec = Field(default_factory=FactorySpec)
+    teachers: list[TeacherSpec] = Field(default_factory=list)
+    data: DataSpec
+    loss: LossSpec = Field(default_factory=LossSpec)
+    curation: CurationSpec = Field(default_factory=CurationSpec)
+    stages: list[StageSpec] = Field(default_factory=list)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    calibrate: CalibrateSpec = Field(default_factory=CalibrateSpec)
+    baseline: BaselineSpec = Field(default_factory=BaselineSpec)
+    stop: StopSpec = Field(default_factory=StopSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    classes: list[str] | None = None
+    feature_names: list[str] | None = None
+    base_dir: str | None = Field(None, exclude=True)
+
+    @field_validator("calibrate", mode="before")
+    @classmethod
+    def _bool_shortcut(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _mode_shortcut(cls, v: Any) -> Any:
+        return {"mode": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _teachers(self) -> DistillJob:
+        names = [t.name for t in self.teachers]
+        if len(set(names)) != len(names):
+            raise ValueError("teacher names must be unique")
+        return self
+
+    def resolve(self, path: str) -> Path:
+        """A path from the job, made absolute against the job file's folder."""
+        p = Path(path).expanduser()
+        if not p.is_absolute() and self.base_dir:
+            p = Path(self.base_dir) / p
+        return p
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def parse_job(data: dict[str, Any], base_dir: str | Path | None = None) -> DistillJob:
+    """Validate a dict into a DistillJob; the first bad value becomes a JobError naming its field."""
+    if not isinstance(data, dict):
+        raise JobError("", "a job must be a mapping at the top level")
+    try:
+        job = DistillJob.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(p for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise JobError(_format_loc(loc), msg) from None
+    if base_dir is not None:
+        job.base_dir = str(base_dir)
+    return job
+
+
+def load_job(path: str | Path) -> DistillJob:
+    """Read a JOB.yaml (or .json) file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise JobError("job", f"cannot read {p}: {e.strerror}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise JobError("job", f"{p} is not valid YAML/JSON: {first}") from None
+    return parse_job(data or {}, base_dir=p.parent.resolve())
