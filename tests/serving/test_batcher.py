@@ -1,0 +1,102 @@
+"""The micro-batcher on a real ONNX Runtime session: shared runs, right rows back to each caller."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from distill_watchdog import metrics
+from distill_watchdog.card import ModelCard
+from distill_watchdog.runtime import available_cpus, load_model, session_options, softmax
+from distill_watchdog.serving.batcher import MicroBatcher, ModelUnavailableError
+from support import card_for, mlp_onnx_bytes, mlp_reference, mlp_weights
+
+
+def _batch_stats() -> tuple[float, float]:
+    count = total = 0.0
+    for metric in metrics.batch_size.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    return count, total
+
+
+@pytest.fixture
+def model():
+    return load_model(mlp_onnx_bytes(), ModelCard.parse(card_for()), "v1", threads=1)
+
+
+def test_concurrent_requests_share_runs_and_get_their_own_rows(model):
+    async def main() -> None:
+        batcher = MicroBatcher(lambda: model, max_batch_size=32, max_batch_delay_ms=2)
+        batcher.start()
+        rng = np.random.default_rng(0)
+        inputs = [rng.normal(size=(int(rng.integers(1, 4)), 40)).astype(np.float32) for _ in range(100)]
+        runs_before, rows_before = _batch_stats()
+        results = await asyncio.gather(*(batcher.predict(x) for x in inputs))
+        runs, rows = _batch_stats()
+        await batcher.stop()
+        for x, (probs, version) in zip(inputs, results, strict=True):
+            assert version == "v1"
+            np.testing.assert_allclose(probs, softmax(mlp_reference(x, mlp_weights(40, 10))), atol=1e-5)
+        assert rows - rows_before == sum(len(x) for x in inputs)
+        assert runs - runs_before < len(inputs) / 4  # shared runs
+        assert (rows - rows_before) / (runs - runs_before) <= 32 + 3
+
+    asyncio.run(main())
+
+
+def test_oversized_single_request_runs_alone(model):
+    async def main() -> None:
+        batcher = MicroBatcher(lambda: model, max_batch_size=4, max_batch_delay_ms=0)
+        batcher.start()
+        x = np.zeros((10, 40), dtype=np.float32)
+        probs, _ = await batcher.predict(x)
+        await batcher.stop()
+        assert probs.shape == (10, 10)
+
+    asyncio.run(main())
+
+
+def test_no_model_is_an_explicit_error():
+    async def main() -> None:
+        batcher = MicroBatcher(lambda: None, max_batch_size=4, max_batch_delay_ms=0)
+        batcher.start()
+        with pytest.raises(ModelUnavailableError):
+            await batcher.predict(np.zeros((1, 40), dtype=np.float32))
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_stop_finishes_queued_work(model):
+    async def main() -> None:
+        batcher = MicroBatcher(lambda: model, max_batch_size=2, max_batch_delay_ms=0)
+        batcher.start()
+        pending = [
+            asyncio.ensure_future(batcher.predict(np.zeros((1, 40), dtype=np.float32))) for _ in range(9)
+        ]
+        await asyncio.sleep(0)
+        await batcher.stop()
+        assert all(p.done() and p.result()[0].shape == (1, 10) for p in pending)
+
+    asyncio.run(main())
+
+
+def test_threads_default_to_the_cpus_this_process_may_use():
+    import os
+
+    assert 1 <= available_cpus() <= len(os.sched_getaffinity(0))
+    assert session_options(None).intra_op_num_threads == available_cpus()
+    assert session_options(3).intra_op_num_threads == 3
+
+
+def test_probability_output_with_temperature():
+    card = ModelCard.parse(card_for(output_kind="probabilities", temperature=2.0, output_name="probs"))
+    loaded = load_model(mlp_onnx_bytes(softmax=True, output_name="probs"), card, "p", threads=1)
+    x = np.random.default_rng(2).normal(size=(3, 40)).astype(np.float32)
+    expected = softmax(mlp_reference(x, mlp_weights(40, 10)) / 2.0)  # log-softmax / T renormalises to this
+    np.testing.assert_allclose(loaded.predict_proba(x), expected, atol=1e-5)

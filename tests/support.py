@@ -1,0 +1,341 @@
+"""Test helpers shared by every suite: small real ONNX models, real servers on loopback, PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+VENV_BIN = Path(sys.executable).parent
+CLI = str(VENV_BIN / "distill-watchdog")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- ONNX models --------------------------------------------------------------------------
+
+
+def mlp_weights(num_features: int, num_classes: int, hidden: int = 16, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [
+        rng.normal(0, 1 / np.sqrt(num_features), (num_features, hidden)).astype(np.float32),
+        rng.normal(0, 0.1, hidden).astype(np.float32),
+        rng.normal(0, 1 / np.sqrt(hidden), (hidden, num_classes)).astype(np.float32),
+        rng.normal(0, 0.1, num_classes).astype(np.float32),
+    ]
+
+
+def mlp_reference(x: np.ndarray, weights: list[np.ndarray]) -> np.ndarray:
+    """The logits the ONNX graph must produce (numpy reference)."""
+    w1, b1, w2, b2 = weights
+    return np.maximum(x @ w1 + b1, 0) @ w2 + b2
+
+
+def mlp_onnx_bytes(
+    num_features: int = 40,
+    num_classes: int = 10,
+    hidden: int = 16,
+    seed: int = 0,
+    input_name: str = "x",
+    output_name: str = "logits",
+    softmax: bool = False,
+    fixed_batch: int | None = None,
+) -> bytes:
+    """A two-layer MLP graph built with onnx.helper (fast, no torch), dynamic batch axis."""
+    w1, b1, w2, b2 = mlp_weights(num_features, num_classes, hidden, seed)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))]
+    nodes = [
+        helper.make_node("MatMul", [input_name, "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["o0"]),
+        helper.make_node("Add", ["o0", "b2"], ["logits_raw" if softmax else output_name]),
+    ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits_raw"], [output_name], axis=1))
+    batch: Any = fixed_batch if fixed_batch is not None else "batch"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, num_features])],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, num_classes])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def card_for(num_features: int = 40, num_classes: int = 10, **extra: Any) -> dict[str, Any]:
+    card = {
+        "name": "test-mlp",
+        "input_name": "x",
+        "output_name": "logits",
+        "num_features": num_features,
+        "classes": list(range(num_classes)),
+        "output_kind": "logits",
+        "temperature": 1.0,
+    }
+    card.update(extra)
+    return card
+
+
+def write_model(
+    folder: Path,
+    stem: str = "student",
+    seed: int = 0,
+    num_features: int = 40,
+    num_classes: int = 10,
+    card_extra: dict[str, Any] | None = None,
+    **onnx_kw: Any,
+) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, card_path = folder / f"{stem}.onnx", folder / f"{stem}.card.json"
+    model_path.write_bytes(mlp_onnx_bytes(num_features, num_classes, seed=seed, **onnx_kw))
+    card = card_for(num_features, num_classes)
+    card.update(card_extra or {})
+    card_path.write_text(json.dumps(card))
+    return model_path, card_path
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+
+class Postgres:
+    """Hands out a fresh database per test on a server from the env URL or a throw-away cluster."""
+
+    def __init__(self) -> None:
+        self.base_url: str | None = os.environ.get("WATCHDOG_TEST_POSTGRES_URL")
+        self.skip_reason: str | None = None
+        self._cluster: Path | None = None
+        if not self.base_url:
+            self._start_cluster()
+
+    def _start_cluster(self) -> None:
+        bindir = _pg_bindir()
+        if bindir is None:
+            self.skip_reason = "PostgreSQL: WATCHDOG_TEST_POSTGRES_URL unset and no initdb/pg_ctl found"
+            return
+        self._as: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
+            if (
+                shutil.which("runuser") is None
+                or subprocess.run(["id", "postgres"], capture_output=True).returncode
+            ):
+                self.skip_reason = "PostgreSQL: URL unset, running as root and no 'postgres' user for initdb"
+                return
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._cluster = Path(tempfile.mkdtemp(prefix="wd-pg-"))
+        if self._as:
+            shutil.chown(self._cluster, "postgres")
+        port = free_port()
+        try:
+            subprocess.run(
+                [
+                    *self._as,
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self._cluster / "data"),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            subprocess.run(
+                [
+                    *self._as,
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self._cluster / "data"),
+                    "-l",
+                    str(self._cluster / "log"),
+                    "-o",
+                    f"-p {port} -k {self._cluster} -c listen_addresses=127.0.0.1",
+                    "-w",
+                    "start",
+                ],
+                check=True,
+                capture_output=True,
+            )
+        except subprocess.CalledProcessError as exc:
+            self.skip_reason = (
+                f"PostgreSQL: throw-away cluster failed to start ({exc.stderr.decode()[-200:]})"
+            )
+            return
+        self.base_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def create_database(self) -> str:
+        import psycopg
+
+        assert self.base_url
+        name = f"wd_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.base_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.base_url.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop_database(self, url: str) -> None:
+        import psycopg
+
+        assert self.base_url
+        name = url.rsplit("/", 1)[1]
+        with contextlib.suppress(Exception), psycopg.connect(self.base_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            bindir = _pg_bindir()
+            subprocess.run(
+                [
+                    *self._as,
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(self._cluster / "data"),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ],
+                capture_output=True,
+            )
+            shutil.rmtree(self._cluster, ignore_errors=True)
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+def wait_ready(url: str, timeout: float = 30.0, path: str = "/v2/health/ready") -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url}{path} not ready after {timeout}s ({last})")
+
+
+class ServerThread:
+    """The real daemon app under uvicorn, in this process, on a loopback port."""
+
+    def __init__(self, settings: Any, components: list[Any] | None = None) -> None:
+        import uvicorn
+        from distill_watchdog.app import create_app
+
+        self.port = settings.server.port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings, components=components)
+        self.daemon = self.app.daemon
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_config=None,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+            )
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+
+
+class DaemonProcess:
+    """`distill-watchdog serve` as a child process (for signals, restarts and kill -9)."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.config_path = config_path
+        self.env = {**os.environ, "DO_NOT_TRACK": "1", **(env or {})}
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = config_path.with_suffix(f".{uuid.uuid4().hex[:6]}.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> DaemonProcess:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [CLI, "serve", "--config", str(self.config_path)],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            try:
+                wait_ready(self.url, timeout=60)
+            except TimeoutError:
+                self.stop()
+                raise RuntimeError(f"daemon did not start:\n{self.log()[-3000:]}") from None
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def send_signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
