@@ -53,6 +53,8 @@ class Daemon:
     models: ModelManager
     batcher: MicroBatcher = field(init=False)
     sampler: Sampler | None = None
+    alerts: Any = None  # alerts.Alerter once started (fire/resolve never block)
+    teachers: Any = None  # sampling.SamplingService once started (pins, admin accept)
     components: list[Component] = field(default_factory=list)
     draining: bool = False
     started_at: float = field(default_factory=time.time)
@@ -60,9 +62,18 @@ class Daemon:
 
 # Route templates bound the `route` label of the request metrics.
 _EXACT = {
-    "/v1/predict", "/v1/feedback", "/v2", "/v2/health/live", "/v2/health/ready", "/metrics",
-    "/openapi.json", "/admin/models", "/admin/models/rollback", "/admin/teachers", "/admin/runs",
-}  # fmt: skip
+    "/v1/predict",
+    "/v1/feedback",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/metrics",
+    "/openapi.json",
+    "/admin/models",
+    "/admin/models/rollback",
+    "/admin/teachers",
+    "/admin/runs",
+}
 _PATTERNS = [
     (re.compile(r"^/v2/models/[^/]+/infer$"), "/v2/models/{name}/infer"),
     (re.compile(r"^/v2/models/[^/]+/versions/[^/]+/infer$"), "/v2/models/{name}/versions/{version}/infer"),
@@ -114,11 +125,14 @@ class WatchdogASGI:
         begin = time.perf_counter()
         metrics.requests_in_flight.inc()
         try:
-            if label == "/v1/predict" and scope["method"] == "POST":
-                await routes.predict(self.daemon, scope, receive, send_wrapper)
-            elif label.endswith("/infer") and scope["method"] == "POST":
-                name = _INFER.match(path).group(1)  # type: ignore[union-attr]
-                await routes.infer(self.daemon, name, scope, receive, send_wrapper)
+            if label == "/v1/predict" or label.endswith("/infer"):
+                if scope["method"] != "POST":
+                    raise BadRequest(405, f"method {scope['method']} not allowed here; use POST")
+                if label == "/v1/predict":
+                    await routes.predict(self.daemon, scope, receive, send_wrapper)
+                else:
+                    name = _INFER.match(path).group(1)  # type: ignore[union-attr]
+                    await routes.infer(self.daemon, name, scope, receive, send_wrapper)
             else:
                 await self.framework(scope, receive, send_wrapper)
         except BadRequest as exc:
@@ -188,15 +202,20 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        daemon.batcher = MicroBatcher(daemon.models.get, settings.student.max_batch_size,
-                                      settings.student.max_batch_delay_ms)  # fmt: skip
+        daemon.batcher = MicroBatcher(
+            daemon.models.get, settings.student.max_batch_size, settings.student.max_batch_delay_ms
+        )
         daemon.batcher.start()
         await asyncio.to_thread(_register_initial_student, daemon)
         await daemon.models.sync()
-        poller = asyncio.get_running_loop().create_task(daemon.models.poll_forever(settings.store.poll_interval_s))
+        poller = asyncio.get_running_loop().create_task(
+            daemon.models.poll_forever(settings.store.poll_interval_s)
+        )
         for component in daemon.components:
             await component.start(daemon)
-        log.info("daemon: ready, serving %s", daemon.models.current.version if daemon.models.current else "nothing")
+        log.info(
+            "daemon: ready, serving %s", daemon.models.current.version if daemon.models.current else "nothing"
+        )
         try:
             yield
         finally:
@@ -213,7 +232,11 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
     framework = Starlette(
         routes=[*routes.ROUTES, *admin.ROUTES],
         lifespan=lifespan,
-        exception_handlers={HTTPException: _http_error, BadRequest: _bad_request, WatchdogError: _watchdog_error},
+        exception_handlers={
+            HTTPException: _http_error,
+            BadRequest: _bad_request,
+            WatchdogError: _watchdog_error,
+        },
     )
     framework.state.daemon = daemon
     return WatchdogASGI(daemon, framework)

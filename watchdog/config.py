@@ -86,6 +86,12 @@ class TeacherConfig(Section):
     weight: Annotated[float, _within(0)] = 1.0
     slices: list[str] = Field(default_factory=list)
     options: dict[str, Any] = Field(default_factory=dict)
+    # A failed call is retried `retries` times (backoff_s, doubling); after `circuit_failures`
+    # failed calls in a row the circuit opens for `circuit_reset_s` (calls fail fast, counted).
+    retries: Annotated[int, _within(0, 10)] = 2
+    backoff_s: Annotated[float, _within(0)] = 0.2
+    circuit_failures: PositiveInt = 5
+    circuit_reset_s: Positive = 30.0
 
 
 class SamplingConfig(Section):
@@ -93,7 +99,14 @@ class SamplingConfig(Section):
     per_slice: dict[str, Fraction] = Field(default_factory=dict)
     queue_size: PositiveInt = 10_000
     batch_size: PositiveInt = 64
+    concurrency: PositiveInt = 2  # teacher batches in flight at once
     on_teacher_change: Literal["quarantine", "accept", "pause"] = "quarantine"
+    # Frozen evaluation set: an npz file (x, optional y and slice), else the first
+    # `eval_set_size` teacher-labelled samples. A new teacher version passes re-evaluation
+    # with agreement >= reeval_min_agreement against the pinned version's stored outputs.
+    eval_set: Path | None = None
+    eval_set_size: PositiveInt = 200
+    reeval_min_agreement: Fraction = 0.95
 
 
 class MonitorConfig(Section):
@@ -131,6 +144,10 @@ class AlertsConfig(Section):
     alertmanager_url: str | None = None
     webhook_urls: list[str] = Field(default_factory=list)
     timeout_s: Positive = 5.0
+    retries: Annotated[int, _within(0, 10)] = 3
+    backoff_s: Annotated[float, _within(0)] = 0.5
+    repeat_s: Positive = 60.0  # a firing alert is re-sent this often (and duplicates within it suppressed)
+    queue_size: PositiveInt = 1000
 
 
 class BinRule(Section):

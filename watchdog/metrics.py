@@ -13,93 +13,170 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (
-    0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # --- serving -----------------------------------------------------------------------------
 requests_total = Counter(
-    "watchdog_requests", "HTTP requests answered, by route template and status code.",
-    ["route", "code"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_requests",
+    "HTTP requests answered, by route template and status code.",
+    ["route", "code"],
+    registry=REGISTRY,
+)
 request_duration_seconds = Histogram(
-    "watchdog_request_duration_seconds", "Time from request start to the last body byte sent.",
-    ["route"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_request_duration_seconds",
+    "Time from request start to the last body byte sent.",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 requests_in_flight = Gauge("watchdog_requests_in_flight", "Requests being answered now.", registry=REGISTRY)
 batch_size = Histogram(
-    "watchdog_batch_size", "Rows per ONNX Runtime run after micro-batching.",
-    buckets=_BATCH_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
-inference_seconds = Histogram(
-    "watchdog_inference_seconds", "Wall time of one ONNX Runtime run of a micro-batch.",
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
-model_info = Gauge("watchdog_model_info", "1 for the student version being served.", ["version"], registry=REGISTRY)
-model_loads_total = Counter(
-    "watchdog_model_loads", "Student model loads (hot swaps, start-up), by outcome: ok|failed.",
-    ["outcome"], registry=REGISTRY,
-)  # fmt: skip
-model_rejections_total = Counter(
-    "watchdog_model_rejections", "Model files refused at registration (corrupt, wrong width, unloadable).",
+    "watchdog_batch_size",
+    "Rows per ONNX Runtime run after micro-batching.",
+    buckets=_BATCH_BUCKETS,
     registry=REGISTRY,
-)  # fmt: skip
+)
+inference_seconds = Histogram(
+    "watchdog_inference_seconds",
+    "Wall time of one ONNX Runtime run of a micro-batch.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+model_info = Gauge(
+    "watchdog_model_info", "1 for the student version being served.", ["version"], registry=REGISTRY
+)
+model_loads_total = Counter(
+    "watchdog_model_loads",
+    "Student model loads (hot swaps, start-up), by outcome: ok|failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+model_rejections_total = Counter(
+    "watchdog_model_rejections",
+    "Model files refused at registration (corrupt, wrong width, unloadable).",
+    registry=REGISTRY,
+)
 internal_errors_total = Counter(
-    "watchdog_internal_errors", "Unexpected exceptions while answering a request (answered 500).",
-    ["route"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_internal_errors",
+    "Unexpected exceptions while answering a request (answered 500).",
+    ["route"],
+    registry=REGISTRY,
+)
 store_errors_total = Counter(
-    "watchdog_store_errors", "Database operations that failed (and were retried or reported).",
-    ["operation"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_store_errors",
+    "Database operations that failed (and were retried or reported).",
+    ["operation"],
+    registry=REGISTRY,
+)
 
 # --- sampling and teachers ---------------------------------------------------------------
 samples_total = Counter(
-    "watchdog_samples", "Sampled rows by outcome: stored|dropped|quarantined|teacher_error.",
-    ["outcome"], registry=REGISTRY,
-)  # fmt: skip
-sample_queue_depth = Gauge("watchdog_sample_queue_depth", "Rows waiting for the teacher worker.", registry=REGISTRY)
+    "watchdog_samples",
+    "Sampled rows by outcome: stored|dropped|quarantined|teacher_error.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+sample_queue_depth = Gauge(
+    "watchdog_sample_queue_depth", "Rows waiting for the teacher worker.", registry=REGISTRY
+)
 teacher_requests_total = Counter(
-    "watchdog_teacher_requests", "Calls to a teacher, by outcome: ok|error|timeout|circuit_open|invalid.",
-    ["teacher", "outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_teacher_requests",
+    "Calls to a teacher, by outcome: ok|error|timeout|circuit_open|invalid.",
+    ["teacher", "outcome"],
+    registry=REGISTRY,
+)
 teacher_latency_seconds = Histogram(
-    "watchdog_teacher_latency_seconds", "Teacher call latency.", ["teacher"],
-    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_teacher_latency_seconds",
+    "Teacher call latency.",
+    ["teacher"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 teacher_version_info = Gauge(
-    "watchdog_teacher_version_info", "1 for each teacher version seen; pinned=true for the pinned one.",
-    ["teacher", "version", "pinned"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_teacher_version_info",
+    "1 for each teacher version seen; pinned=true for the pinned one.",
+    ["teacher", "version", "pinned"],
+    registry=REGISTRY,
+)
 teacher_version_changes_total = Counter(
-    "watchdog_teacher_version_changes", "Times a teacher answered with a version other than its pin.",
-    ["teacher"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_teacher_version_changes",
+    "Times a teacher answered with a version other than its pin.",
+    ["teacher"],
+    registry=REGISTRY,
+)
 feedback_labels_total = Counter(
-    "watchdog_feedback_labels", "True labels received, by outcome: accepted|unknown_id.",
-    ["outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_feedback_labels",
+    "True labels received, by outcome: accepted|unknown_id.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+teacher_circuit_open = Gauge(
+    "watchdog_teacher_circuit_open",
+    "1 while a teacher's circuit breaker is open (calls fail fast).",
+    ["teacher"],
+    registry=REGISTRY,
+)
+teacher_reevaluations_total = Counter(
+    "watchdog_teacher_reevaluations",
+    "Re-evaluations of a new teacher version on the frozen eval set: passed|failed|error.",
+    ["teacher", "outcome"],
+    registry=REGISTRY,
+)
+sampler_errors_total = Counter(
+    "watchdog_sampler_errors",
+    "Unexpected faults in the sampler or teacher worker, by stage: offer|worker|store.",
+    ["stage"],
+    registry=REGISTRY,
+)
 alerts_total = Counter(
-    "watchdog_alerts", "Alert deliveries by receiver kind and outcome: sent|failed|suppressed.",
-    ["receiver", "outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_alerts",
+    "Alert deliveries by receiver kind and outcome: sent|failed|suppressed.",
+    ["receiver", "outcome"],
+    registry=REGISTRY,
+)
 
 # --- monitor, policy, distillation -------------------------------------------------------
-agreement = Gauge("watchdog_agreement", "Student-teacher top-1 agreement on the window.", ["slice"], registry=REGISTRY)
+agreement = Gauge(
+    "watchdog_agreement", "Student-teacher top-1 agreement on the window.", ["slice"], registry=REGISTRY
+)
 ece = Gauge(
-    "watchdog_ece", "Student expected calibration error, against teacher or true labels.",
-    ["slice", "against"], registry=REGISTRY,
-)  # fmt: skip
-drift_share = Gauge("watchdog_drift_share", "Share of drifted columns (Evidently).", ["scope"], registry=REGISTRY)
+    "watchdog_ece",
+    "Student expected calibration error, against teacher or true labels.",
+    ["slice", "against"],
+    registry=REGISTRY,
+)
+drift_share = Gauge(
+    "watchdog_drift_share", "Share of drifted columns (Evidently).", ["scope"], registry=REGISTRY
+)
 weak_slices = Gauge("watchdog_weak_slices", "Slices significantly below the rest.", registry=REGISTRY)
 distill_runs_total = Counter(
-    "watchdog_distill_runs", "Redistillation runs by outcome: promoted|pending|rejected|failed|ceiling.",
-    ["outcome"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_distill_runs",
+    "Redistillation runs by outcome: promoted|pending|rejected|failed|ceiling.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 promotions_total = Counter(
-    "watchdog_promotions", "Student promotions by mode: auto|approved|manual|rollback.",
-    ["mode"], registry=REGISTRY,
-)  # fmt: skip
+    "watchdog_promotions",
+    "Student promotions by mode: auto|approved|manual|rollback.",
+    ["mode"],
+    registry=REGISTRY,
+)
 
 
 def exposition() -> bytes:

@@ -20,21 +20,35 @@ def app_from_env() -> object:
 
 def default_components(settings: Settings) -> list:
     """The background parts the daemon runs beside serving."""
-    return []
+    from .alerts import Alerter
+    from .sampling import SamplingService
+
+    components: list = [Alerter(settings.alerts)]
+    if settings.teachers:
+        components.append(SamplingService(settings))
+    return components
 
 
 def serve(settings: Settings, config_path: str | None = None) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     setup_logging(settings.server.log_format)
     common = dict(
-        host=settings.server.host, port=settings.server.port, lifespan="on", access_log=False,
-        timeout_graceful_shutdown=int(settings.server.drain_timeout_s), log_config=None,
-        loop="uvloop", http="httptools", backlog=4096,
-    )  # fmt: skip
+        host=settings.server.host,
+        port=settings.server.port,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.server.drain_timeout_s),
+        log_config=None,
+        loop="uvloop",
+        http="httptools",
+        backlog=4096,
+    )
     if settings.server.workers > 1:
         if config_path:
             os.environ[CONFIG_ENV] = str(config_path)
-        uvicorn.run("distill_watchdog.server:app_from_env", factory=True, workers=settings.server.workers, **common)
+        uvicorn.run(
+            "distill_watchdog.server:app_from_env", factory=True, workers=settings.server.workers, **common
+        )
         return
     app = create_app(settings, components=default_components(settings))
     uvicorn.Server(uvicorn.Config(app, **common)).run()

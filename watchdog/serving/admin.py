@@ -130,7 +130,56 @@ async def rollback_model(request: Request) -> Response:
     return JSON({"active": model.version})
 
 
+def _teachers(daemon: Daemon) -> Any:
+    if daemon.teachers is None:
+        raise BadRequest(404, "teachers: none configured (sampling is off)")
+    return daemon.teachers
+
+
+@admin
+async def list_teachers(request: Request) -> Response:
+    daemon = _daemon(request)
+    service = _teachers(daemon)
+    events = await asyncio.to_thread(daemon.store.teacher_events, None, 50)
+    recent = [
+        {
+            "at": e.at,
+            "teacher": e.teacher,
+            "kind": e.kind,
+            "from_version": e.from_version,
+            "to_version": e.to_version,
+            "detail": orjson.loads(e.detail_json),
+        }
+        for e in events
+    ]
+    policy = daemon.settings.sampling.on_teacher_change
+    return JSON({"teachers": service.status(), "policy": policy, "events": recent})
+
+
+@admin
+async def accept_teacher(request: Request) -> Response:
+    """Pins the teacher's candidate version (or `version`), releasing its quarantined rows; audited."""
+    daemon = _daemon(request)
+    service = _teachers(daemon)
+    name = request.path_params["name"]
+    if name not in service.teachers:
+        raise BadRequest(404, f"teacher: unknown teacher {name[:64]!r}")
+    data = await read_json(request, daemon.settings.server.max_body_bytes)
+    if not isinstance(data, dict):
+        raise BadRequest(422, "body: must be a JSON object")
+    version, reason = data.get("version"), str(data.get("reason", ""))[:500]
+    if version is not None and not isinstance(version, str):
+        raise BadRequest(422, "version: must be a string")
+    state = service.pins.teachers.get(name)
+    if version is None and (state is None or state.candidate is None):
+        raise BadRequest(409, f"teacher {name}: no candidate version to accept")
+    state = await service.accept(name, version, actor="admin-api", reason=reason)
+    return JSON(state.as_dict())
+
+
 ROUTES = [
+    Route("/admin/teachers", list_teachers, methods=["GET"]),
+    Route("/admin/teachers/{name}/accept", accept_teacher, methods=["POST"]),
     Route("/admin/models", list_models, methods=["GET"]),
     Route("/admin/models", upload_model, methods=["POST"]),
     Route("/admin/models/rollback", rollback_model, methods=["POST"]),

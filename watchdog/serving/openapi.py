@@ -19,7 +19,9 @@ class ErrorBody(BaseModel):
 class PredictRequest(BaseModel):
     inputs: list[list[float]] = Field(min_length=1, description="Rows of features, [N, D]")
     slice: dict[str, str] | None = Field(default=None, description="Slice labels for sampling and monitoring")
-    ids: list[str] | None = Field(default=None, description="One id per row (for feedback); generated if absent")
+    ids: list[str] | None = Field(
+        default=None, description="One id per row (for feedback); generated if absent"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -61,9 +63,39 @@ class ActivateRequest(BaseModel):
     reason: str | None = None
 
 
+class FeedbackLabel(BaseModel):
+    id: str = Field(description="The id of a predicted row (from /v1/predict)")
+    label: int
+
+
+class FeedbackRequest(BaseModel):
+    labels: list[FeedbackLabel]
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int
+    unknown_ids: list[str] = Field(description="Ids with no sampled row (not an error)")
+
+
+class AcceptTeacherRequest(BaseModel):
+    version: str | None = Field(default=None, description="Defaults to the quarantined candidate version")
+    reason: str | None = None
+
+
 _MODELS: list[type[BaseModel]] = [
-    ErrorBody, PredictRequest, PredictResponse, InferTensor, InferRequest, InferResponse, UploadRequest, ActivateRequest,
-]  # fmt: skip
+    FeedbackLabel,
+    FeedbackRequest,
+    FeedbackResponse,
+    AcceptTeacherRequest,
+    ErrorBody,
+    PredictRequest,
+    PredictResponse,
+    InferTensor,
+    InferRequest,
+    InferResponse,
+    UploadRequest,
+    ActivateRequest,
+]
 # Routes added by other rooms register their operations here: path -> method -> operation.
 EXTRA_PATHS: dict[str, dict[str, Any]] = {}
 
@@ -82,10 +114,14 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def operation(
-    summary: str, ok: type[BaseModel] | dict[str, Any] | None = None, body: type[BaseModel] | None = None,
-    errors: tuple[int, ...] = (), admin: bool = False, params: list[str] = (),  # type: ignore[assignment]
+    summary: str,
+    ok: type[BaseModel] | dict[str, Any] | None = None,
+    body: type[BaseModel] | None = None,
+    errors: tuple[int, ...] = (),
+    admin: bool = False,
+    params: list[str] = (),  # type: ignore[assignment]
     ok_code: int = 200,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {str(ok_code): {"description": "ok"}}}
     if ok is not None:
         op["responses"][str(ok_code)].update(_json(ok))
@@ -96,7 +132,9 @@ def operation(
         errors = (*errors, 401)
     op["responses"].update(_errors(*errors))
     if params:
-        op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+        op["parameters"] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+        ]
     return op
 
 
@@ -109,31 +147,84 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 def document(daemon: Daemon | None = None) -> dict[str, Any]:
     obj = {"type": "object"}
     paths: dict[str, dict[str, Any]] = {
-        "/v1/predict": {"post": operation("Predict with the active student", PredictResponse, PredictRequest,
-                                          (400, 413, 422, 503))},
+        "/v1/predict": {
+            "post": operation(
+                "Predict with the active student", PredictResponse, PredictRequest, (400, 413, 422, 503)
+            )
+        },
         "/v2": {"get": operation("OIP v2 server metadata", obj)},
         "/v2/health/live": {"get": operation("OIP v2 liveness", obj)},
         "/v2/health/ready": {"get": operation("OIP v2 readiness", obj, errors=(503,))},
-        "/v2/models/{name}": {"get": operation("OIP v2 model metadata", obj, errors=(404, 503), params=["name"])},
-        "/v2/models/{name}/ready": {"get": operation("OIP v2 model readiness", obj, errors=(404, 503),
-                                                     params=["name"])},
-        "/v2/models/{name}/infer": {"post": operation("OIP v2 inference (JSON or binary tensor extension)",
-                                                      InferResponse, InferRequest, (400, 404, 413, 503),
-                                                      params=["name"])},
-        "/metrics": {"get": {"summary": "Prometheus text exposition",
-                             "responses": {"200": {"description": "ok", "content": {"text/plain": {}}}}}},
+        "/v2/models/{name}": {
+            "get": operation("OIP v2 model metadata", obj, errors=(404, 503), params=["name"])
+        },
+        "/v2/models/{name}/ready": {
+            "get": operation("OIP v2 model readiness", obj, errors=(404, 503), params=["name"])
+        },
+        "/v2/models/{name}/infer": {
+            "post": operation(
+                "OIP v2 inference (JSON or binary tensor extension)",
+                InferResponse,
+                InferRequest,
+                (400, 404, 413, 503),
+                params=["name"],
+            )
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text exposition",
+                "responses": {"200": {"description": "ok", "content": {"text/plain": {}}}},
+            }
+        },
         "/openapi.json": {"get": operation("This document", obj)},
         "/admin/models": {
             "get": operation("List student versions", obj, admin=True),
-            "post": operation("Upload a student (multipart 'model' + 'card', or JSON)", obj, UploadRequest,
-                              (400, 413, 422), admin=True, ok_code=201),
+            "post": operation(
+                "Upload a student (multipart 'model' + 'card', or JSON)",
+                obj,
+                UploadRequest,
+                (400, 413, 422),
+                admin=True,
+                ok_code=201,
+            ),
         },
-        "/admin/models/{version}/activate": {"post": operation("Activate a version (load, warm, swap)", obj,
-                                                               ActivateRequest, (404, 422), admin=True,
-                                                               params=["version"])},
-        "/admin/models/rollback": {"post": operation("Return to the previous active version", obj, errors=(409,),
-                                                     admin=True)},
-    }  # fmt: skip
+        "/admin/models/{version}/activate": {
+            "post": operation(
+                "Activate a version (load, warm, swap)",
+                obj,
+                ActivateRequest,
+                (404, 422),
+                admin=True,
+                params=["version"],
+            )
+        },
+        "/v1/feedback": {
+            "post": operation(
+                "Join delayed true labels to sampled rows by id",
+                FeedbackResponse,
+                FeedbackRequest,
+                (400, 413, 422),
+            )
+        },
+        "/admin/teachers": {
+            "get": operation(
+                "Teachers: pins, candidates, circuit state, recent events", obj, errors=(404,), admin=True
+            )
+        },
+        "/admin/teachers/{name}/accept": {
+            "post": operation(
+                "Accept a teacher version (pins it, releases its quarantined rows; audited)",
+                obj,
+                AcceptTeacherRequest,
+                (404, 409, 422),
+                admin=True,
+                params=["name"],
+            )
+        },
+        "/admin/models/rollback": {
+            "post": operation("Return to the previous active version", obj, errors=(409,), admin=True)
+        },
+    }
     for path, ops in EXTRA_PATHS.items():
         paths.setdefault(path, {}).update(ops)
     return {

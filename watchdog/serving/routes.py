@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from .. import __version__, metrics
 from .asgi import JSON_HEADERS, Scope, header, read_body, send_bytes, send_error, send_json
-from .validation import OIP_OUTPUT, BadRequest, parse_infer, parse_predict
+from .validation import OIP_OUTPUT, BadRequest, parse_infer, parse_json, parse_predict
 
 if TYPE_CHECKING:
     from ..app import Daemon
@@ -54,9 +54,10 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
     if daemon.sampler is not None:
         daemon.sampler.offer(request, probs, version)
     await send_json(
-        send, 200,
+        send,
+        200,
         {"model_version": version, "predictions": predictions, "probabilities": probs, "ids": request.ids},
-    )  # fmt: skip
+    )
 
 
 async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any) -> None:
@@ -74,9 +75,12 @@ async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any
     except ValueError:
         raise BadRequest(400, "Inference-Header-Content-Length: not a number") from None
     request = parse_infer(
-        body, header_length, model.card.input_name, model.card.num_features,
+        body,
+        header_length,
+        model.card.input_name,
+        model.card.num_features,
         daemon.settings.server.max_rows_per_request,
-    )  # fmt: skip
+    )
     probs, version = await daemon.batcher.predict(request.x)
     output: dict[str, Any] = {"name": OIP_OUTPUT, "datatype": "FP32", "shape": list(probs.shape)}
     answer: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": [output]}
@@ -90,9 +94,14 @@ async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any
     output["parameters"] = {"binary_data_size": len(raw)}
     head = orjson.dumps(answer)
     await send_bytes(
-        send, 200, head + raw,
-        [(b"content-type", b"application/octet-stream"), (b"inference-header-content-length", str(len(head)).encode())],
-    )  # fmt: skip
+        send,
+        200,
+        head + raw,
+        [
+            (b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", str(len(head)).encode()),
+        ],
+    )
 
 
 # --- Starlette routes -----------------------------------------------------------------------
@@ -153,6 +162,44 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
+async def _read_limited(request: Request, limit: int) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(413, f"body: exceeds the limit of {limit} bytes")
+    return body
+
+
+def parse_feedback(data: Any) -> list[tuple[str, int]]:
+    """`{"labels": [{"id": str, "label": int}, ...]}` → [(id, label)], or a 4xx naming the field."""
+    if not isinstance(data, dict) or set(data) != {"labels"} or not isinstance(data["labels"], list):
+        raise BadRequest(422, 'labels: required, a list of {"id": str, "label": int}')
+    out = []
+    for i, item in enumerate(data["labels"]):
+        if not isinstance(item, dict) or set(item) != {"id", "label"}:
+            raise BadRequest(422, f"labels[{i}]: must be an object with exactly 'id' and 'label'")
+        rid, label = item["id"], item["label"]
+        if not isinstance(rid, str) or not 0 < len(rid) <= 128:
+            raise BadRequest(422, f"labels[{i}].id: must be a non-empty string of at most 128 characters")
+        if not isinstance(label, int) or isinstance(label, bool) or not -(2**31) <= label < 2**31:
+            raise BadRequest(422, f"labels[{i}].label: must be an integer class label")
+        out.append((rid, label))
+    return out
+
+
+async def feedback(request: Request) -> Response:
+    """Joins delayed true labels to sampled rows by id; ids never sampled are reported, not errors."""
+    import asyncio
+
+    daemon = _daemon(request)
+    labels = parse_feedback(parse_json(await _read_limited(request, daemon.settings.server.max_body_bytes)))
+    accepted, unknown = await asyncio.to_thread(daemon.store.add_labels, labels)
+    metrics.feedback_labels_total.labels(outcome="accepted").inc(accepted)
+    metrics.feedback_labels_total.labels(outcome="unknown_id").inc(len(labels) - accepted)
+    return JSON({"accepted": accepted, "unknown_ids": unknown})
+
+
 async def openapi(request: Request) -> Response:
     from .openapi import document
 
@@ -167,6 +214,7 @@ ROUTES = [
     Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
     Route("/metrics", metrics_endpoint, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/v1/feedback", feedback, methods=["POST"]),
 ]
 
 __all__ = ["JSON_HEADERS", "ROUTES", "error", "infer", "predict"]

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from .db import SCHEMA_VERSION, Database
 from .models import ModelStore
+from .samples import SampleRecord, SampleStore
 from .tables import Activation, AuditEvent, ModelVersion
 
-__all__ = ["SCHEMA_VERSION", "Activation", "AuditEvent", "ModelVersion", "Store"]
+__all__ = ["SCHEMA_VERSION", "Activation", "AuditEvent", "ModelVersion", "SampleRecord", "Store"]
 
 
-class Store(ModelStore):
+class Store(ModelStore, SampleStore):
     def __init__(self, url: str, create: bool = True) -> None:
         self.db = Database(url)
         if create:

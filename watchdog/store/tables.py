@@ -42,3 +42,71 @@ class AuditEvent(SQLModel, table=True):
     action: str = Field(max_length=64)
     subject: str = Field(default="", max_length=200)
     detail_json: str = "{}"
+
+
+# --- sampling and teachers (store/samples.py) ---------------------------------------------
+
+
+class Sample(SQLModel, table=True):
+    """One sampled production row; `quarantined` rows are kept out of training and comparison."""
+
+    __tablename__ = "samples"
+    id: str = Field(primary_key=True, max_length=32)
+    request_id: str = Field(index=True, max_length=128)
+    at: float = Field(index=True)
+    features_json: str
+    student_probs_json: str
+    student_version: str = Field(max_length=64)
+    slice_json: str = "{}"
+    quarantined: bool = Field(default=False, index=True)
+    label: int | None = None
+    labelled_at: float | None = None
+
+
+class TeacherOutput(SQLModel, table=True):
+    """A teacher's answer for one sample; `probs_json` is null when the teacher failed."""
+
+    __tablename__ = "teacher_outputs"
+    id: int | None = Field(default=None, primary_key=True)
+    sample_id: str = Field(index=True, max_length=32)
+    teacher: str = Field(max_length=200)
+    version: str = Field(default="", max_length=200)
+    probs_json: str | None = None
+    quarantined: bool = False
+
+
+class TeacherPin(SQLModel, table=True):
+    """The pinned version per teacher and, while quarantined or paused, the candidate version."""
+
+    __tablename__ = "teacher_pins"
+    teacher: str = Field(primary_key=True, max_length=200)
+    pinned_version: str | None = Field(default=None, max_length=200)
+    candidate_version: str | None = Field(default=None, max_length=200)
+    state: str = Field(default="ok", max_length=16)  # ok | quarantine | paused
+    updated_at: float
+
+
+class TeacherEvent(SQLModel, table=True):
+    __tablename__ = "teacher_events"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    teacher: str = Field(max_length=200)
+    kind: str = Field(max_length=32)  # pinned | changed | accepted | reeval_passed | reeval_failed
+    from_version: str | None = Field(default=None, max_length=200)
+    to_version: str | None = Field(default=None, max_length=200)
+    detail_json: str = "{}"
+
+
+class EvalRow(SQLModel, table=True):
+    """The frozen evaluation set per teacher, with the teacher version that labelled it. Never trained on."""
+
+    __tablename__ = "eval_rows"
+    id: int | None = Field(default=None, primary_key=True)
+    teacher: str = Field(index=True, max_length=200)
+    ordinal: int
+    features_json: str
+    label: int | None = None
+    slice: str = Field(default="", max_length=200)
+    probs_json: str
+    version: str = Field(max_length=200)
+    source: str = Field(max_length=16)  # file | samples

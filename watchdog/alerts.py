@@ -1,0 +1,176 @@
+"""Alert senders: Alertmanager's v2 API and generic JSON webhooks.
+
+`fire` and `resolve` only touch memory and a bounded queue, so any part of the daemon (even
+the request path) may call them; a sender task delivers with retries and backoff. A firing
+alert is re-sent every `alerts.repeat_s` (Alertmanager expires alerts that are not
+refreshed); the same alert fired again within that time is suppressed and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from . import metrics
+from .config import AlertsConfig
+
+if TYPE_CHECKING:
+    from .app import Daemon
+
+log = logging.getLogger(__name__)
+
+Key = tuple[tuple[str, str], ...]
+
+
+def rfc3339(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Alert:
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float
+    ends_at: float | None = None
+    last_sent: float = 0.0
+
+    def alertmanager(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "startsAt": rfc3339(self.starts_at),
+        }
+        if self.ends_at is not None:
+            body["endsAt"] = rfc3339(self.ends_at)
+        return body
+
+    def webhook(self) -> dict[str, Any]:
+        resolved = self.ends_at is not None and self.ends_at <= time.time()
+        return {"status": "resolved" if resolved else "firing", **self.alertmanager()}
+
+
+class Alerter:
+    """A daemon component; also usable stand-alone (`start(None)`)."""
+
+    def __init__(self, cfg: AlertsConfig, service: str = "distill-watchdog") -> None:
+        self.cfg = cfg
+        self.service = service
+        self.active: dict[Key, Alert] = {}
+        self.queue: asyncio.Queue[Alert] = asyncio.Queue(cfg.queue_size)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def receivers(self) -> list[tuple[str, str]]:
+        out = [("webhook", url) for url in self.cfg.webhook_urls]
+        if self.cfg.alertmanager_url:
+            out.insert(0, ("alertmanager", self.cfg.alertmanager_url.rstrip("/") + "/api/v2/alerts"))
+        return out
+
+    async def start(self, daemon: Daemon | None) -> None:
+        if daemon is not None:
+            daemon.alerts = self
+        self._client = httpx.AsyncClient(timeout=self.cfg.timeout_s)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._send_forever()), loop.create_task(self._refresh_forever())]
+
+    async def stop(self) -> None:
+        # Deliver what is queued (bounded by one round of timeouts), then stop.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.join(), self.cfg.timeout_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._client is not None:
+            await self._client.aclose()
+
+    # --- the non-blocking API --------------------------------------------------------------------
+
+    def _labels(self, name: str, labels: dict[str, str]) -> dict[str, str]:
+        return {"alertname": name, "service": self.service, **{k: str(v) for k, v in labels.items()}}
+
+    def fire(
+        self, name: str, labels: dict[str, str], annotations: dict[str, str], ttl_s: float | None = None
+    ) -> None:
+        """Raises an alert; `ttl_s` makes it a one-shot notice that ends by itself."""
+        full = self._labels(name, labels)
+        key: Key = tuple(sorted(full.items()))
+        now = time.time()
+        current = self.active.get(key)
+        if (
+            current is not None
+            and current.annotations == annotations
+            and now - current.last_sent < self.cfg.repeat_s
+        ):
+            metrics.alerts_total.labels(receiver="all", outcome="suppressed").inc()
+            return
+        alert = Alert(full, dict(annotations), current.starts_at if current else now)
+        if ttl_s is not None:
+            alert.ends_at = now + ttl_s
+            self.active.pop(key, None)
+        else:
+            self.active[key] = alert
+        self._enqueue(alert)
+
+    def resolve(self, name: str, labels: dict[str, str]) -> None:
+        """Ends a firing alert (no-op when it is not firing)."""
+        key: Key = tuple(sorted(self._labels(name, labels).items()))
+        alert = self.active.pop(key, None)
+        if alert is not None:
+            self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=time.time()))
+
+    def _enqueue(self, alert: Alert) -> None:
+        alert.last_sent = time.time()
+        try:
+            self.queue.put_nowait(alert)
+        except asyncio.QueueFull:
+            metrics.alerts_total.labels(receiver="queue", outcome="failed").inc()
+            log.error("alerts: queue full, dropped %s", alert.labels.get("alertname"))
+
+    # --- delivery --------------------------------------------------------------------------------
+
+    async def _send_forever(self) -> None:
+        while True:
+            alert = await self.queue.get()
+            try:
+                await asyncio.gather(*(self._deliver(kind, url, alert) for kind, url in self.receivers))
+            finally:
+                self.queue.task_done()
+
+    async def _deliver(self, kind: str, url: str, alert: Alert) -> None:
+        assert self._client is not None
+        body: Any = [alert.alertmanager()] if kind == "alertmanager" else alert.webhook()
+        delay = self.cfg.backoff_s
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                response = await self._client.post(url, json=body)
+                if response.status_code < 300:
+                    metrics.alerts_total.labels(receiver=kind, outcome="sent").inc()
+                    return
+                problem = f"HTTP {response.status_code}"
+                if 400 <= response.status_code < 500 and response.status_code != 429:
+                    break  # the receiver refuses this alert; retrying will not help
+            except httpx.HTTPError as exc:
+                problem = type(exc).__name__
+            if attempt < self.cfg.retries:
+                await asyncio.sleep(delay)
+                delay *= 2
+        metrics.alerts_total.labels(receiver=kind, outcome="failed").inc()
+        log.error("alerts: %s delivery of %s failed (%s)", kind, alert.labels.get("alertname"), problem)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.repeat_s / 2)
+            now = time.time()
+            for alert in list(self.active.values()):
+                if now - alert.last_sent >= self.cfg.repeat_s:
+                    self._enqueue(alert)

@@ -1,0 +1,363 @@
+"""Shadow traffic: `offer` on the request path, a teacher worker off it.
+
+`offer` is called by `/v1/predict` after the student answered. It costs one random draw per
+row and a `put_nowait` per sampled row; it never awaits, never raises, and when the queue is
+full the row is dropped and counted. Worker tasks drain the queue in batches, ask every
+teacher (guarded: see teachers/guard.py), apply version pinning, and bulk-write the rows in
+a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import metrics
+from ..config import Settings, TeacherConfig
+from ..store import SampleRecord
+from ..teachers import CallFailed, GuardedTeacher, Pins, TeacherState
+from ..teachers.adapters import build_adapter
+from .slices import SliceRules
+
+if TYPE_CHECKING:
+    from ..app import Daemon
+
+log = logging.getLogger(__name__)
+
+# (request, row index, student probs [N, C], student version, time offered)
+Item = tuple[Any, int, np.ndarray, str, float]
+_OUTCOMES = ("stored", "dropped", "quarantined", "teacher_error")
+
+
+class SamplingService:
+    """Both the daemon's `Sampler` (offer) and a `Component` (the teacher worker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.sampling
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(self.cfg.queue_size)
+        self.rules = SliceRules(settings.slices, self.cfg)
+        self.rng = np.random.default_rng()
+        self.teachers: dict[str, GuardedTeacher] = {}
+        self.pins: Pins | None = None
+        self.daemon: Daemon | None = None
+        self.running = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._frozen: set[str] = set()  # teachers whose eval set exists
+        self._outcome = {o: metrics.samples_total.labels(outcome=o) for o in _OUTCOMES}
+        for counter in self._outcome.values():
+            counter.inc(0)
+
+    # --- request path ----------------------------------------------------------------------------
+
+    def offer(self, request: Any, probs: np.ndarray, version: str) -> None:
+        """Bernoulli sampling per row; never blocks, never raises."""
+        try:
+            if not self.running or not self.rules.enabled or (self.pins is not None and self.pins.paused):
+                return
+            x = request.x
+            hits = np.flatnonzero(self.rng.random(len(x)) < self.rules.rates(x, request.slice))
+            if hits.size == 0:
+                return
+            now = time.time()
+            for i in hits:
+                try:
+                    self.queue.put_nowait((request, int(i), probs, version, now))
+                except asyncio.QueueFull:
+                    self._outcome["dropped"].inc()
+            metrics.sample_queue_depth.set(self.queue.qsize())
+        except Exception:
+            metrics.sampler_errors_total.labels(stage="offer").inc()
+            log.exception("sampling: offer failed (request unaffected)")
+
+    # --- component -------------------------------------------------------------------------------
+
+    async def start(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        daemon.sampler = self
+        daemon.teachers = self
+        model = daemon.models.current
+        if model is not None and self.settings.slices.bins:
+            self.rules = SliceRules(self.settings.slices, self.cfg, model.card.feature_names)
+        for tcfg in self.settings.teachers:
+            adapter = build_adapter(tcfg)
+            self.teachers[tcfg.name] = GuardedTeacher(tcfg, adapter, self.cfg.concurrency, self._on_circuit)
+        self.pins = Pins(daemon.store, self.cfg.on_teacher_change, self._on_pin_event)
+        configured = {t.name: t.pinned_version for t in self.settings.teachers}
+        await asyncio.to_thread(self.pins.load, configured)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._work()) for _ in range(self.cfg.concurrency)]
+        if self.cfg.eval_set is not None:
+            self._spawn(self._freeze_from_file())
+        self.running = True
+
+    async def stop(self) -> None:
+        """Stops taking rows; rows still queued are counted as dropped (the request path never waits)."""
+        self.running = False
+        for task in [*self._tasks, *self._background]:
+            task.cancel()
+        for task in [*self._tasks, *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        left = self.queue.qsize()
+        if left:
+            self._outcome["dropped"].inc(left)
+            log.warning("sampling: %d queued rows dropped at shutdown", left)
+        for teacher in self.teachers.values():
+            teacher.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- worker ----------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.cfg.batch_size:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            metrics.sample_queue_depth.set(self.queue.qsize())
+            try:
+                await self.process(batch)
+            except asyncio.CancelledError:
+                self._outcome["dropped"].inc(len(batch))
+                raise
+            except Exception:
+                metrics.sampler_errors_total.labels(stage="worker").inc()
+                self._outcome["dropped"].inc(len(batch))
+                log.exception("sampling: a batch of %d rows was lost", len(batch))
+
+    def _applies(self, tcfg: TeacherConfig, slices: dict[str, str]) -> bool:
+        if not tcfg.slices:
+            return True
+        labels = {f"{k}={v}" for k, v in slices.items()}
+        return bool(labels.intersection(tcfg.slices))
+
+    async def process(self, batch: list[Item]) -> None:
+        assert self.pins is not None and self.daemon is not None
+        x = np.stack([req.x[i] for req, i, _, _, _ in batch])
+        slices = [self.rules.row_slices(req.x[i], req.slice) for req, i, _, _, _ in batch]
+        answers: list[dict[str, tuple[str, Any, bool]]] = [{} for _ in batch]
+        for name, teacher in self.teachers.items():
+            rows = [j for j, sl in enumerate(slices) if self._applies(teacher.cfg, sl)]
+            if not rows:
+                continue
+            try:
+                answer = await teacher.predict(x[rows])
+            except CallFailed:
+                for j in rows:
+                    answers[j][name] = ("", None, False)
+                continue
+            verdict = self.pins.observe(name, answer.version)
+            for k, j in enumerate(rows):
+                answers[j][name] = (answer.version, answer.probs[k], verdict.quarantined)
+            if verdict.new_candidate and self.cfg.on_teacher_change != "accept":
+                self._spawn(self.reevaluate(name, answer.version))
+        records = []
+        counts = dict.fromkeys(_OUTCOMES, 0)
+        for (req, i, probs, version, at), sl, teachers in zip(batch, slices, answers, strict=True):
+            quarantined = any(q for _, _, q in teachers.values())
+            answered = any(p is not None for _, p, _ in teachers.values())
+            counts["quarantined" if quarantined else "stored" if answered else "teacher_error"] += 1
+            records.append(
+                SampleRecord(
+                    id=uuid.uuid4().hex,
+                    request_id=req.ids[i],
+                    at=at,
+                    features=req.x[i],
+                    student_probs=probs[i],
+                    student_version=version,
+                    slices=sl,
+                    quarantined=quarantined,
+                    teachers=teachers,
+                )
+            )
+        try:
+            await asyncio.to_thread(self._write, records)
+        except Exception:
+            metrics.sampler_errors_total.labels(stage="store").inc()
+            self._outcome["dropped"].inc(len(records))
+            log.exception("sampling: could not store %d rows", len(records))
+            return
+        for outcome, n in counts.items():
+            if n:
+                self._outcome[outcome].inc(n)
+
+    def _write(self, records: list[SampleRecord]) -> None:
+        """Blocking: pin changes first (so events precede their rows), then the rows, then freezing."""
+        from ..evalset import freeze_from_samples
+
+        assert self.pins is not None and self.daemon is not None
+        store = self.daemon.store
+        self.pins.persist()
+        store.add_samples(records)
+        if self.cfg.eval_set is not None:
+            return
+        size = self.cfg.eval_set_size
+        for name, state in self.pins.teachers.items():
+            if state.pinned is None or state.state != "ok" or name in self._frozen:
+                continue
+            if freeze_from_samples(store, name, state.pinned, size, size) or store.eval_count(name):
+                self._frozen.add(name)
+
+    # --- eval set and re-evaluation ------------------------------------------------------------
+
+    async def _freeze_from_file(self) -> None:
+        from ..evalset import load_file, rows_from_arrays
+
+        assert self.daemon is not None and self.pins is not None and self.cfg.eval_set is not None
+        store = self.daemon.store
+        try:
+            x, y, sl = await asyncio.to_thread(load_file, self.cfg.eval_set)
+        except (OSError, ValueError, KeyError) as exc:
+            metrics.sampler_errors_total.labels(stage="worker").inc()
+            log.error("sampling: cannot read eval set %s: %s", self.cfg.eval_set, exc)
+            return
+        for name, teacher in self.teachers.items():
+            if await asyncio.to_thread(store.eval_count, name):
+                continue
+            try:
+                answer = await self._predict_all(teacher, x)
+            except CallFailed as exc:
+                log.error("sampling: teacher %s could not label the eval set: %s", name, exc)
+                continue
+            self.pins.observe(name, answer.version)
+            rows = rows_from_arrays(name, answer.version, "file", x, answer.probs, y, sl)
+            await asyncio.to_thread(self.pins.persist)
+            await asyncio.to_thread(store.add_eval_rows, rows)
+            log.info(
+                "sampling: froze %d eval rows for teacher %s (version %s)", len(rows), name, answer.version
+            )
+
+    async def _predict_all(self, teacher: GuardedTeacher, x: np.ndarray) -> Any:
+        from ..teachers import TeacherAnswer
+
+        parts, version = [], ""
+        for start in range(0, len(x), self.cfg.batch_size):
+            answer = await teacher.predict(x[start : start + self.cfg.batch_size])
+            if version and answer.version != version:
+                raise CallFailed("invalid", f"version changed mid-evaluation ({version} -> {answer.version})")
+            version = answer.version
+            parts.append(answer.probs)
+        return TeacherAnswer(np.concatenate(parts), version)
+
+    async def reevaluate(self, name: str, version: str) -> None:
+        """Runs the candidate on the frozen eval set; a pass accepts it (audited as `reeval`)."""
+        from ..evalset import freeze_from_samples, frozen, judge
+
+        assert self.daemon is not None and self.pins is not None
+        store = self.daemon.store
+        try:
+            await asyncio.to_thread(self.pins.persist)
+            reference = await asyncio.to_thread(frozen, store, name)
+            if reference is None:  # not yet frozen: freeze what the pinned version answered so far
+                pinned = self.pins.teachers[name].pinned or ""
+                await asyncio.to_thread(freeze_from_samples, store, name, pinned, self.cfg.eval_set_size, 1)
+                reference = await asyncio.to_thread(frozen, store, name)
+            if reference is None:
+                raise CallFailed("invalid", "no frozen eval set yet; an operator must accept")
+            answer = await self._predict_all(self.teachers[name], reference.x)
+            if answer.version != version:
+                raise CallFailed("invalid", f"teacher answered version {answer.version} during re-evaluation")
+        except CallFailed as exc:
+            metrics.teacher_reevaluations_total.labels(teacher=name, outcome="error").inc()
+            self.pins.reject(name, version, reason=str(exc))
+            await asyncio.to_thread(self.pins.persist)
+            return
+        result = judge(
+            reference, answer.probs, self.cfg.reeval_min_agreement, self.settings.policy.max_regression
+        )
+        metrics.teacher_reevaluations_total.labels(
+            teacher=name, outcome="passed" if result.passed else "failed"
+        ).inc()
+        if result.passed:
+            await self.accept(name, version, actor="reeval", kind="reeval_passed", **result.as_dict())
+        else:
+            self.pins.reject(name, version, **result.as_dict())
+            await asyncio.to_thread(self.pins.persist)
+
+    async def accept(
+        self, name: str, version: str | None, actor: str, kind: str = "accepted", **detail: Any
+    ) -> TeacherState:
+        """Pins `version` (default: the candidate) and releases its quarantined rows."""
+        assert self.daemon is not None and self.pins is not None
+        state = self.pins.accept(name, version, kind=kind, actor=actor, **detail)
+        store = self.daemon.store
+
+        def write() -> None:
+            assert self.pins is not None
+            self.pins.persist()
+            if state.pinned:
+                store.release_quarantine(name, state.pinned)
+            store.audit(actor, f"teacher.{kind}", name, version=state.pinned, **detail)
+
+        await asyncio.to_thread(write)
+        return state
+
+    def status(self) -> list[dict[str, Any]]:
+        assert self.pins is not None
+        out = []
+        for name, teacher in self.teachers.items():
+            state = self.pins.teachers.get(name) or TeacherState(name=name)
+            out.append(
+                {
+                    **state.as_dict(),
+                    "kind": teacher.cfg.kind,
+                    "circuit_open": teacher.breaker.is_open,
+                    "last_error": teacher.last_error,
+                }
+            )
+        return out
+
+    # --- alerting ----------------------------------------------------------------------------------
+
+    def _alerts(self) -> Any:
+        return self.daemon.alerts if self.daemon is not None else None
+
+    def _on_circuit(self, name: str, opened: bool, error: str) -> None:
+        alerts = self._alerts()
+        if alerts is None:
+            return
+        if opened:
+            alerts.fire(
+                "WatchdogTeacherUnavailable",
+                {"teacher": name, "severity": "warning"},
+                {"summary": f"teacher {name} is failing; its circuit is open", "last_error": error},
+            )
+        else:
+            alerts.resolve("WatchdogTeacherUnavailable", {"teacher": name, "severity": "warning"})
+
+    def _on_pin_event(self, kind: str, state: TeacherState, before: str) -> None:
+        alerts = self._alerts()
+        if alerts is None:
+            return
+        labels = {"teacher": state.name, "severity": "critical"}
+        if kind == "changed":
+            summary = (
+                f"teacher {state.name} answered with version {state.candidate or state.pinned}; "
+                f"pinned was {before}; policy {self.cfg.on_teacher_change}"
+            )
+            notes = {
+                "summary": summary,
+                "new_version": str(state.candidate or state.pinned),
+                "pinned_version": before,
+                "policy": self.cfg.on_teacher_change,
+            }
+            if self.cfg.on_teacher_change == "accept":
+                alerts.fire("WatchdogTeacherVersionChanged", labels, notes, ttl_s=alerts.cfg.repeat_s)
+            else:
+                alerts.fire("WatchdogTeacherVersionChanged", labels, notes)
+        elif kind in ("accepted", "reeval_passed") and state.candidate is None:
+            alerts.resolve("WatchdogTeacherVersionChanged", labels)

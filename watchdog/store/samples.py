@@ -1,0 +1,247 @@
+"""SQL for sampled rows, teacher outputs, teacher pins and events, the frozen eval set, feedback."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import func, insert, update
+from sqlmodel import Session, col, select
+
+from .db import Database
+from .tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
+
+_CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+@dataclass(slots=True)
+class SampleRecord:
+    """A sampled row with its teachers' answers, ready for one bulk insert."""
+
+    id: str
+    request_id: str
+    at: float
+    features: Any
+    student_probs: Any
+    student_version: str
+    slices: dict[str, str]
+    quarantined: bool
+    # teacher name -> (version, probs or None when the teacher failed, quarantined)
+    teachers: dict[str, tuple[str, Any, bool]]
+
+
+class SampleStore:
+    db: Database
+
+    # --- samples ------------------------------------------------------------------------------
+
+    def add_samples(self, records: list[SampleRecord]) -> int:
+        """Bulk insert (two executemany statements in one transaction)."""
+        if not records:
+            return 0
+        samples = [
+            {
+                "id": r.id,
+                "request_id": r.request_id,
+                "at": r.at,
+                "features_json": dumps(r.features),
+                "student_probs_json": dumps(r.student_probs),
+                "student_version": r.student_version,
+                "slice_json": dumps(r.slices),
+                "quarantined": r.quarantined,
+                "label": None,
+                "labelled_at": None,
+            }
+            for r in records
+        ]
+        outputs = [
+            {
+                "sample_id": r.id,
+                "teacher": name,
+                "version": version,
+                "probs_json": None if probs is None else dumps(probs),
+                "quarantined": quarantined,
+            }
+            for r in records
+            for name, (version, probs, quarantined) in r.teachers.items()
+        ]
+
+        def op(session: Session) -> int:
+            session.execute(insert(Sample), samples)
+            if outputs:
+                session.execute(insert(TeacherOutput), outputs)
+            return len(samples)
+
+        return self.db.retry("add_samples", op)
+
+    def count_samples(self, quarantined: bool | None = None) -> int:
+        def op(session: Session) -> int:
+            query = select(func.count()).select_from(Sample)
+            if quarantined is not None:
+                query = query.where(col(Sample.quarantined) == quarantined)
+            return int(session.exec(query).one())
+
+        return self.db.retry("count_samples", op)
+
+    def recent_samples(self, limit: int = 1000, include_quarantined: bool = False) -> list[dict[str, Any]]:
+        """Newest first, with teacher outputs; quarantined rows only when asked for."""
+
+        def op(session: Session) -> list[dict[str, Any]]:
+            query = select(Sample).order_by(col(Sample.at).desc()).limit(limit)
+            if not include_quarantined:
+                query = query.where(col(Sample.quarantined).is_(False))
+            rows = list(session.exec(query))
+            by_id: dict[str, dict[str, Any]] = {}
+            for row in rows:
+                by_id[row.id] = {
+                    "id": row.id,
+                    "request_id": row.request_id,
+                    "at": row.at,
+                    "features": orjson.loads(row.features_json),
+                    "student_probs": orjson.loads(row.student_probs_json),
+                    "student_version": row.student_version,
+                    "slices": orjson.loads(row.slice_json),
+                    "quarantined": row.quarantined,
+                    "label": row.label,
+                    "teachers": {},
+                }
+            ids = list(by_id)
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                for out in session.exec(select(TeacherOutput).where(col(TeacherOutput.sample_id).in_(chunk))):
+                    by_id[out.sample_id]["teachers"][out.teacher] = {
+                        "version": out.version,
+                        "quarantined": out.quarantined,
+                        "probs": None if out.probs_json is None else orjson.loads(out.probs_json),
+                    }
+            return list(by_id.values())
+
+        return self.db.retry("recent_samples", op)
+
+    def add_labels(self, labels: list[tuple[str, int]]) -> tuple[int, list[str]]:
+        """Joins true labels to sampled rows by request id: (rows labelled, ids not found)."""
+        now = time.time()
+
+        def op(session: Session) -> tuple[int, list[str]]:
+            wanted = list(dict.fromkeys(rid for rid, _ in labels))
+            known: set[str] = set()
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                known.update(session.exec(select(Sample.request_id).where(col(Sample.request_id).in_(chunk))))
+            accepted = 0
+            for rid, label in labels:
+                if rid in known:
+                    session.execute(
+                        update(Sample)
+                        .where(col(Sample.request_id) == rid)
+                        .values(label=label, labelled_at=now)
+                    )
+                    accepted += 1
+            return accepted, [rid for rid in wanted if rid not in known]
+
+        return self.db.retry("add_labels", op)
+
+    def release_quarantine(self, teacher: str, version: str) -> int:
+        """A version passed re-evaluation or was accepted: its rows count again."""
+
+        def op(session: Session) -> int:
+            session.execute(
+                update(TeacherOutput)
+                .where(col(TeacherOutput.teacher) == teacher, col(TeacherOutput.version) == version)
+                .values(quarantined=False)
+            )
+            still = select(TeacherOutput.sample_id).where(col(TeacherOutput.quarantined).is_(True))
+            result = session.execute(
+                update(Sample)
+                .where(col(Sample.quarantined).is_(True), col(Sample.id).not_in(still))
+                .values(quarantined=False)
+            )
+            return int(result.rowcount or 0)
+
+        return self.db.retry("release_quarantine", op)
+
+    # --- teacher pins and events -----------------------------------------------------------
+
+    def get_pin(self, teacher: str) -> TeacherPin | None:
+        return self.db.retry("get_pin", lambda s: s.get(TeacherPin, teacher))
+
+    def list_pins(self) -> list[TeacherPin]:
+        return self.db.retry("list_pins", lambda s: list(s.exec(select(TeacherPin))))
+
+    def save_pin(self, pin: TeacherPin, event: TeacherEvent | None = None) -> None:
+        """Writes the pin and (optionally) the event that changed it, in one transaction."""
+
+        def op(session: Session) -> None:
+            pin.updated_at = time.time()
+            session.merge(pin)
+            if event is not None:
+                session.add(event)
+
+        self.db.retry("save_pin", op)
+
+    def teacher_events(self, teacher: str | None = None, limit: int = 50) -> list[TeacherEvent]:
+        def op(session: Session) -> list[TeacherEvent]:
+            query = select(TeacherEvent).order_by(col(TeacherEvent.id).desc()).limit(limit)
+            if teacher is not None:
+                query = query.where(col(TeacherEvent.teacher) == teacher)
+            return list(session.exec(query))
+
+        return self.db.retry("teacher_events", op)
+
+    # --- frozen evaluation set ---------------------------------------------------------------
+
+    def eval_count(self, teacher: str) -> int:
+        return self.db.retry(
+            "eval_count",
+            lambda s: int(
+                s.exec(select(func.count()).select_from(EvalRow).where(col(EvalRow.teacher) == teacher)).one()
+            ),
+        )
+
+    def add_eval_rows(self, rows: list[EvalRow]) -> None:
+        def op(session: Session) -> None:
+            session.add_all(rows)
+
+        self.db.retry("add_eval_rows", op)
+
+    def eval_rows(self, teacher: str) -> list[EvalRow]:
+        return self.db.retry(
+            "eval_rows",
+            lambda s: list(
+                s.exec(select(EvalRow).where(col(EvalRow.teacher) == teacher).order_by(col(EvalRow.ordinal)))
+            ),
+        )
+
+    def first_teacher_labelled(self, teacher: str, version: str, limit: int) -> list[dict[str, Any]]:
+        """The oldest unquarantined samples this teacher version answered (to freeze as eval set)."""
+
+        def op(session: Session) -> list[dict[str, Any]]:
+            query = (
+                select(Sample, TeacherOutput)
+                .join(TeacherOutput, col(TeacherOutput.sample_id) == col(Sample.id))
+                .where(
+                    col(TeacherOutput.teacher) == teacher,
+                    col(TeacherOutput.version) == version,
+                    col(TeacherOutput.probs_json).is_not(None),
+                    col(TeacherOutput.quarantined).is_(False),
+                )
+                .order_by(col(Sample.at))
+                .limit(limit)
+            )
+            return [
+                {
+                    "features": orjson.loads(s.features_json),
+                    "label": s.label,
+                    "slices": orjson.loads(s.slice_json),
+                    "probs": orjson.loads(t.probs_json or "null"),
+                }
+                for s, t in session.exec(query)
+            ]
+
+        return self.db.retry("first_teacher_labelled", op)
