@@ -126,13 +126,15 @@ class WatchdogASGI:
         metrics.requests_in_flight.inc()
         try:
             if label == "/v1/predict" or label.endswith("/infer"):
+                # Hot routes send once, on success; no wrapper on their path.
                 if scope["method"] != "POST":
                     raise BadRequest(405, f"method {scope['method']} not allowed here; use POST")
                 if label == "/v1/predict":
-                    await routes.predict(self.daemon, scope, receive, send_wrapper)
+                    await routes.predict(self.daemon, scope, receive, send)
                 else:
                     name = _INFER.match(path).group(1)  # type: ignore[union-attr]
-                    await routes.infer(self.daemon, name, scope, receive, send_wrapper)
+                    await routes.infer(self.daemon, name, scope, receive, send)
+                status, started = 200, True
             else:
                 await self.framework(scope, receive, send_wrapper)
         except BadRequest as exc:
@@ -203,7 +205,10 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         daemon.batcher = MicroBatcher(
-            daemon.models.get, settings.student.max_batch_size, settings.student.max_batch_delay_ms
+            daemon.models.get,
+            settings.student.max_batch_size,
+            settings.student.max_batch_delay_ms,
+            settings.student.inline_below_us,
         )
         daemon.batcher.start()
         await asyncio.to_thread(_register_initial_student, daemon)

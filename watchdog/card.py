@@ -36,7 +36,9 @@ class ModelCard(BaseModel):
     @model_validator(mode="after")
     def _feature_names_width(self) -> ModelCard:
         if self.feature_names is not None and len(self.feature_names) != self.num_features:
-            raise ValueError(f"feature_names has {len(self.feature_names)} names for {self.num_features} features")
+            raise ValueError(
+                f"feature_names has {len(self.feature_names)} names for {self.num_features} features"
+            )
         return self
 
     @property
@@ -50,7 +52,8 @@ class ModelCard(BaseModel):
             return cls.model_validate(data)
         except ValidationError as exc:
             faults = "; ".join(
-                f"card.{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+                f"card.{'.'.join(str(p) for p in e['loc']) or '(top level)'}: "
+                + e["msg"].removeprefix("Value error, ")
                 for e in exc.errors()
             )
             raise ModelRejectedError(faults) from None

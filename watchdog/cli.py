@@ -12,13 +12,18 @@ import typer
 from .config import CONFIG_ENV, Settings, load_settings
 from .errors import ConfigError, WatchdogError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Serve a distilled student, watch it against its teacher, redistill when it slips.")  # fmt: skip
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Serve a distilled student, watch it against its teacher, redistill when it slips.",
+)
 models_app = typer.Typer(no_args_is_help=True, help="Student versions in the registry.")
 app.add_typer(models_app, name="models")
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", envvar=CONFIG_ENV, help="YAML config file", show_default=False)
+    Path | None,
+    typer.Option("--config", "-c", envvar=CONFIG_ENV, help="YAML config file", show_default=False),
 ]
 
 
@@ -26,7 +31,7 @@ def _settings(config: Path | None) -> Settings:
     return load_settings(config)
 
 
-def _registry(config: Path | None):  # noqa: ANN202 - lazy import keeps `check-config` fast
+def _registry(config: Path | None):
     from .registry import Registry
     from .store import Store
 
@@ -77,8 +82,10 @@ def models_list(
         return
     for info in infos:
         mark = "*" if info.active else " "
-        typer.echo(f"{mark} {info.version}  {info.name:<24} classes={info.card.num_classes} "
-                   f"features={info.card.num_features} T={info.card.temperature:.3f}")  # fmt: skip
+        typer.echo(
+            f"{mark} {info.version}  {info.name:<24} classes={info.card.num_classes} "
+            f"features={info.card.num_features} T={info.card.temperature:.3f}"
+        )
 
 
 @models_app.command("activate")

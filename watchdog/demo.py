@@ -39,7 +39,9 @@ def train_demo_student(out_dir: Path, num_samples: int = 4000, epochs: int = 30)
     torch.manual_seed(0)
     x, y = make_mnist1d(num_samples)
     split = int(0.8 * len(x))
-    net = nn.Sequential(nn.Linear(x.shape[1], 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    net = nn.Sequential(
+        nn.Linear(x.shape[1], 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x[:split]), torch.from_numpy(y[:split])
     for _ in range(epochs):
@@ -55,14 +57,24 @@ def train_demo_student(out_dir: Path, num_samples: int = 4000, epochs: int = 30)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, card_path = out_dir / "student.onnx", out_dir / "card.json"
     torch.onnx.export(
-        net, (torch.zeros(1, x.shape[1]),), str(onnx_path), input_names=["x"], output_names=["logits"],
-        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-    )  # fmt: skip
+        net,
+        (torch.zeros(1, x.shape[1]),),
+        str(onnx_path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
     card = {
-        "name": "mnist1d-mlp", "input_name": "x", "output_name": "logits", "num_features": int(x.shape[1]),
-        "classes": list(range(10)), "output_kind": "logits", "temperature": 1.0,
+        "name": "mnist1d-mlp",
+        "input_name": "x",
+        "output_name": "logits",
+        "num_features": int(x.shape[1]),
+        "classes": list(range(10)),
+        "output_kind": "logits",
+        "temperature": 1.0,
         "training": {"data": "MNIST-1D (generated)", "samples": num_samples, "test_accuracy": acc},
-    }  # fmt: skip
+    }
     card_path.write_text(json.dumps(card, indent=2))
     return onnx_path, card_path, acc
 
@@ -85,12 +97,15 @@ def run_demo(quick: bool = False, config: Path | None = None) -> None:
     print(f"demo: student test accuracy {acc:.1%}", flush=True)
     port = _free_port()
     settings = load_settings(
-        config, data_dir=str(data_dir),
+        config,
+        data_dir=str(data_dir),
         server={"port": port, "admin_token": "demo-token"},
         student={"model": str(onnx_path), "card": str(card_path)},
-    )  # fmt: skip
+    )
     setup_logging("text")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -102,14 +117,20 @@ def run_demo(quick: bool = False, config: Path | None = None) -> None:
             pass
         time.sleep(0.05)
     x, y = make_mnist1d(400, seed=7)
-    answer = httpx.post(f"{base}/v1/predict", json={"inputs": x[:5].tolist(), "slice": {"sensor": "a"}}).json()
-    print(f"demo: served by version {answer['model_version']}; predictions {answer['predictions']} "
-          f"(true labels {y[:5].tolist()})")  # fmt: skip
+    answer = httpx.post(
+        f"{base}/v1/predict", json={"inputs": x[:5].tolist(), "slice": {"sensor": "a"}}
+    ).json()
+    print(
+        f"demo: served by version {answer['model_version']}; predictions {answer['predictions']} "
+        f"(true labels {y[:5].tolist()})"
+    )
     row = json.dumps({"inputs": [[round(float(v), 3) for v in x[0]]]})
-    print("\nCall it yourself:\n"
-          f"  curl -s {base}/v1/predict -H 'content-type: application/json' -d '{row}'\n"
-          f"  curl -s {base}/metrics | grep watchdog_\n"
-          f"  curl -s -H 'Authorization: Bearer demo-token' {base}/admin/models\n")  # fmt: skip
+    print(
+        "\nCall it yourself:\n"
+        f"  curl -s {base}/v1/predict -H 'content-type: application/json' -d '{row}'\n"
+        f"  curl -s {base}/metrics | grep watchdog_\n"
+        f"  curl -s -H 'Authorization: Bearer demo-token' {base}/admin/models\n"
+    )
     if quick:
         server.should_exit = True
         thread.join(timeout=10)

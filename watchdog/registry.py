@@ -38,10 +38,13 @@ class VersionInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "version": self.version, "name": self.name, "sha256": self.sha256,
-            "created_at": self.created_at, "active": self.active,
+            "version": self.version,
+            "name": self.name,
+            "sha256": self.sha256,
+            "created_at": self.created_at,
+            "active": self.active,
             "card": self.card.model_dump(mode="json"),
-        }  # fmt: skip
+        }
 
 
 def _card_digest(card: ModelCard) -> bytes:
@@ -72,9 +75,14 @@ class Registry:
         if not path.exists():
             _atomic_write(path, model_bytes)
         row = ModelVersion(
-            version=version, name=card.name, sha256=sha, filename=path.name,
-            card_json=card.model_dump_json(), created_at=time.time(), parent_version=card.parent_version,
-        )  # fmt: skip
+            version=version,
+            name=card.name,
+            sha256=sha,
+            filename=path.name,
+            card_json=card.model_dump_json(),
+            created_at=time.time(),
+            parent_version=card.parent_version,
+        )
         stored = self.store.add_model_version(row)
         if stored is row:
             self.store.audit(actor, "model.register", version, name=card.name, sha256=sha)

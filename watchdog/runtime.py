@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ class LoadedModel:
     version: str
     card: ModelCard
     session: ort.InferenceSession
+    single_row_seconds: float = 0.0  # measured at warm-up; guides the batcher's inline choice
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Probabilities [N, C], temperature applied (logits / T, or log-probabilities / T)."""
@@ -68,39 +71,54 @@ def load_model(
     """Loads, checks against the card and warms a session; any fault is a ModelRejectedError."""
     model_bytes = source if isinstance(source, bytes) else Path(source).read_bytes()
     try:
-        session = ort.InferenceSession(model_bytes, session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            model_bytes, session_options(threads), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # ORT raises its own exception types for every kind of bad file
         raise ModelRejectedError(f"model: ONNX Runtime cannot load it ({_first_line(exc)})") from None
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     if card.input_name not in inputs:
-        raise ModelRejectedError(f"card.input_name: model has no input {card.input_name!r} (has {sorted(inputs)})")
+        raise ModelRejectedError(
+            f"card.input_name: model has no input {card.input_name!r} (has {sorted(inputs)})"
+        )
     if len(inputs) != 1:
         raise ModelRejectedError(f"model: expected one input, found {len(inputs)}")
     if card.output_name not in outputs:
-        raise ModelRejectedError(f"card.output_name: model has no output {card.output_name!r} (has {sorted(outputs)})")
+        raise ModelRejectedError(
+            f"card.output_name: model has no output {card.output_name!r} (has {sorted(outputs)})"
+        )
     spec = inputs[card.input_name]
     if spec.type != "tensor(float)":
         raise ModelRejectedError(f"model: input {spec.name!r} is {spec.type}, expected tensor(float)")
     if len(spec.shape) != 2:
-        raise ModelRejectedError(f"model: input {spec.name!r} has rank {len(spec.shape)}, expected [batch, features]")
+        raise ModelRejectedError(
+            f"model: input {spec.name!r} has rank {len(spec.shape)}, expected [batch, features]"
+        )
     width = spec.shape[1]
     if isinstance(width, int) and width != card.num_features:
         raise ModelRejectedError(f"card.num_features: card says {card.num_features}, model input has {width}")
     loaded = LoadedModel(version=version, card=card, session=session)
+    single_row = float("inf")
     for rows in sorted({1, max(1, warm_batch)}):
         probe = np.zeros((rows, card.num_features), dtype=np.float32)
         try:
             probs = loaded.predict_proba(probe)
+            if rows == 1:
+                for _ in range(3):  # the first run pays one-off allocations
+                    started = time.perf_counter()
+                    loaded.predict_proba(probe)
+                single_row = time.perf_counter() - started
         except Exception as exc:
             raise ModelRejectedError(f"model: a warm-up run failed ({_first_line(exc)})") from None
         if probs.shape != (rows, card.num_classes):
             raise ModelRejectedError(
-                f"card.classes: model outputs {list(probs.shape)} for {rows} rows, card has {card.num_classes} classes"
+                f"card.classes: model outputs {list(probs.shape)} for {rows} rows, "
+                f"card has {card.num_classes} classes"
             )
         if not np.all(np.isfinite(probs)):
             raise ModelRejectedError("model: warm-up produced non-finite outputs")
-    return loaded
+    return dataclasses.replace(loaded, single_row_seconds=single_row)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__, metrics
-from .asgi import JSON_HEADERS, Scope, header, read_body, send_bytes, send_error, send_json
+from .asgi import JSON_HEADERS, Scope, header, read_body, send_bytes, send_json
 from .validation import OIP_OUTPUT, BadRequest, parse_infer, parse_json, parse_predict
 
 if TYPE_CHECKING:
@@ -31,6 +31,8 @@ def error(status: int, message: str) -> JSON:
 
 
 # --- hot paths (raw ASGI) -------------------------------------------------------------------
+# They send exactly once, at the end, with status 200; every other answer is raised as
+# BadRequest and sent by the dispatcher (WatchdogASGI), which counts it.
 
 
 async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None:
@@ -41,8 +43,7 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
         body = await read_body(scope, receive, daemon.settings.server.max_body_bytes)
         model = daemon.models.current
         if model is None:
-            await send_error(send, 503, "no student model is loaded yet")
-            return
+            raise BadRequest(503, "no student model is loaded yet")
         request = parse_predict(body, model.card.num_features, daemon.settings.server.max_rows_per_request)
         batcher.arriving -= 1
         counted = False
@@ -62,13 +63,11 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
 
 async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any) -> None:
     if name != daemon.settings.student.name:
-        await send_error(send, 404, f"model: unknown model {name[:64]!r}")
-        return
+        raise BadRequest(404, f"model: unknown model {name[:64]!r}")
     body = await read_body(scope, receive, daemon.settings.server.max_body_bytes)
     model = daemon.models.current
     if model is None:
-        await send_error(send, 503, "no student model is loaded yet")
-        return
+        raise BadRequest(503, "no student model is loaded yet")
     raw_length = header(scope, b"inference-header-content-length")
     try:
         header_length = int(raw_length) if raw_length is not None else None

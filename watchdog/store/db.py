@@ -79,7 +79,9 @@ class Database:
                     session.commit()
                     return result
             except (OperationalError, DBAPIError) as exc:
-                if not getattr(exc, "connection_invalidated", False) and not isinstance(exc, OperationalError):
+                if not getattr(exc, "connection_invalidated", False) and not isinstance(
+                    exc, OperationalError
+                ):
                     raise
                 metrics.store_errors_total.labels(operation=operation).inc()
                 if attempt == attempts:
@@ -101,7 +103,8 @@ class Database:
                 current = info.version if info else SCHEMA_VERSION
                 if current > SCHEMA_VERSION:
                     raise WatchdogError(
-                        f"store: database schema version {current} is newer than this build's {SCHEMA_VERSION}"
+                        f"store: database schema version {current} is newer than "
+                        f"this build's {SCHEMA_VERSION}"
                     )
                 for version in range(current + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS.get(version, []):

@@ -61,18 +61,24 @@ class ModelStore:
             session.add(Activation(version=version, kind=kind, actor=actor, reason=reason, at=time.time()))
             session.add(
                 AuditEvent(
-                    at=time.time(), actor=actor, action=f"model.{kind}", subject=version,
+                    at=time.time(),
+                    actor=actor,
+                    action=f"model.{kind}",
+                    subject=version,
                     detail_json=orjson.dumps({"reason": reason}).decode(),
                 )
-            )  # fmt: skip
+            )
 
         self.db.retry("record_activation", op)
 
     def audit(self, actor: str, action: str, subject: str = "", **detail: Any) -> None:
         row = AuditEvent(
-            at=time.time(), actor=actor, action=action, subject=subject,
+            at=time.time(),
+            actor=actor,
+            action=action,
+            subject=subject,
             detail_json=orjson.dumps(detail, default=str).decode(),
-        )  # fmt: skip
+        )
         self.db.retry("audit", lambda s: s.add(row))
 
     def audit_events(self, limit: int = 100) -> list[AuditEvent]:

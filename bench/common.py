@@ -1,0 +1,133 @@
+"""Shared by the bench scripts: servers as child processes, wrk load, result tables.
+
+Ratios are taken within one run: these machines are noisy, so every comparison is between
+figures measured minutes apart on the same machine by the same load generator.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
+VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import free_port, mlp_onnx_bytes, wait_ready  # noqa: E402
+
+__all__ = ["free_port", "mlp_onnx_bytes", "wait_ready"]
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    failed: int
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"cannot parse latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, body: bytes, connections: int, seconds: int, threads: int = 1) -> Load:
+    """POSTs `body` with wrk; failed = non-2xx + socket errors."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: apt-get install wrk")
+    script = ROOT / "bench" / "out" / "post.lua"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    (script.parent / "body.json").write_bytes(body)
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{script.parent / "body.json"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+    )
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    failed = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        failed += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        failed += sum(int(g) for g in m.groups())
+    return Load(rps, p50, p99, requests, failed)
+
+
+class Child:
+    """A server in its own process, started and stopped around a measurement."""
+
+    def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None, ready: str = "/") -> None:
+        self.argv, self.port, self.ready = argv, port, ready
+        self.env = {**os.environ, "DO_NOT_TRACK": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Child:
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_ready(self.url, timeout=60, path=self.ready)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def warm(url: str, body: bytes, n: int = 200) -> None:
+    with httpx.Client() as client:
+        for _ in range(n):
+            client.post(url, content=body, headers={"content-type": "application/json"})
+
+
+def append_section(title: str, command: str, table: str, notes: str = "") -> None:
+    """Appends one dated section to docs/BENCHMARKS.md (never rewrites earlier ones)."""
+    machine = f"{platform.uname().system} {platform.uname().release} {platform.machine()}, {os.cpu_count()} CPUs"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
+    if not BENCHMARKS.exists():
+        BENCHMARKS.write_text("# Benchmarks\n\nEach section is appended by a script under `bench/`.\n")
+    with BENCHMARKS.open("a") as fh:
+        fh.write(f"\n## {title} — {stamp}\n\nMachine: {machine}. Command: `{command}`\n\n{table}\n")
+        if notes:
+            fh.write(f"\n{notes}\n")
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
+
+
+def since(start: float) -> float:
+    return time.perf_counter() - start
