@@ -8,24 +8,37 @@ from typing import Any
 
 import httpx
 import numpy as np
-
 from distill_watchdog import metrics
 
 ADMIN = {"Authorization": "Bearer s3cret-token"}
 
 
 def teacher_config(url: str, name: str = "big", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "kind": "http-v2", "location": url, "timeout_s": 1.0, "backoff_s": 0.01,
-            "options": {"model_name": "big", "input_name": "x"}, **extra}  # fmt: skip
+    return {
+        "name": name,
+        "kind": "http-v2",
+        "location": url,
+        "timeout_s": 1.0,
+        "backoff_s": 0.01,
+        "options": {"model_name": "big", "input_name": "x"},
+        **extra,
+    }
 
 
-def daemon_settings(make_settings: Callable[..., Any], model_files: Callable[..., Any], teachers: list[dict],
-                    sampling: dict[str, Any] | None = None, **overrides: Any) -> Any:  # fmt: skip
+def daemon_settings(
+    make_settings: Callable[..., Any],
+    model_files: Callable[..., Any],
+    teachers: list[dict],
+    sampling: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Any:
     model, card = model_files()
     return make_settings(
         student={"model": str(model), "card": str(card), "max_batch_delay_ms": 0.5},
-        teachers=teachers, sampling={"rate": 1.0, "batch_size": 16, **(sampling or {})}, **overrides,
-    )  # fmt: skip
+        teachers=teachers,
+        sampling={"rate": 1.0, "batch_size": 16, **(sampling or {})},
+        **overrides,
+    )
 
 
 def predict(url: str, rows: int = 4, seed: int = 0, **body: Any) -> dict[str, Any]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from support import ServerThread
-
 from distill_watchdog.server import default_components
+from support import ServerThread
 from teachers.fake_teacher import FakeTeacher
 
 from .helpers import ADMIN, counter, daemon_settings, eventually, predict, sample_count, teacher_config
@@ -41,14 +40,22 @@ def test_sampled_rows_are_stored_with_teacher_outputs_and_feedback_joins_labels(
         assert row["slices"] == {"region": "eu"}
         out = row["teachers"]["big"]
         assert out["version"] == "v1" and not out["quarantined"]
-        np.testing.assert_allclose(out["probs"], teacher.probs(np.asarray([row["features"]], np.float32))[0],
-                                   atol=1e-5)  # fmt: skip
+        np.testing.assert_allclose(
+            out["probs"], teacher.probs(np.asarray([row["features"]], np.float32))[0], atol=1e-5
+        )
         assert sample_count("stored") - stored_before == 12
 
         ids = first["ids"][:2]
-        reply = httpx.post(f"{server.url}/v1/feedback",
-                           json={"labels": [{"id": ids[0], "label": 3}, {"id": ids[1], "label": 1},
-                                            {"id": "never-seen", "label": 0}]})  # fmt: skip
+        reply = httpx.post(
+            f"{server.url}/v1/feedback",
+            json={
+                "labels": [
+                    {"id": ids[0], "label": 3},
+                    {"id": ids[1], "label": 1},
+                    {"id": "never-seen", "label": 0},
+                ]
+            },
+        )
         assert reply.status_code == 200
         assert reply.json() == {"accepted": 2, "unknown_ids": ["never-seen"]}
         labelled = {r["request_id"]: r["label"] for r in store.recent_samples(100)}
@@ -62,26 +69,36 @@ def test_sampled_rows_are_stored_with_teacher_outputs_and_feedback_joins_labels(
         assert 'watchdog_teacher_version_info{pinned="true",teacher="big",version="v1"} 1.0' in metrics_text
 
 
-def test_serving_survives_a_slow_garbled_and_dead_teacher(make_settings, model_files, teacher: FakeTeacher) -> None:
+def test_serving_survives_a_slow_garbled_and_dead_teacher(
+    make_settings, model_files, teacher: FakeTeacher
+) -> None:
     cfg = teacher_config(teacher.url, timeout_s=0.2, retries=0, circuit_failures=2, circuit_reset_s=60)
     settings = daemon_settings(make_settings, model_files, [cfg])
     errors_before = sample_count("teacher_error")
     with _serve(settings) as server:
         teacher.mode = "garbage"
         predict(server.url, rows=2)
-        eventually(lambda: counter("watchdog_teacher_requests_total", teacher="big", outcome="invalid") >= 1,
-                   what="invalid answer counted")  # fmt: skip
+        eventually(
+            lambda: counter("watchdog_teacher_requests_total", teacher="big", outcome="invalid") >= 1,
+            what="invalid answer counted",
+        )
         teacher.mode, teacher.delay_s = "ok", 1.0
         predict(server.url, rows=2, seed=1)
-        eventually(lambda: counter("watchdog_teacher_requests_total", teacher="big", outcome="timeout") >= 1,
-                   what="timeout counted")  # fmt: skip
+        eventually(
+            lambda: counter("watchdog_teacher_requests_total", teacher="big", outcome="timeout") >= 1,
+            what="timeout counted",
+        )
         teacher.stop()
         for seed in range(5):  # every prediction still answered while the teacher is dead
             predict(server.url, rows=2, seed=seed)
         eventually(lambda: counter("watchdog_teacher_circuit_open", teacher="big") == 1, what="circuit open")
-        eventually(lambda: counter("watchdog_teacher_requests_total", teacher="big", outcome="circuit_open") >= 1,
-                   what="fail-fast counted")  # fmt: skip
-        eventually(lambda: server.daemon.store.count_samples() == 14, what="rows stored without teacher output")
+        eventually(
+            lambda: counter("watchdog_teacher_requests_total", teacher="big", outcome="circuit_open") >= 1,
+            what="fail-fast counted",
+        )
+        eventually(
+            lambda: server.daemon.store.count_samples() == 14, what="rows stored without teacher output"
+        )
         assert sample_count("teacher_error") - errors_before == 14
         status = httpx.get(f"{server.url}/admin/teachers", headers=ADMIN).json()
         assert status["teachers"][0]["circuit_open"] is True
@@ -89,8 +106,12 @@ def test_serving_survives_a_slow_garbled_and_dead_teacher(make_settings, model_f
 
 def test_full_queue_drops_and_counts(make_settings, model_files, teacher: FakeTeacher) -> None:
     teacher.delay_s = 0.5
-    settings = daemon_settings(make_settings, model_files, [teacher_config(teacher.url)],
-                               sampling={"queue_size": 2, "batch_size": 1, "concurrency": 1})  # fmt: skip
+    settings = daemon_settings(
+        make_settings,
+        model_files,
+        [teacher_config(teacher.url)],
+        sampling={"queue_size": 2, "batch_size": 1, "concurrency": 1},
+    )
     dropped_before = sample_count("dropped")
     with _serve(settings) as server:
         predict(server.url, rows=20)
@@ -100,10 +121,15 @@ def test_full_queue_drops_and_counts(make_settings, model_files, teacher: FakeTe
 
 def test_per_slice_rates_oversample_a_slice(make_settings, model_files, teacher: FakeTeacher) -> None:
     settings = daemon_settings(
-        make_settings, model_files, [teacher_config(teacher.url)],
+        make_settings,
+        model_files,
+        [teacher_config(teacher.url)],
         sampling={"rate": 0.0, "per_slice": {"region=eu": 1.0, "x0=high": 1.0}},
-        slices={"keys": ["region"], "bins": [{"name": "x0", "feature": 0, "edges": [10.0], "labels": ["low", "high"]}]},
-    )  # fmt: skip
+        slices={
+            "keys": ["region"],
+            "bins": [{"name": "x0", "feature": 0, "edges": [10.0], "labels": ["low", "high"]}],
+        },
+    )
     with _serve(settings) as server:
         predict(server.url, rows=5, slice={"region": "us"})
         predict(server.url, rows=3, slice={"region": "eu", "tenant": "a"})

@@ -29,8 +29,9 @@ def _free_port() -> int:
 
 
 class FakeTeacher:
-    def __init__(self, port: int | None = None, version: str = "v1", num_classes: int = 10,
-                 delay_s: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self, port: int | None = None, version: str = "v1", num_classes: int = 10, delay_s: float = 0.0
+    ) -> None:
         self.port = port or _free_port()
         self.version = version
         self.num_classes = num_classes
@@ -85,18 +86,38 @@ class FakeTeacher:
         self.rows += len(x)
         probs = self.probs(x)
         data: Any = probs.ravel().tolist() if self.mode != "garbage" else ["not", "numbers"]
-        answer = {"model_name": scope["path"].split("/")[3], "model_version": self.version,
-                  "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape), "data": data}]}
+        answer = {
+            "model_name": scope["path"].split("/")[3],
+            "model_version": self.version,
+            "outputs": [
+                {"name": "probabilities", "datatype": "FP32", "shape": list(probs.shape), "data": data}
+            ],
+        }
         await self._answer(send, 200, orjson.dumps(answer))
 
     async def _answer(self, send: Any, status: int, body: bytes) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def start(self) -> FakeTeacher:
-        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_config=None, lifespan="on",
-                                access_log=False, timeout_graceful_shutdown=1)  # fmt: skip
+        config = uvicorn.Config(
+            self,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            lifespan="on",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()

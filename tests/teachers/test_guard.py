@@ -6,7 +6,6 @@ import asyncio
 
 import numpy as np
 import pytest
-
 from distill_watchdog import metrics
 from distill_watchdog.config import TeacherConfig
 from distill_watchdog.teachers import CallFailed, CircuitBreaker, GuardedTeacher
@@ -16,14 +15,24 @@ from .fake_teacher import FakeTeacher
 
 
 def _count(teacher: str, outcome: str) -> float:
-    return metrics.REGISTRY.get_sample_value(
-        "watchdog_teacher_requests_total", {"teacher": teacher, "outcome": outcome}
-    ) or 0.0
+    return (
+        metrics.REGISTRY.get_sample_value(
+            "watchdog_teacher_requests_total", {"teacher": teacher, "outcome": outcome}
+        )
+        or 0.0
+    )
 
 
 def _guard(name: str, url: str, **kw: object) -> GuardedTeacher:
-    cfg = TeacherConfig(name=name, kind="http-v2", location=url, timeout_s=kw.pop("timeout_s", 2.0),
-                        options={"model_name": "big", "input_name": "x"}, backoff_s=0.01, **kw)  # fmt: skip
+    cfg = TeacherConfig(
+        name=name,
+        kind="http-v2",
+        location=url,
+        timeout_s=kw.pop("timeout_s", 2.0),
+        options={"model_name": "big", "input_name": "x"},
+        backoff_s=0.01,
+        **kw,
+    )
     return GuardedTeacher(cfg, build_adapter(cfg))
 
 

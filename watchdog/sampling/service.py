@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # (request, row index, student probs [N, C], student version, time offered)
 Item = tuple[Any, int, np.ndarray, str, float]
 _OUTCOMES = ("stored", "dropped", "quarantined", "teacher_error")
+MIN_EVAL_ROWS = 10  # fewest rows worth re-evaluating on when a change comes before the set is full
 
 
 class SamplingService:
@@ -86,17 +87,27 @@ class SamplingService:
         model = daemon.models.current
         if model is not None and self.settings.slices.bins:
             self.rules = SliceRules(self.settings.slices, self.cfg, model.card.feature_names)
-        for tcfg in self.settings.teachers:
-            adapter = build_adapter(tcfg)
-            self.teachers[tcfg.name] = GuardedTeacher(tcfg, adapter, self.cfg.concurrency, self._on_circuit)
         self.pins = Pins(daemon.store, self.cfg.on_teacher_change, self._on_pin_event)
         configured = {t.name: t.pinned_version for t in self.settings.teachers}
         await asyncio.to_thread(self.pins.load, configured)
+        self.running = True  # rows queue up while the teachers load
+        self._spawn(self._boot())
+
+    async def _boot(self) -> None:
+        """Loads the adapters in a thread (the engine imports torch: seconds) so readiness never waits."""
+        try:
+            adapters = await asyncio.to_thread(lambda: [build_adapter(t) for t in self.settings.teachers])
+        except Exception:
+            metrics.sampler_errors_total.labels(stage="worker").inc()
+            log.exception("sampling: cannot build the teacher adapters; sampling is off")
+            self.running = False
+            return
+        for tcfg, adapter in zip(self.settings.teachers, adapters, strict=True):
+            self.teachers[tcfg.name] = GuardedTeacher(tcfg, adapter, self.cfg.concurrency, self._on_circuit)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work()) for _ in range(self.cfg.concurrency)]
         if self.cfg.eval_set is not None:
             self._spawn(self._freeze_from_file())
-        self.running = True
 
     async def stop(self) -> None:
         """Stops taking rows; rows still queued are counted as dropped (the request path never waits)."""
@@ -264,7 +275,9 @@ class SamplingService:
             reference = await asyncio.to_thread(frozen, store, name)
             if reference is None:  # not yet frozen: freeze what the pinned version answered so far
                 pinned = self.pins.teachers[name].pinned or ""
-                await asyncio.to_thread(freeze_from_samples, store, name, pinned, self.cfg.eval_set_size, 1)
+                size = self.cfg.eval_set_size
+                least = min(size, MIN_EVAL_ROWS)
+                await asyncio.to_thread(freeze_from_samples, store, name, pinned, size, least)
                 reference = await asyncio.to_thread(frozen, store, name)
             if reference is None:
                 raise CallFailed("invalid", "no frozen eval set yet; an operator must accept")
@@ -309,14 +322,16 @@ class SamplingService:
     def status(self) -> list[dict[str, Any]]:
         assert self.pins is not None
         out = []
-        for name, teacher in self.teachers.items():
-            state = self.pins.teachers.get(name) or TeacherState(name=name)
+        for tcfg in self.settings.teachers:
+            state = self.pins.teachers.get(tcfg.name) or TeacherState(name=tcfg.name)
+            teacher = self.teachers.get(tcfg.name)
             out.append(
                 {
                     **state.as_dict(),
-                    "kind": teacher.cfg.kind,
-                    "circuit_open": teacher.breaker.is_open,
-                    "last_error": teacher.last_error,
+                    "kind": tcfg.kind,
+                    "loaded": teacher is not None,
+                    "circuit_open": teacher is not None and teacher.breaker.is_open,
+                    "last_error": teacher.last_error if teacher else None,
                 }
             )
         return out

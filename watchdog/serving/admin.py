@@ -162,7 +162,7 @@ async def accept_teacher(request: Request) -> Response:
     daemon = _daemon(request)
     service = _teachers(daemon)
     name = request.path_params["name"]
-    if name not in service.teachers:
+    if name not in service.pins.teachers:
         raise BadRequest(404, f"teacher: unknown teacher {name[:64]!r}")
     data = await read_json(request, daemon.settings.server.max_body_bytes)
     if not isinstance(data, dict):

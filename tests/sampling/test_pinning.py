@@ -1,0 +1,126 @@
+"""A hosted teacher changes version under the daemon: event, metrics, quarantine, re-evaluation, accept."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from distill_watchdog.server import default_components
+from support import ServerThread
+from teachers.fake_teacher import FakeTeacher
+
+from .helpers import ADMIN, counter, daemon_settings, eventually, predict, sample_count, teacher_config
+
+
+@pytest.fixture
+def teacher():
+    with FakeTeacher(version="v1") as t:
+        yield t
+
+
+def _serve(settings):
+    return ServerThread(settings, default_components(settings))
+
+
+def _events(store) -> list[tuple[str, str | None, str | None]]:
+    return [(e.kind, e.from_version, e.to_version) for e in reversed(store.teacher_events("big"))]
+
+
+def test_new_version_is_quarantined_then_passes_reevaluation(make_settings, model_files, teacher) -> None:
+    settings = daemon_settings(
+        make_settings, model_files, [teacher_config(teacher.url)], sampling={"eval_set_size": 8}
+    )
+    changes_before = counter("watchdog_teacher_version_changes_total", teacher="big")
+    quarantined_before = sample_count("quarantined")
+    with _serve(settings) as server:
+        store = server.daemon.store
+        predict(server.url, rows=8)
+        eventually(lambda: store.eval_count("big") == 8, what="eval set frozen from the first 8 samples")
+        teacher.version = "v2"  # same answers, new version: re-evaluation must pass
+        predict(server.url, rows=4, seed=1)
+        eventually(lambda: ("reeval_passed", "v1", "v2") in _events(store), what="re-evaluation passed")
+        eventually(
+            lambda: store.count_samples() == 12 and store.count_samples(quarantined=True) == 0,
+            what="quarantine released",
+        )
+        assert _events(store)[:2] == [("pinned", None, "v1"), ("changed", "v1", "v2")]
+        assert sample_count("quarantined") - quarantined_before == 4
+        assert counter("watchdog_teacher_version_changes_total", teacher="big") - changes_before == 1
+        assert counter("watchdog_teacher_reevaluations_total", teacher="big", outcome="passed") >= 1
+        assert counter("watchdog_teacher_version_info", teacher="big", version="v2", pinned="true") == 1
+        assert counter("watchdog_teacher_version_info", teacher="big", version="v1", pinned="true") == 0
+        assert any(a.action == "teacher.reeval_passed" and a.actor == "reeval" for a in store.audit_events())
+        status = httpx.get(f"{server.url}/admin/teachers", headers=ADMIN).json()["teachers"][0]
+        assert status["pinned_version"] == "v2" and status["state"] == "ok"
+
+
+def test_failed_reevaluation_keeps_quarantine_until_an_operator_accepts(
+    make_settings, model_files, teacher, tmp_path
+) -> None:
+    x = np.random.default_rng(5).normal(size=(30, 40)).astype(np.float32)
+    eval_file = tmp_path / "eval.npz"
+    np.savez(eval_file, x=x, y=teacher.probs(x).argmax(1), slice=np.array(["a"] * 30))
+    settings = daemon_settings(
+        make_settings, model_files, [teacher_config(teacher.url)], sampling={"eval_set": str(eval_file)}
+    )
+    with _serve(settings) as server:
+        store = server.daemon.store
+        eventually(lambda: store.eval_count("big") == 30, what="eval set labelled from the file")
+        assert {r.source for r in store.eval_rows("big")} == {"file"}
+        teacher.version, teacher.shift = "v2", 3  # a different model: agreement collapses
+        predict(server.url, rows=4)
+        eventually(
+            lambda: any(k == "reeval_failed" for k, _, _ in _events(store)), what="re-evaluation failed"
+        )
+        assert store.count_samples(quarantined=True) == 4
+        assert store.recent_samples(10) == []  # quarantined rows are not handed downstream
+        status = httpx.get(f"{server.url}/admin/teachers", headers=ADMIN).json()
+        assert status["teachers"][0]["state"] == "quarantine"
+        assert status["teachers"][0]["candidate_version"] == "v2"
+        failed = next(e for e in status["events"] if e["kind"] == "reeval_failed")
+        assert failed["detail"]["agreement"] < 0.95 and failed["detail"]["accuracy_new"] < 1.0
+
+        url = f"{server.url}/admin/teachers/big/accept"
+        assert httpx.post(url, json={}).status_code == 401
+        assert httpx.post(f"{server.url}/admin/teachers/nope/accept", headers=ADMIN).status_code == 404
+        reply = httpx.post(url, headers=ADMIN, json={"reason": "vendor upgrade reviewed"})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["pinned_version"] == "v2" and reply.json()["state"] == "ok"
+        assert store.count_samples(quarantined=True) == 0
+        audit = next(a for a in store.audit_events() if a.action == "teacher.accepted")
+        assert audit.actor == "admin-api" and audit.subject == "big" and "vendor upgrade" in audit.detail_json
+        assert httpx.post(url, headers=ADMIN).status_code == 409  # nothing left to accept
+
+
+def test_pause_policy_stops_sampling_until_accepted(make_settings, model_files, teacher) -> None:
+    settings = daemon_settings(
+        make_settings, model_files, [teacher_config(teacher.url)], sampling={"on_teacher_change": "pause"}
+    )
+    with _serve(settings) as server:
+        store = server.daemon.store
+        predict(server.url, rows=2)
+        eventually(lambda: store.count_samples() == 2, what="first rows")
+        teacher.version = "v2"
+        predict(server.url, rows=2, seed=1)
+        eventually(lambda: store.count_samples() == 4, what="the rows that saw the change")
+        eventually(lambda: any(k == "reeval_failed" for k, _, _ in _events(store)), what="no eval set yet")
+        predict(server.url, rows=5, seed=2)  # paused: not sampled
+        assert httpx.post(f"{server.url}/admin/teachers/big/accept", headers=ADMIN).status_code == 200
+        predict(server.url, rows=3, seed=3)
+        eventually(lambda: store.count_samples() == 7, what="sampling resumed")
+
+
+def test_accept_policy_moves_the_pin_at_once(make_settings, model_files, teacher) -> None:
+    settings = daemon_settings(
+        make_settings,
+        model_files,
+        [teacher_config(teacher.url, pinned_version="v0")],
+        sampling={"on_teacher_change": "accept"},
+    )
+    with _serve(settings) as server:
+        store = server.daemon.store
+        predict(server.url, rows=3)
+        eventually(lambda: store.count_samples() == 3, what="rows stored")
+        assert store.count_samples(quarantined=True) == 0
+        assert _events(store) == [("changed", "v0", "v1")]
+        assert store.get_pin("big").pinned_version == "v1"
