@@ -40,6 +40,7 @@ def version_excluded(versions: np.ndarray, excluded: list[str]) -> np.ndarray:
     out = np.zeros(len(versions), dtype=bool)
     for v in np.unique(versions.astype(str)):
         parts = set(v.split("+")) | {v}
+        parts |= {p.split("@", 1)[1] for p in list(parts) if "@" in p}
         if parts & ex:
             out |= versions.astype(str) == v
     return out
