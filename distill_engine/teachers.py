@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -173,7 +174,8 @@ class TorchTeacher(Teacher):
                 model.load_state_dict(state)
             else:
                 model = torch.jit.load(str(path), map_location="cpu")
-        except (RuntimeError, ValueError, TypeError) as e:
+        except (RuntimeError, ValueError, TypeError, pickle.UnpicklingError) as e:
+            # UnpicklingError: a state dict holding anything but tensors (weights_only refuses it).
             raise TeacherError(f"teacher {self.name}: cannot load {path}: {str(e).splitlines()[0]}") from None
         model.eval()
         self._model = model

@@ -125,12 +125,23 @@ def write_model(
 class Postgres:
     """Hands out a fresh database per test on a server from the env URL or a throw-away cluster."""
 
-    def __init__(self) -> None:
-        self.base_url: str | None = os.environ.get("WATCHDOG_TEST_POSTGRES_URL")
+    def __init__(self, own_cluster: bool = False) -> None:
+        """`own_cluster` starts a private cluster even when the env URL is set (tests that restart it)."""
+        self.base_url: str | None = None if own_cluster else os.environ.get("WATCHDOG_TEST_POSTGRES_URL")
         self.skip_reason: str | None = None
         self._cluster: Path | None = None
         if not self.base_url:
             self._start_cluster()
+
+    def restart(self, pause_s: float = 0.0) -> None:
+        """Stops the private cluster (fast mode: connections are cut), waits, starts it again."""
+        assert self._cluster is not None, "restart needs own_cluster=True"
+        pg_ctl = [*self._as, str(_pg_bindir() / "pg_ctl"), "-D", str(self._cluster / "data")]
+        subprocess.run([*pg_ctl, "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+        time.sleep(pause_s)
+        subprocess.run(
+            [*pg_ctl, "-l", str(self._cluster / "log"), "-w", "start"], check=True, capture_output=True
+        )
 
     def _start_cluster(self) -> None:
         bindir = _pg_bindir()
@@ -165,22 +176,15 @@ class Postgres:
                 check=True,
                 capture_output=True,
             )
+            with open(self._cluster / "data" / "postgresql.conf", "a") as conf:
+                conf.write(f"\nport = {port}\nunix_socket_directories = '{self._cluster}'\n")
+                conf.write("listen_addresses = '127.0.0.1'\nfsync = off\n")
             subprocess.run(
-                [
-                    *self._as,
-                    str(bindir / "pg_ctl"),
-                    "-D",
-                    str(self._cluster / "data"),
-                    "-l",
-                    str(self._cluster / "log"),
-                    "-o",
-                    f"-p {port} -k {self._cluster} -c listen_addresses=127.0.0.1",
-                    "-w",
-                    "start",
-                ],
+                [*self._as, str(bindir / "pg_ctl"), "-D", str(self._cluster / "data"), "-l",
+                 str(self._cluster / "log"), "-w", "start"],
                 check=True,
                 capture_output=True,
-            )
+            )  # fmt: skip
         except subprocess.CalledProcessError as exc:
             self.skip_reason = (
                 f"PostgreSQL: throw-away cluster failed to start ({exc.stderr.decode()[-200:]})"
