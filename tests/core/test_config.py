@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+
 from distill_watchdog.config import load_settings
 from distill_watchdog.errors import ConfigError
+
 from support import CLI
 
 

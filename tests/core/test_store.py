@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+
 from distill_watchdog.errors import WatchdogError
 from distill_watchdog.store import SCHEMA_VERSION, Activation, Store
 from distill_watchdog.store.models import active_stack

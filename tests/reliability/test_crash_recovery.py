@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from support import DaemonProcess, free_port, write_model
 
 from distill_watchdog.store import Store
+
+from support import DaemonProcess, free_port, write_model
 
 pytestmark = pytest.mark.slow
 X = np.random.default_rng(5).normal(size=(4, 40)).astype(np.float32).tolist()

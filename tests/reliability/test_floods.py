@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
 from support import DaemonProcess, free_port
 from teachers.fake_teacher import FakeTeacher
 

@@ -8,9 +8,10 @@ import time
 import httpx
 import numpy as np
 import pytest
-from support import DaemonProcess, Postgres, free_port, write_model
 
 from distill_watchdog.store import Store
+
+from support import DaemonProcess, Postgres, free_port, write_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 X = np.random.default_rng(6).normal(size=(2, 40)).astype(np.float32).tolist()

@@ -8,11 +8,12 @@ import pickle
 
 import httpx
 import pytest
-from support import DaemonProcess, ServerThread, free_port, mlp_onnx_bytes
 
 from distill_engine.errors import TeacherError
 from distill_engine.job import TeacherSpec
 from distill_engine.teachers import make_teacher
+
+from support import DaemonProcess, ServerThread, free_port, mlp_onnx_bytes
 
 TOKEN = "Zx-admin-9f3k2"
 

@@ -7,8 +7,10 @@ import threading
 
 import httpx
 import numpy as np
+
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
+
 from support import ServerThread, mlp_onnx_bytes
 
 TOKEN = {"Authorization": "Bearer s3cret-token"}

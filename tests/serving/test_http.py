@@ -8,7 +8,9 @@ import json
 import httpx
 import numpy as np
 import pytest
+
 from distill_watchdog.runtime import softmax
+
 from support import ServerThread, mlp_onnx_bytes, mlp_reference, mlp_weights
 
 TOKEN = {"Authorization": "Bearer s3cret-token"}

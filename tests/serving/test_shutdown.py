@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+
 from support import DaemonProcess, free_port
 
 pytestmark = pytest.mark.slow
