@@ -24,6 +24,8 @@ from . import metrics
 from .config import Settings
 from .errors import WatchdogError
 from .registry import Registry
+from . import ui
+from .jobs import api as runs_api
 from .serving import admin, routes
 from .serving.asgi import send_error
 from .serving.batcher import MicroBatcher, ModelUnavailableError
@@ -55,6 +57,8 @@ class Daemon:
     sampler: Sampler | None = None
     alerts: Any = None  # alerts.Alerter once started (fire/resolve never block)
     teachers: Any = None  # sampling.SamplingService once started (pins, admin accept)
+    scheduler: Any = None  # jobs.scheduler.Scheduler once started (leader, last cycle)
+    runs: Any = None  # jobs.runs.RunManager once started (trigger, approve, reject)
     components: list[Component] = field(default_factory=list)
     draining: bool = False
     started_at: float = field(default_factory=time.time)
@@ -105,6 +109,8 @@ class WatchdogASGI:
         self.framework = framework
         self._children: dict[tuple[str, int], Any] = {}
         self._durations: dict[str, Any] = {}
+        self.in_flight = 0  # read at scrape time: a plain int costs nothing per request
+        metrics.requests_in_flight.set_function(lambda: self.in_flight)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -123,7 +129,7 @@ class WatchdogASGI:
             await send(message)
 
         begin = time.perf_counter()
-        metrics.requests_in_flight.inc()
+        self.in_flight += 1
         try:
             if label == "/v1/predict" or label.endswith("/infer"):
                 # Hot routes send once, on success; no wrapper on their path.
@@ -154,7 +160,7 @@ class WatchdogASGI:
             if not started:
                 await send_error(send_wrapper, 500, "internal error; see the daemon's log")
         finally:
-            metrics.requests_in_flight.dec()
+            self.in_flight -= 1
             key = (label, status)
             child = self._children.get(key)
             if child is None:
@@ -235,7 +241,7 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
             daemon.store.close()
 
     framework = Starlette(
-        routes=[*routes.ROUTES, *admin.ROUTES],
+        routes=[*routes.ROUTES, *admin.ROUTES, *runs_api.ROUTES, *ui.ROUTES],
         lifespan=lifespan,
         exception_handlers={
             HTTPException: _http_error,
