@@ -119,7 +119,13 @@ def distill(
         result = run_job_file(job, out)
     except JobError as exc:
         raise WatchdogError(str(exc)) from None
-    typer.echo(f"wrote {out}/student.onnx ({getattr(result, 'summary', lambda: '')()})".rstrip(" ()"))
+    nan = float("nan")
+    student, teacher = result.result.get("student", {}), result.result.get("teacher", {})
+    typer.echo(
+        f"wrote {result.out_dir}: student.onnx card.json result.json report.html; "
+        f"accuracy {student.get('accuracy', nan):.4f} (teacher {teacher.get('accuracy', nan):.4f}), "
+        f"agreement {student.get('agreement', nan):.4f}, verdict {result.verdict or 'n/a'}"
+    )
 
 
 @app.command()
