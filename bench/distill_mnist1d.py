@@ -224,13 +224,15 @@ def main() -> None:
     kd = results["KD on teacher-labelled traffic"]
     summary = [
         "",
-        f"Best student: **{best['label']}**, {100 * best['acc']:.2f}% = {100 * best['acc'] / t_acc:.1f}% of the "
-        f"teacher's accuracy with {best['params']} params = 1/{t_params / best['params']:.1f} of the teacher's "
-        f"(targets ≥ 95%, ≤ 1/5). ECE after scaling ≤ {100 * max(r['ece1'] for r in rows[1:]):.2f}% "
+        f"Best student: **{best['label']}**, {100 * best['acc']:.2f}% = "
+        f"{100 * best['acc'] / t_acc:.1f}% of the teacher's accuracy with {best['params']} params = "
+        f"1/{t_params / best['params']:.1f} of the teacher's (targets ≥ 95%, ≤ 1/5). "
+        f"ECE after scaling ≤ {100 * max(r['ece1'] for r in rows[1:]):.2f}% "
         "(target ≤ 2%).",
         f"One round on {args.rows} rows (KD row, export and parity included): "
         f"{rows[2]['wall']:.1f} s (target ≤ 120 s); ONNX parity max |Δp| "
-        f"{max(r.get('parity', 0) for r in rows):.1e}. Setup (data generation, two teachers): {setup_s:.0f} s.",
+        f"{max(r.get('parity', 0) for r in rows):.1e}. "
+        f"Setup (data generation, two teachers): {setup_s:.0f} s.",
         f"Stop rule on the KD round: `{kd['stop']['verdict']}`.",
     ]
     table = "\n".join(lines + summary)

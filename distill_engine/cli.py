@@ -16,10 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--progress", choices=["auto", "json", "tqdm", "none"], default="auto")
     args = ap.parse_args(argv)
-    from .runner import run_job_file
+    from .job import load_job
 
     try:
-        res = run_job_file(args.job, args.out, progress=None if args.progress == "auto" else args.progress)
+        job = load_job(args.job)  # validate before importing torch: bad jobs fail fast
+        from .runner import run
+
+        res = run(job, args.out, progress=None if args.progress == "auto" else args.progress)
     except JobError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -70,8 +70,8 @@ def test_zero_weight_rows_are_dropped() -> None:
 
 def test_production_matching_upweights_rows_like_production() -> None:
     rng = np.random.default_rng(0)
-    pool = rng.normal(0, 1, size=(4000, 2))
-    prod = rng.normal(1.0, 1, size=(2000, 2))
+    pool = rng.normal(0, 1, size=(2000, 2))
+    prod = rng.normal(1.0, 1, size=(1000, 2))
     w, info = production_weights(pool, prod, (0.1, 10.0))
     near = pool[:, 0] > 1.0
     far = pool[:, 0] < -1.0
@@ -84,8 +84,8 @@ def test_production_matching_upweights_rows_like_production() -> None:
 
 def test_production_matching_clips() -> None:
     rng = np.random.default_rng(1)
-    pool = rng.normal(0, 1, size=(2000, 1))
-    prod = rng.normal(3.0, 0.5, size=(2000, 1))
+    pool = rng.normal(0, 1, size=(1000, 1))
+    prod = rng.normal(3.0, 0.5, size=(1000, 1))
     w, info = production_weights(pool, prod, (0.5, 2.0))
     assert info["clipped"] > 0
     ratio = w.max() / w.min()
