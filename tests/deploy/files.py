@@ -161,8 +161,9 @@ def dashboard_exprs(dash: dict[str, Any]) -> list[str]:
 
 def settings_key_exists(dotted: list[str]) -> bool:
     """Whether a path of lower-case keys (from `WATCHDOG__A__B`) names a field of the config model."""
-    from distill_watchdog.config import Settings
     from pydantic import BaseModel
+
+    from distill_watchdog.config import Settings
 
     model: type[BaseModel] = Settings
     for i, key in enumerate(dotted):
