@@ -55,6 +55,8 @@ RUN groupadd --system --gid 10001 watchdog \
  && chown watchdog:watchdog /data
 COPY --from=build /opt/venv /opt/venv
 COPY deploy/image/watchdog.yaml /etc/distill-watchdog/watchdog.yaml
+# Kubernetes Job templates and their submit script, for `distill.launcher: command` (docs/deploy.md)
+COPY deploy/k8s/jobs /opt/distill-watchdog/k8s-jobs
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]

@@ -4,6 +4,7 @@ agrees with the Dockerfile, the config model and each other (no container engine
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -343,3 +344,21 @@ def test_every_compose_and_k8s_file_is_yaml():
         if "${RUN_ID}" in text:
             continue  # templates: parsed after filling in test_k8s_*_job_*
         assert load_all_yaml(path) is not None, path
+
+
+def test_documented_command_launcher_runs_the_submit_script_shipped_in_the_image():
+    from .files import DOCS, final_stage
+
+    docs = DOCS.read_text()
+    (template,) = set(re.findall(r'^\s*command: "(\S*submit-distill-job\.sh[^"]*)"', docs, re.M))
+    argv = shlex.split(template.format(job="/data/runs/abc/job.yaml", out="/data/runs/abc/out", run_id="abc"))
+    assert argv[1:] == ["/data/runs/abc/job.yaml", "/data/runs/abc/out", "abc"]  # JOB OUT RUN_ID
+    shipped = {}
+    for instr, args in final_stage():
+        if instr == "COPY" and not args.startswith("--from"):
+            src, dst = shlex.split(args)
+            shipped[dst] = ROOT / src
+    folder, script = argv[0].rsplit("/", 1)
+    assert (shipped[folder] / script).is_file(), f"{argv[0]} is not in the image"
+    configmap = (K8S / "base" / "configmap.yaml").read_text()
+    assert template in configmap
