@@ -59,8 +59,15 @@ class TeacherSpec(_Spec):
     version_path: str | None = None
     version_header: str | None = None
 
+    location: str | None = None  # the daemon config's name: a path for local kinds, a URL for HTTP
+
     @model_validator(mode="after")
     def _location(self) -> TeacherSpec:
+        if self.location:
+            if self.kind in ("onnx", "torch"):
+                self.path = self.path or self.location
+            else:
+                self.url = self.url or self.location
         if self.kind in ("onnx", "torch") and not self.path:
             raise ValueError(f"kind {self.kind} needs 'path'")
         if self.kind in ("http-v2", "http-json") and not self.url:

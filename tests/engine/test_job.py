@@ -76,3 +76,16 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("data: [unclosed")
     with pytest.raises(JobError, match="not valid YAML"):
         load_job(tmp_path / "bad.yaml")
+
+
+def test_teacher_location_alias() -> None:
+    job = parse_job(
+        {
+            **MINIMAL,
+            "teachers": [
+                {"name": "a", "kind": "onnx", "location": "t.onnx"},
+                {"name": "b", "kind": "http-v2", "location": "http://h:1"},
+            ],
+        }
+    )
+    assert job.teachers[0].path == "t.onnx" and job.teachers[1].url == "http://h:1"
