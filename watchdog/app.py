@@ -20,12 +20,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import metrics
+from . import metrics, ui
 from .config import Settings
 from .errors import WatchdogError
-from .registry import Registry
-from . import ui
 from .jobs import api as runs_api
+from .registry import Registry
 from .serving import admin, routes
 from .serving.asgi import send_error
 from .serving.batcher import MicroBatcher, ModelUnavailableError

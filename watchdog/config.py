@@ -104,6 +104,8 @@ class SamplingConfig(Section):
     queue_size: PositiveInt = 10_000
     batch_size: PositiveInt = 64
     concurrency: PositiveInt = 2  # teacher batches in flight at once
+    batch_wait_s: Annotated[float, _within(0)] = 0.25  # a batch gathers this long before its teacher call
+    flush_s: Positive = 0.5  # answered rows are bulk-written this often
     on_teacher_change: Literal["quarantine", "accept", "pause"] = "quarantine"
     # Frozen evaluation set: an npz file (x, optional y and slice), else the first
     # `eval_set_size` teacher-labelled samples. A new teacher version passes re-evaluation
@@ -121,6 +123,12 @@ class MonitorConfig(Section):
     drift_method: str = "psi"
     drift_threshold: Positive = 0.1
     top_slices: PositiveInt = 20
+    min_rows: PositiveInt = 50  # a cycle with fewer usable rows is skipped (recorded, no policy step)
+    cycle_timeout_s: Positive = 600.0
+    leader_poll_s: Positive = 5.0  # how often a replica tries for (or checks) the scheduler lock
+    retention_s: Positive = 7 * 86400.0  # samples and cycles older than this are deleted
+    retention_interval_s: Positive = 3600.0
+    teacher_reeval_interval_s: Positive = 600.0
 
 
 class PolicyConfig(Section):
@@ -134,6 +142,9 @@ class PolicyConfig(Section):
     min_gain: Annotated[float, _within(0)] = 0.01
     max_regression: Annotated[float, _within(0)] = 0.01
     auto_promote: bool = False
+    weak_slice_weight: Positive = 3.0  # training weight of rows in weak slices
+    holdout_share: Annotated[float, _within(0.05, 0.5)] = 0.2  # newest samples kept out of training for gates
+    max_train_rows: PositiveInt = 50_000
 
 
 class DistillConfig(Section):

@@ -178,6 +178,44 @@ promotions_total = Counter(
     registry=REGISTRY,
 )
 
+leader = Gauge(
+    "watchdog_leader",
+    "1 while this replica holds the scheduler lock (runs monitor and policy).",
+    registry=REGISTRY,
+)
+monitor_cycles_total = Counter(
+    "watchdog_monitor_cycles",
+    "Monitor cycles by outcome: ok|skipped|failed|timeout.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+monitor_cycle_seconds = Gauge(
+    "watchdog_monitor_cycle_seconds",
+    "Wall time of the last monitor cycle (child process).",
+    registry=REGISTRY,
+)
+kl_divergence = Gauge(
+    "watchdog_kl_divergence", "Mean KL(teacher || student) on the window, nats.", ["slice"], registry=REGISTRY
+)
+estimated_accuracy = Gauge(
+    "watchdog_estimated_accuracy",
+    "Confidence-based estimate of the student's accuracy (mean top probability).",
+    ["slice"],
+    registry=REGISTRY,
+)
+policy_decisions_total = Counter(
+    "watchdog_policy_decisions",
+    "Policy decisions by action: ok|hold|trigger|blocked.",
+    ["action"],
+    registry=REGISTRY,
+)
+scheduler_errors_total = Counter(
+    "watchdog_scheduler_errors",
+    "Scheduled jobs that raised, by job: monitor|retention|reeval|leader|run.",
+    ["job"],
+    registry=REGISTRY,
+)
+
 
 def exposition() -> bytes:
     return generate_latest(REGISTRY)

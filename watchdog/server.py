@@ -21,11 +21,13 @@ def app_from_env() -> object:
 def default_components(settings: Settings) -> list:
     """The background parts the daemon runs beside serving."""
     from .alerts import Alerter
+    from .jobs.scheduler import Scheduler
     from .sampling import SamplingService
 
     components: list = [Alerter(settings.alerts)]
     if settings.teachers:
         components.append(SamplingService(settings))
+    components.append(Scheduler())
     return components
 
 

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from .db import SCHEMA_VERSION, Database
 from .models import ModelStore
+from .runs import LeaderLock, RunStore
 from .samples import SampleRecord, SampleStore
 from .tables import Activation, AuditEvent, ModelVersion
 
-__all__ = ["SCHEMA_VERSION", "Activation", "AuditEvent", "ModelVersion", "SampleRecord", "Store"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Activation",
+    "AuditEvent",
+    "LeaderLock",
+    "ModelVersion",
+    "SampleRecord",
+    "Store",
+]
 
 
-class Store(ModelStore, SampleStore):
+class Store(ModelStore, SampleStore, RunStore):
     def __init__(self, url: str, create: bool = True) -> None:
         self.db = Database(url)
         if create:

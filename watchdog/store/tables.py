@@ -110,3 +110,46 @@ class EvalRow(SQLModel, table=True):
     probs_json: str
     version: str = Field(max_length=200)
     source: str = Field(max_length=16)  # file | samples
+
+
+# --- monitor, policy and redistillation runs (store/runs.py) ----------------------------------
+
+
+class MonitorCycle(SQLModel, table=True):
+    """One monitor cycle's results (overall, per slice, drift, weak slices) as JSON."""
+
+    __tablename__ = "monitor_cycles"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    student_version: str = Field(default="", max_length=64)
+    rows: int = 0
+    seconds: float = 0.0
+    outcome: str = Field(default="ok", max_length=16)  # ok | skipped | failed
+    summary_json: str = "{}"
+
+
+class PolicyDecision(SQLModel, table=True):
+    """What the policy decided after a cycle, and the numbers it decided on."""
+
+    __tablename__ = "policy_decisions"
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    cycle_id: int | None = None
+    action: str = Field(max_length=16)  # ok | hold | trigger | blocked
+    reason: str = ""
+    numbers_json: str = "{}"
+
+
+class DistillRun(SQLModel, table=True):
+    """A redistillation run: running -> failed | rejected | pending -> promoted | declined."""
+
+    __tablename__ = "distill_runs"
+    id: str = Field(primary_key=True, max_length=32)
+    created_at: float = Field(index=True)
+    updated_at: float
+    status: str = Field(max_length=16, index=True)
+    trigger: str = Field(default="policy", max_length=16)  # policy | manual
+    parent_version: str = Field(default="", max_length=64)
+    candidate_version: str | None = Field(default=None, max_length=64)
+    run_dir: str = ""
+    detail_json: str = "{}"

@@ -1,0 +1,141 @@
+"""Monitor numbers, weak slices and policy decisions on a real store (no daemon)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from distill_watchdog import policy
+from distill_watchdog.config import PolicyConfig, load_settings
+from distill_watchdog.monitor.cycle import run_cycle
+from distill_watchdog.monitor.stats import wilson
+from distill_watchdog.registry import Registry
+from distill_watchdog.store import Store
+from distill_watchdog.store.tables import DistillRun
+
+from .helpers import seed_samples
+
+
+def test_wilson_interval_is_proper() -> None:
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and 0.2 < hi < 0.35
+    lo, hi = wilson(50, 100)
+    assert lo < 0.5 < hi and abs((lo + hi) / 2 - 0.5) < 1e-9
+
+
+def _setup(tmp_path: Path, model_files, **monitor):
+    settings = load_settings(
+        None,
+        data_dir=str(tmp_path / "data"),
+        teachers=[{"name": "big", "kind": "onnx", "location": "unused.onnx"}],
+        monitor={"min_rows": 50, **monitor},
+        policy={"min_samples": 60},
+    )
+    store = Store(settings.store_url)
+    registry = Registry(store, settings.models_dir)
+    model, card = model_files()
+    info = registry.register_files(model, card)
+    registry.record_activation(info.version, actor="test")
+    return settings, store, registry, info.version
+
+
+@pytest.mark.slow  # imports Evidently and runs its stat tests per slice
+def test_cycle_measures_slices_and_drift(tmp_path: Path, model_files) -> None:
+    settings, store, registry, version = _setup(tmp_path, model_files)
+    x = seed_samples(store, version, n=900, shift_c=3.0, teacher_seed=0)  # teacher = student except on c
+    np.savez(tmp_path / "ref.npz", x=x[:300] * 0)  # a reference far from the window: everything drifts
+    settings.monitor.reference = tmp_path / "ref.npz"
+    result = run_cycle(settings, store, registry)
+    assert result["outcome"] == "ok" and result["rows"] == 900
+    assert result["slices"]["sensor=a"]["agreement"] == 1.0  # same weights: identical answers off the shift
+    assert result["overall"]["kl"] >= 0 and result["overall"]["teacher"]["ece"] is not None
+    weak = result["weak_slices"]
+    assert [w["slice"] for w in weak] == []  # teacher == student everywhere with seed 0
+    assert result["drift"]["all"]["share"] > 0.5 and "sensor=b" in result["drift"]
+    stored = store.recent_cycles(1)[0]
+    assert stored.outcome == "ok" and orjson.loads(stored.summary_json)["rows"] == 900
+
+
+def test_weak_slice_is_significant_and_ranked(tmp_path: Path, model_files) -> None:
+    settings, store, registry, version = _setup(tmp_path, model_files)
+    # A different teacher: agreement is low everywhere; on c (shifted inputs) it is lower still.
+    seed_samples(store, version, n=1200, shift_c=4.0, teacher_seed=1)
+    result = run_cycle(settings, store, registry)
+    table = result["slices"]
+    for w in result["weak_slices"]:
+        assert w["agreement_ci"][1] < w["rest_ci_low"] and w["n"] >= 60
+    gains = [w["expected_gain"] for w in result["weak_slices"]]
+    assert gains == sorted(gains, reverse=True)
+    assert set(table) == {"all", "sensor=a", "sensor=b", "sensor=c"}
+
+
+def test_too_few_rows_is_skipped(tmp_path: Path, model_files) -> None:
+    settings, store, registry, version = _setup(tmp_path, model_files)
+    seed_samples(store, version, n=20)
+    result = run_cycle(settings, store, registry)
+    assert result["outcome"] == "skipped" and "min_rows" in result["reason"]
+
+
+def _cycle(agreement: float, weak: list[str] | None = None, drift: float = 0.0) -> dict:
+    return {
+        "outcome": "ok",
+        "rows": 1000,
+        "overall": {"agreement": agreement, "teacher": {"ece": 0.02}},
+        "drift": {"all": {"share": drift}},
+        "weak_slices": [{"slice": s} for s in (weak or [])],
+        "teacher_versions": {"big": ["v1"]},
+    }
+
+
+def test_policy_hysteresis_cooldown_budget_and_ceiling(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'p.db'}")
+    cfg = PolicyConfig(min_agreement=0.9, hysteresis=2, cooldown_s=100, max_runs_per_day=2)
+    assert policy.decide(store, cfg, _cycle(0.95)).action == "ok"
+    first = policy.decide(store, cfg, _cycle(0.8, ["sensor=c"]))
+    assert first.action == "hold" and "1 of 2" in first.reason
+    second = policy.decide(store, cfg, _cycle(0.8, ["sensor=c"]))
+    assert second.action == "trigger" and second.numbers["agreement"] == 0.8
+    # The trigger ends the streak: the next breach starts counting again.
+    assert policy.decide(store, cfg, _cycle(0.8)).action == "hold"
+    now = time.time()
+
+    def run(status: str, at: float, verdict: str = "continue", weak: list[str] | None = None) -> None:
+        detail = {
+            "stop": {"verdict": verdict},
+            "trigger_numbers": {
+                "teacher_versions": {"big": ["v1"]},
+                "weak_slices": [{"slice": s} for s in weak or []],
+            },
+        }
+        store.add_run(
+            DistillRun(
+                id=f"r{at:.0f}{status}",
+                created_at=at,
+                updated_at=at,
+                status=status,
+                detail_json=orjson.dumps(detail).decode(),
+            )
+        )
+
+    run("running", now)
+    d = policy.decide(store, cfg, _cycle(0.8))
+    assert d.action == "blocked" and "running" in d.reason
+    store.update_run(f"r{now:.0f}running", status="promoted")
+    d = policy.decide(store, cfg, _cycle(0.8))
+    assert d.action == "blocked" and "cooldown" in d.reason
+    cfg.cooldown_s = 0
+    run("rejected", now - 10)
+    d = policy.decide(store, cfg, _cycle(0.8))
+    assert d.action == "blocked" and "budget" in d.reason
+    cfg.max_runs_per_day = 10
+    run("promoted", time.time(), verdict="ceiling_reached", weak=["sensor=c"])
+    d = policy.decide(store, cfg, _cycle(0.8, ["sensor=c"]))
+    assert d.action == "blocked" and "ceiling" in d.reason
+    # The data changed (another weak slice): the ceiling no longer blocks.
+    assert policy.decide(store, cfg, _cycle(0.8, ["sensor=b"])).action == "trigger"
+    decisions = store.recent_decisions(50)
+    assert all(orjson.loads(d.numbers_json).get("thresholds") or d.action == "ok" for d in decisions)

@@ -1,0 +1,166 @@
+"""Admin API for runs: list, show, trigger, approve, reject (bearer token; every change audited)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..serving.admin import admin, read_json
+from ..serving.openapi import EXTRA_PATHS, operation
+from ..serving.routes import JSON
+from ..serving.validation import BadRequest
+from .runs import RunError
+
+if TYPE_CHECKING:
+    from ..app import Daemon
+    from ..store.tables import DistillRun
+
+
+def run_dict(row: DistillRun) -> dict[str, Any]:
+    detail = orjson.loads(row.detail_json)
+    return {
+        "id": row.id,
+        "status": row.status,
+        "trigger": row.trigger,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+        "parent_version": row.parent_version,
+        "candidate_version": row.candidate_version,
+        "reason": detail.get("reason", ""),
+        "error": detail.get("error"),
+        "stop_verdict": (detail.get("stop") or {}).get("verdict"),
+        "gates_passed": detail.get("gates_passed"),
+        "failed_gates": detail.get("failed_gates", []),
+        "report": f"/ui/runs/{row.id}",
+        "report_json": f"/ui/runs/{row.id}/report.json",
+    }
+
+
+def _runs(daemon: Daemon) -> Any:
+    if daemon.runs is None:
+        raise BadRequest(409, "runs: the scheduler is not running in this daemon")
+    return daemon.runs
+
+
+async def _get(daemon: Daemon, run_id: str) -> DistillRun:
+    row = await asyncio.to_thread(daemon.store.get_run, run_id[:64])
+    if row is None:
+        raise BadRequest(404, f"run: no run {run_id[:64]!r}")
+    return row
+
+
+@admin
+async def list_runs(request: Request) -> Response:
+    daemon: Daemon = request.app.state.daemon
+    rows = await asyncio.to_thread(daemon.store.list_runs, 100)
+    return JSON({"runs": [run_dict(r) for r in rows]})
+
+
+@admin
+async def get_run(request: Request) -> Response:
+    daemon: Daemon = request.app.state.daemon
+    row = await _get(daemon, request.path_params["id"])
+    return JSON({**run_dict(row), "detail": orjson.loads(row.detail_json)})
+
+
+@admin
+async def trigger_run(request: Request) -> Response:
+    """Starts a run now (no policy checks), on this replica; weak slices from the body or the last cycle."""
+    daemon: Daemon = request.app.state.daemon
+    runs = _runs(daemon)
+    data = await read_json(request, daemon.settings.server.max_body_bytes)
+    if not isinstance(data, dict):
+        raise BadRequest(422, "body: must be a JSON object")
+    reason = str(data.get("reason") or "manual trigger")[:500]
+    weak = data.get("weak_slices")
+    if weak is not None and (not isinstance(weak, list) or not all(isinstance(s, str) for s in weak)):
+        raise BadRequest(422, "weak_slices: must be a list of slice labels like 'sensor=c'")
+    last = daemon.scheduler.last_cycle if daemon.scheduler is not None else None
+    numbers: dict[str, Any] = {}
+    if weak is not None:
+        numbers["weak_slices"] = [{"slice": s[:200]} for s in weak]
+    elif last and last.get("outcome") == "ok":
+        numbers["weak_slices"] = last.get("weak_slices", [])
+    row = await runs.trigger("manual", reason, numbers, (last or {}).get("drift"), actor="admin-api")
+    return JSON(run_dict(row), status_code=202)
+
+
+@admin
+async def approve_run(request: Request) -> Response:
+    daemon: Daemon = request.app.state.daemon
+    row = await _get(daemon, request.path_params["id"])
+    try:
+        row = await _runs(daemon).approve(row.id, actor="admin-api")
+    except RunError as exc:
+        raise BadRequest(409, str(exc)) from None
+    return JSON(run_dict(row))
+
+
+@admin
+async def reject_run(request: Request) -> Response:
+    daemon: Daemon = request.app.state.daemon
+    row = await _get(daemon, request.path_params["id"])
+    data = await read_json(request, daemon.settings.server.max_body_bytes)
+    reason = str(data.get("reason", ""))[:500] if isinstance(data, dict) else ""
+    try:
+        row = await _runs(daemon).reject(row.id, actor="admin-api", reason=reason)
+    except RunError as exc:
+        raise BadRequest(409, str(exc)) from None
+    return JSON(run_dict(row))
+
+
+ROUTES = [
+    Route("/admin/runs", list_runs, methods=["GET"]),
+    Route("/admin/runs", trigger_run, methods=["POST"]),
+    Route("/admin/runs/{id}", get_run, methods=["GET"]),
+    Route("/admin/runs/{id}/approve", approve_run, methods=["POST"]),
+    Route("/admin/runs/{id}/reject", reject_run, methods=["POST"]),
+]
+
+_OBJ = {"type": "object"}
+EXTRA_PATHS.update(
+    {
+        "/admin/runs": {
+            "get": operation("Redistillation runs, newest first", _OBJ, admin=True),
+            "post": operation(
+                "Start a redistillation run now (body: reason?, weak_slices?)",
+                _OBJ,
+                errors=(409, 422),
+                admin=True,
+                ok_code=202,
+            ),
+        },
+        "/admin/runs/{id}": {
+            "get": operation("One run with its detail", _OBJ, errors=(404,), admin=True, params=["id"])
+        },
+        "/admin/runs/{id}/approve": {
+            "post": operation(
+                "Promote a run's candidate awaiting approval",
+                _OBJ,
+                errors=(404, 409),
+                admin=True,
+                params=["id"],
+            )
+        },
+        "/admin/runs/{id}/reject": {
+            "post": operation(
+                "Decline a run's candidate (body: reason?)",
+                _OBJ,
+                errors=(404, 409),
+                admin=True,
+                params=["id"],
+            )
+        },
+        "/ui/": {
+            "get": {
+                "summary": "Review UI (server-rendered HTML)",
+                "responses": {"200": {"description": "HTML"}},
+            }
+        },
+    }
+)

@@ -1,0 +1,138 @@
+"""Builds a redistillation job folder from stored samples.
+
+- `train.npz`: the older rows (teacher outputs precomputed, feedback labels where present,
+  rows of weak slices up-weighted by `policy.weak_slice_weight`);
+- `holdout.npz`: the newest `policy.holdout_share` of rows, never trained on: the engine's
+  eval set and one of the gates' sets;
+- `production.npz`: the newest `monitor.window` training rows, for production matching;
+- `job.yaml`: `distill.job` defaults overlaid with data, curation and stop-rule inputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..config import Settings
+from ..monitor.window import Window, window_from_rows
+from ..registry import Registry
+from ..store import Store
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _save(path: Path, w: Window, idx: np.ndarray, weight: np.ndarray | None = None) -> None:
+    arrays: dict[str, Any] = {
+        "x": w.x[idx],
+        "teacher_probs": w.teacher[idx] / w.teacher[idx].sum(1, keepdims=True),
+        "y": w.labels[idx],
+        "slice": w.slice_strings()[idx],
+    }
+    if weight is not None:
+        arrays["weight"] = weight
+    np.savez(path, **arrays)
+
+
+def build_job(
+    settings: Settings,
+    store: Store,
+    registry: Registry,
+    run_dir: Path,
+    run_id: str,
+    weak: list[str],
+) -> dict[str, Any]:
+    """Writes the job folder; returns what went into it (rows, weights, paths)."""
+    cfg = settings.policy
+    rows = store.recent_samples(limit=cfg.max_train_rows, include_quarantined=False)
+    w = window_from_rows(rows, {t.name: t.weight for t in settings.teachers})
+    n = len(w)
+    n_hold = int(round(n * cfg.holdout_share))
+    if n - n_hold < 50 or n_hold < 10:
+        raise ValueError(f"too few usable samples to redistill ({n}; need 60 or more)")
+    order = np.argsort(w.at, kind="stable")
+    train_idx, hold_idx = np.sort(order[: n - n_hold]), np.sort(order[n - n_hold :])
+    weight = np.ones(len(train_idx))
+    in_weak = np.zeros(len(train_idx), dtype=bool)
+    for label in weak:
+        in_weak |= w.mask(label)[train_idx]
+    weight[in_weak] *= cfg.weak_slice_weight
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _save(run_dir / "train.npz", w, train_idx, weight)
+    _save(run_dir / "holdout.npz", w, hold_idx)
+    recent = train_idx[-settings.monitor.window :]
+    np.savez(run_dir / "production.npz", x=w.x[recent])
+
+    active = registry.active_version()
+    if active is None:
+        raise ValueError("no active student to improve on")
+    info = registry.get(active)
+    parent_onnx = registry.models_dir / f"{info.sha256}.onnx"
+    job = deep_merge(
+        {
+            "student": {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [128, 128]}},
+            "loss": {"temperature": 2.0, "kd_weight": 1.0},
+            "train": {"epochs": 20, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+            "baseline": "none",
+            "calibrate": True,
+        },
+        settings.distill.job,
+    )
+    job = deep_merge(
+        job,
+        {
+            "name": info.name,
+            "parent_version": active,
+            "data": {"train": "train.npz", "eval": "holdout.npz"},
+            "curation": {"dedupe": True, "match_production": "production.npz"},
+            "stop": {"previous_model": str(parent_onnx.resolve()), "min_gain": cfg.min_gain},
+            "classes": [str(c) for c in info.card.classes],
+        },
+    )
+    if info.card.feature_names:
+        job["feature_names"] = list(info.card.feature_names)
+    (run_dir / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
+    return {
+        "run_id": run_id,
+        "rows": n,
+        "train_rows": int(len(train_idx)),
+        "holdout_rows": int(n_hold),
+        "weak_rows": int(in_weak.sum()),
+        "weak_slice_weight": cfg.weak_slice_weight,
+        "teacher_versions": w.teacher_versions,
+        "parent_version": active,
+    }
+
+
+def launch_argv(settings: Settings, job: Path, out: Path, run_id: str) -> list[str]:
+    """The command that trains: the engine in a child process, under torchrun, or a template."""
+    import shlex
+    import sys
+
+    cfg = settings.distill
+    if cfg.launcher == "command":
+        if not cfg.command:
+            raise ValueError("distill.command: required when distill.launcher is 'command'")
+        text = cfg.command.format(job=job, out=out, run_id=run_id, python=sys.executable)
+        return shlex.split(text)
+    engine = ["-m", "distill_engine", "--job", str(job), "--out", str(out), "--progress", "none"]
+    if cfg.launcher == "torchrun":
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={cfg.nproc_per_node}",
+            *engine,
+        ]
+    return [sys.executable, *engine]

@@ -1,0 +1,58 @@
+"""The monitor's child process: imports the heavy libraries once, then answers one cycle per line.
+
+Protocol: the parent writes `{"op": "cycle"}` lines to stdin; the child answers one JSON line
+on stdout (`{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`). Logs go to
+stderr. It runs at lower CPU priority so the serving process keeps its latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import traceback
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settings", required=True, help="JSON dump of the daemon's settings")
+    args = parser.parse_args()
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    with contextlib.suppress(OSError):
+        os.nice(10)
+    from ..config import Settings
+    from ..registry import Registry
+    from ..store import Store
+    from . import drift  # noqa: F401  (warm the imports before the first cycle)
+    from .cycle import run_cycle
+
+    with open(args.settings) as fh:
+        settings = Settings(**json.load(fh))
+    store = Store(settings.store_url)
+    registry = Registry(store, settings.models_dir, ort_threads=1)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # stray prints must not break the protocol
+    out.write(json.dumps({"ok": True, "ready": True}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            if request.get("op") != "cycle":
+                raise ValueError(f"unknown op {request.get('op')!r}")
+            answer = {"ok": True, "result": run_cycle(settings, store, registry)}
+        except Exception as exc:
+            traceback.print_exc()
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        import orjson
+
+        out.write(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode())
+        out.write("\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

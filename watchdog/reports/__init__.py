@@ -1,0 +1,1 @@
+"""Run reports (HTML + JSON) rendered with the package's Jinja2 templates (autoescaped)."""

@@ -1,0 +1,204 @@
+"""SQL for monitor cycles, policy decisions, redistillation runs, retention and the leader lock."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, func, text
+from sqlalchemy.engine import Connection, make_url
+from sqlmodel import Session, col, select
+
+from .db import Database
+from .tables import DistillRun, MonitorCycle, PolicyDecision, Sample, TeacherOutput
+
+LEADER_KEY = 727_002  # the PostgreSQL advisory lock id of the scheduler
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+class RunStore:
+    db: Database
+
+    # --- monitor cycles ------------------------------------------------------------------------
+
+    def add_cycle(self, row: MonitorCycle) -> MonitorCycle:
+        def op(session: Session) -> MonitorCycle:
+            session.add(row)
+            session.flush()
+            return row
+
+        return self.db.retry("add_cycle", op)
+
+    def recent_cycles(self, limit: int = 20) -> list[MonitorCycle]:
+        return self.db.retry(
+            "recent_cycles",
+            lambda s: list(s.exec(select(MonitorCycle).order_by(col(MonitorCycle.id).desc()).limit(limit))),
+        )
+
+    # --- policy decisions --------------------------------------------------------------------
+
+    def add_decision(self, cycle_id: int | None, action: str, reason: str, numbers: dict[str, Any]) -> None:
+        row = PolicyDecision(
+            at=time.time(), cycle_id=cycle_id, action=action, reason=reason, numbers_json=_dumps(numbers)
+        )
+        self.db.retry("add_decision", lambda s: s.add(row))
+
+    def recent_decisions(self, limit: int = 20) -> list[PolicyDecision]:
+        return self.db.retry(
+            "recent_decisions",
+            lambda s: list(
+                s.exec(select(PolicyDecision).order_by(col(PolicyDecision.id).desc()).limit(limit))
+            ),
+        )
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def add_run(self, row: DistillRun) -> DistillRun:
+        return self.db.retry("add_run", lambda s: (s.add(row), row)[1])
+
+    def get_run(self, run_id: str) -> DistillRun | None:
+        return self.db.retry("get_run", lambda s: s.get(DistillRun, run_id))
+
+    def list_runs(self, limit: int = 50) -> list[DistillRun]:
+        return self.db.retry(
+            "list_runs",
+            lambda s: list(
+                s.exec(select(DistillRun).order_by(col(DistillRun.created_at).desc()).limit(limit))
+            ),
+        )
+
+    def update_run(
+        self, run_id: str, expect: tuple[str, ...] | None = None, **changes: Any
+    ) -> DistillRun | None:
+        """Applies `changes` (`detail` merges into detail_json); None when the run is not in `expect`."""
+
+        def op(session: Session) -> DistillRun | None:
+            row = session.get(DistillRun, run_id, with_for_update=self.db.is_postgres)
+            if row is None or (expect is not None and row.status not in expect):
+                return None
+            detail = changes.pop("detail", None)
+            if detail:
+                row.detail_json = _dumps({**orjson.loads(row.detail_json), **detail})
+            for key, value in changes.items():
+                setattr(row, key, value)
+            row.updated_at = time.time()
+            session.add(row)
+            return row
+
+        return self.db.retry("update_run", op)
+
+    def runs_since(self, since: float) -> int:
+        return self.db.retry(
+            "runs_since",
+            lambda s: int(
+                s.exec(
+                    select(func.count()).select_from(DistillRun).where(col(DistillRun.created_at) >= since)
+                ).one()
+            ),
+        )
+
+    # --- retention -------------------------------------------------------------------------------
+
+    def delete_before(self, cutoff: float) -> dict[str, int]:
+        """Deletes samples (with their teacher outputs), cycles and decisions older than `cutoff`."""
+
+        def op(session: Session) -> dict[str, int]:
+            old = select(Sample.id).where(col(Sample.at) < cutoff)
+            outputs = session.execute(delete(TeacherOutput).where(col(TeacherOutput.sample_id).in_(old)))
+            samples = session.execute(delete(Sample).where(col(Sample.at) < cutoff))
+            cycles = session.execute(delete(MonitorCycle).where(col(MonitorCycle.at) < cutoff))
+            decisions = session.execute(delete(PolicyDecision).where(col(PolicyDecision.at) < cutoff))
+            return {
+                "samples": int(samples.rowcount or 0),
+                "teacher_outputs": int(outputs.rowcount or 0),
+                "cycles": int(cycles.rowcount or 0),
+                "decisions": int(decisions.rowcount or 0),
+            }
+
+        return self.db.retry("delete_before", op)
+
+    def samples_since(self, since: float) -> int:
+        return self.db.retry(
+            "samples_since",
+            lambda s: int(
+                s.exec(select(func.count()).select_from(Sample).where(col(Sample.at) >= since)).one()
+            ),
+        )
+
+    def leader_lock(self) -> LeaderLock:
+        return LeaderLock(self.db)
+
+
+class LeaderLock:
+    """Who runs the scheduler: a PostgreSQL session advisory lock, or a file lock beside SQLite.
+
+    The PostgreSQL lock lives on one dedicated connection: if the holder dies, the server
+    drops its session and the lock with it, and the next replica to try takes over.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: Connection | None = None
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None or self._fd is not None
+
+    def poll(self) -> bool:
+        """Tries to take the lock (or checks that it is still held); True while held. Blocking."""
+        if self.db.is_postgres:
+            return self._poll_postgres()
+        return self._poll_file()
+
+    def _poll_postgres(self) -> bool:
+        try:
+            if self._conn is not None:
+                self._conn.execute(text("SELECT 1")).scalar()
+                return True
+            conn = self.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LEADER_KEY}).scalar())
+            if got:
+                self._conn = conn
+            else:
+                conn.close()
+            return got
+        except Exception:
+            self.release()
+            return False
+
+    def _poll_file(self) -> bool:
+        if self._fd is not None:
+            return True
+        database = make_url(self.db.url).database
+        if not database or database == ":memory:":
+            self._fd = -1  # one process, one node
+            return True
+        fd = os.open(str(Path(database).with_suffix(".leader")), os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with contextlib.suppress(Exception):  # a lost connection has already freed the lock
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LEADER_KEY})
+            with contextlib.suppress(Exception):
+                conn.close()
+        if self._fd is not None:
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = None
