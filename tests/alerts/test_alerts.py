@@ -14,10 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+
 from distill_watchdog import metrics
 from distill_watchdog.alerts import Alerter
 from distill_watchdog.config import AlertsConfig
 from distill_watchdog.server import default_components
+
 from sampling.helpers import ADMIN, daemon_settings, eventually, predict, teacher_config
 from support import ServerThread, free_port
 from teachers.fake_teacher import FakeTeacher

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+
 from distill_watchdog import metrics
 
 ADMIN = {"Authorization": "Bearer s3cret-token"}

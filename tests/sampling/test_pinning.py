@@ -5,11 +5,12 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+
 from distill_watchdog.server import default_components
-from support import ServerThread
-from teachers.fake_teacher import FakeTeacher
 
 from .helpers import ADMIN, counter, daemon_settings, eventually, predict, sample_count, teacher_config
+from support import ServerThread
+from teachers.fake_teacher import FakeTeacher
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def test_new_version_is_quarantined_then_passes_reevaluation(make_settings, mode
         make_settings, model_files, [teacher_config(teacher.url)], sampling={"eval_set_size": 8}
     )
     changes_before = counter("watchdog_teacher_version_changes_total", teacher="big")
-    quarantined_before = sample_count("quarantined")
+    quarantined_before, stored_before = sample_count("quarantined"), sample_count("stored")
     with _serve(settings) as server:
         store = server.daemon.store
         predict(server.url, rows=8)
@@ -44,7 +45,8 @@ def test_new_version_is_quarantined_then_passes_reevaluation(make_settings, mode
             what="quarantine released",
         )
         assert _events(store)[:2] == [("pinned", None, "v1"), ("changed", "v1", "v2")]
-        assert sample_count("quarantined") - quarantined_before == 4
+        # The v2 rows were quarantined until the pass, or written after it: never counted as trusted twice.
+        assert sample_count("quarantined") - quarantined_before + sample_count("stored") - stored_before == 12
         assert counter("watchdog_teacher_version_changes_total", teacher="big") - changes_before == 1
         assert counter("watchdog_teacher_reevaluations_total", teacher="big", outcome="passed") >= 1
         assert counter("watchdog_teacher_version_info", teacher="big", version="v2", pinned="true") == 1
@@ -63,6 +65,7 @@ def test_failed_reevaluation_keeps_quarantine_until_an_operator_accepts(
     settings = daemon_settings(
         make_settings, model_files, [teacher_config(teacher.url)], sampling={"eval_set": str(eval_file)}
     )
+    quarantined_before = sample_count("quarantined")
     with _serve(settings) as server:
         store = server.daemon.store
         eventually(lambda: store.eval_count("big") == 30, what="eval set labelled from the file")
@@ -72,7 +75,8 @@ def test_failed_reevaluation_keeps_quarantine_until_an_operator_accepts(
         eventually(
             lambda: any(k == "reeval_failed" for k, _, _ in _events(store)), what="re-evaluation failed"
         )
-        assert store.count_samples(quarantined=True) == 4
+        eventually(lambda: store.count_samples(quarantined=True) == 4, what="rows written as quarantined")
+        assert sample_count("quarantined") - quarantined_before == 4
         assert store.recent_samples(10) == []  # quarantined rows are not handed downstream
         status = httpx.get(f"{server.url}/admin/teachers", headers=ADMIN).json()
         assert status["teachers"][0]["state"] == "quarantine"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from distill_watchdog.store import Store
-from support import DaemonProcess, free_port
-from teachers.fake_teacher import FakeTeacher
 
 from .helpers import ADMIN, eventually, predict, teacher_config
+from support import DaemonProcess, free_port
+from teachers.fake_teacher import FakeTeacher
 
 
 @pytest.mark.slow

@@ -5,11 +5,12 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
+
 from distill_watchdog.server import default_components
-from support import ServerThread
-from teachers.fake_teacher import FakeTeacher
 
 from .helpers import ADMIN, counter, daemon_settings, eventually, predict, sample_count, teacher_config
+from support import ServerThread
+from teachers.fake_teacher import FakeTeacher
 
 
 @pytest.fixture

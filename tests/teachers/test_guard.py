@@ -6,6 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
+
 from distill_watchdog import metrics
 from distill_watchdog.config import TeacherConfig
 from distill_watchdog.teachers import CallFailed, CircuitBreaker, GuardedTeacher

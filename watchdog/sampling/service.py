@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 # (request, row index, student probs [N, C], student version, time offered)
 Item = tuple[Any, int, np.ndarray, str, float]
 _OUTCOMES = ("stored", "dropped", "quarantined", "teacher_error")
+FLUSH_ROWS = 2000  # write at once past this many answered rows, whatever the flush interval
 MIN_EVAL_ROWS = 10  # fewest rows worth re-evaluating on when a change comes before the set is full
 
 
@@ -52,6 +53,8 @@ class SamplingService:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._frozen: set[str] = set()  # teachers whose eval set exists
+        self._pending: list[tuple[SampleRecord, bool]] = []  # (row, a teacher answered) awaiting a write
+        self._write_lock = asyncio.Lock()  # bulk writes and quarantine releases happen in order
         self._outcome = {o: metrics.samples_total.labels(outcome=o) for o in _OUTCOMES}
         for counter in self._outcome.values():
             counter.inc(0)
@@ -90,11 +93,12 @@ class SamplingService:
         self.pins = Pins(daemon.store, self.cfg.on_teacher_change, self._on_pin_event)
         configured = {t.name: t.pinned_version for t in self.settings.teachers}
         await asyncio.to_thread(self.pins.load, configured)
-        self.running = True  # rows queue up while the teachers load
-        self._spawn(self._boot())
+        await self._boot()
+        self.running = True
 
     async def _boot(self) -> None:
-        """Loads the adapters in a thread (the engine imports torch: seconds) so readiness never waits."""
+        """Loads the adapters in a thread before readiness: the engine imports torch (seconds of GIL)
+        and that must not overlap with serving traffic."""
         try:
             adapters = await asyncio.to_thread(lambda: [build_adapter(t) for t in self.settings.teachers])
         except Exception:
@@ -106,6 +110,7 @@ class SamplingService:
             self.teachers[tcfg.name] = GuardedTeacher(tcfg, adapter, self.cfg.concurrency, self._on_circuit)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work()) for _ in range(self.cfg.concurrency)]
+        self._tasks.append(loop.create_task(self._flush_forever()))
         if self.cfg.eval_set is not None:
             self._spawn(self._freeze_from_file())
 
@@ -117,6 +122,7 @@ class SamplingService:
         for task in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._flush()  # rows already answered are written, not lost
         left = self.queue.qsize()
         if left:
             self._outcome["dropped"].inc(left)
@@ -134,6 +140,8 @@ class SamplingService:
     async def _work(self) -> None:
         while True:
             batch = [await self.queue.get()]
+            # Let a batch gather: per-call and per-commit costs dominate small batches.
+            await asyncio.sleep(self.cfg.batch_wait_s)
             while len(batch) < self.cfg.batch_size:
                 try:
                     batch.append(self.queue.get_nowait())
@@ -149,6 +157,41 @@ class SamplingService:
                 metrics.sampler_errors_total.labels(stage="worker").inc()
                 self._outcome["dropped"].inc(len(batch))
                 log.exception("sampling: a batch of %d rows was lost", len(batch))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.flush_s)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """One bulk write of every row the workers finished since the last flush."""
+        if not self._pending:
+            return
+        async with self._write_lock:
+            pending, self._pending = self._pending, []
+            counts = dict.fromkeys(_OUTCOMES, 0)
+            for record, answered in pending:
+                self._settle(record)
+                outcome = "quarantined" if record.quarantined else "stored" if answered else "teacher_error"
+                counts[outcome] += 1
+            try:
+                await asyncio.to_thread(self._write, [record for record, _ in pending])
+            except Exception:
+                metrics.sampler_errors_total.labels(stage="store").inc()
+                self._outcome["dropped"].inc(len(pending))
+                log.exception("sampling: could not store %d rows", len(pending))
+                return
+        for outcome, n in counts.items():
+            if n:
+                self._outcome[outcome].inc(n)
+
+    def _settle(self, record: SampleRecord) -> None:
+        """Quarantine by the pins as they are at write time (an accept may have come meanwhile)."""
+        assert self.pins is not None
+        for name, (version, probs, _) in record.teachers.items():
+            quarantined = probs is not None and not self.pins.trusted(name, version)
+            record.teachers[name] = (version, probs, quarantined)
+        record.quarantined = any(q for _, _, q in record.teachers.values())
 
     def _applies(self, tcfg: TeacherConfig, slices: dict[str, str]) -> bool:
         if not tcfg.slices:
@@ -176,35 +219,22 @@ class SamplingService:
                 answers[j][name] = (answer.version, answer.probs[k], verdict.quarantined)
             if verdict.new_candidate and self.cfg.on_teacher_change != "accept":
                 self._spawn(self.reevaluate(name, answer.version))
-        records = []
-        counts = dict.fromkeys(_OUTCOMES, 0)
         for (req, i, probs, version, at), sl, teachers in zip(batch, slices, answers, strict=True):
-            quarantined = any(q for _, _, q in teachers.values())
             answered = any(p is not None for _, p, _ in teachers.values())
-            counts["quarantined" if quarantined else "stored" if answered else "teacher_error"] += 1
-            records.append(
-                SampleRecord(
-                    id=uuid.uuid4().hex,
-                    request_id=req.ids[i],
-                    at=at,
-                    features=req.x[i],
-                    student_probs=probs[i],
-                    student_version=version,
-                    slices=sl,
-                    quarantined=quarantined,
-                    teachers=teachers,
-                )
+            record = SampleRecord(
+                id=uuid.uuid4().hex,
+                request_id=req.ids[i],
+                at=at,
+                features=req.x[i],
+                student_probs=probs[i],
+                student_version=version,
+                slices=sl,
+                quarantined=False,  # settled at write time
+                teachers=teachers,
             )
-        try:
-            await asyncio.to_thread(self._write, records)
-        except Exception:
-            metrics.sampler_errors_total.labels(stage="store").inc()
-            self._outcome["dropped"].inc(len(records))
-            log.exception("sampling: could not store %d rows", len(records))
-            return
-        for outcome, n in counts.items():
-            if n:
-                self._outcome[outcome].inc(n)
+            self._pending.append((record, answered))
+        if len(self._pending) >= FLUSH_ROWS:
+            await self._flush()
 
     def _write(self, records: list[SampleRecord]) -> None:
         """Blocking: pin changes first (so events precede their rows), then the rows, then freezing."""
@@ -316,7 +346,8 @@ class SamplingService:
                 store.release_quarantine(name, state.pinned)
             store.audit(actor, f"teacher.{kind}", name, version=state.pinned, **detail)
 
-        await asyncio.to_thread(write)
+        async with self._write_lock:
+            await asyncio.to_thread(write)
         return state
 
     def status(self) -> list[dict[str, Any]]:

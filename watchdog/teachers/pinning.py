@@ -36,6 +36,7 @@ class TeacherState:
     candidate: str | None = None
     state: str = "ok"  # ok | quarantine | paused
     seen: set[str] = field(default_factory=set)
+    trusted: set[str] = field(default_factory=set)  # every version pinned so far
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -88,8 +89,15 @@ class Pins:
     def paused(self) -> bool:
         return any(t.state == "paused" for t in self.teachers.values())
 
+    def trusted(self, teacher: str, version: str) -> bool:
+        """A version that is or was pinned in this process: its rows are not quarantined."""
+        state = self.teachers.get(teacher)
+        return state is not None and (version == state.pinned or version in state.trusted)
+
     def _seen(self, state: TeacherState, version: str) -> None:
         state.seen.add(version)
+        if state.pinned is not None:
+            state.trusted.add(state.pinned)
         for v in state.seen:
             metrics.teacher_version_info.labels(teacher=state.name, version=v, pinned="false").set(
                 0 if v == state.pinned else 1

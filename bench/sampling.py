@@ -1,0 +1,193 @@
+"""Shadow sampling's cost on serving: the daemon with sampling off vs `rate: 0.1` to a slow teacher.
+
+Same run, same machine, same wrk load (concurrency 32, one row per request): the daemon as a
+child process (`distill-watchdog serve`, SQLite store) once with no teacher, once sampling
+10% of rows to an OIP v2 teacher (tests/teachers/fake_teacher.py, its own process) that takes
+200 ms per call. Targets: throughput >= 95% of sampling-off, p99 <= 1.1x, zero failed
+requests. Also reports what became of the sampled rows (stored vs dropped). Appends its table
+to docs/BENCHMARKS.md.
+
+    .venv/bin/python bench/sampling.py [--seconds 10] [--rounds 2] [--no-append]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from common import (
+    ROOT,
+    VENV_BIN,
+    Child,
+    Load,
+    _ms,
+    append_section,
+    command_line,
+    free_port,
+    mlp_onnx_bytes,
+    warm,
+)
+
+OUT = ROOT / "bench" / "out" / "sampling"
+OUTCOMES = ("stored", "dropped", "quarantined", "teacher_error")
+
+
+def wrk(url: str, body: bytes, connections: int, seconds: int) -> Load:
+    """wrk with this script's own Lua file and body (bench/out/post.lua is shared with other scripts)."""
+    script = OUT / "post.lua"
+    (OUT / "body.json").write_bytes(body)
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{OUT / "body.json"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+    )
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    failed = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed += sum(int(g) for g in errors.groups()) if errors else 0
+    return Load(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+        p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
+        requests=int(re.search(r"(\d+) requests in", out).group(1)),
+        failed=failed,
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (a noise-robust cost: CPU per request)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def samples(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics").text
+    found = {o: 0.0 for o in OUTCOMES}
+    for outcome, value in re.findall(r'^watchdog_samples_total\{outcome="(\w+)"\} (\S+)$', text, re.M):
+        found[outcome] = float(value)
+    depth = re.search(r"^watchdog_sample_queue_depth (\S+)$", text, re.M)
+    found["queued"] = float(depth.group(1)) if depth else 0.0
+    return found
+
+
+def drain(url: str, timeout: float = 30.0) -> dict[str, float]:
+    """Waits until the worker has written what was queued (so stored + dropped add up)."""
+    deadline = time.monotonic() + timeout
+    last = samples(url)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = samples(url)
+        if now == last and now["queued"] == 0:
+            return now
+        last = now
+    return last
+
+
+def daemon_config(mode: str, port: int, model: Path, card: Path, teacher_url: str) -> Path:
+    data: dict = {
+        "data_dir": str(OUT / f"data-{mode}-{port}"),
+        "server": {"port": port, "log_format": "json"},
+        "student": {"model": str(model), "card": str(card)},
+        "sampling": {"rate": 0.0},
+    }
+    if mode == "on":
+        options = {"model_name": "big", "input_name": "x"}
+        data["teachers"] = [{"name": "big", "kind": "http-v2", "location": teacher_url, "options": options}]
+        data["sampling"] = {"rate": 0.1}
+    config = OUT / f"watchdog-{mode}-{port}.yaml"
+    config.write_text(json.dumps(data))
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs, interleaved; best shown")
+    parser.add_argument("--delay", type=float, default=0.2, help="teacher seconds per call")
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir(parents=True)
+    model, card = OUT / "mlp.onnx", OUT / "card.json"
+    model.write_bytes(mlp_onnx_bytes(40, 10, hidden=64))
+    card.write_text(
+        json.dumps({"name": "bench-mlp", "input_name": "x", "output_name": "logits", "num_features": 40,
+                    "classes": list(range(10))})
+    )  # fmt: skip
+    body = json.dumps({"inputs": np.random.default_rng(0).normal(size=(1, 40)).round(4).tolist()}).encode()
+    teacher_port = free_port()
+    teacher_argv = [str(VENV_BIN / "python"), str(ROOT / "tests" / "teachers" / "fake_teacher.py"),
+                    "--port", str(teacher_port), "--delay", str(args.delay)]  # fmt: skip
+
+    runs: dict[str, list[tuple[Load, float]]] = {"off": [], "on": []}
+    fates: list[dict[str, float]] = []
+    with Child(teacher_argv, teacher_port) as teacher:
+        for round_ in range(args.rounds):
+            for mode in ("off", "on"):
+                port = free_port()
+                config = daemon_config(mode, port, model, card, teacher.url)
+                argv = [str(VENV_BIN / "distill-watchdog"), "serve", "--config", str(config)]
+                with Child(argv, port, ready="/v2/health/ready") as daemon:
+                    url = daemon.url + "/v1/predict"
+                    warm(url, body)
+                    wrk(url, body, 32, 3)  # unmeasured: start-up transients (first batches, eval set)
+                    before, cpu0 = samples(daemon.url), cpu_seconds(daemon.proc.pid)
+                    result = wrk(url, body, 32, args.seconds)
+                    cpu_us = 1e6 * (cpu_seconds(daemon.proc.pid) - cpu0) / max(1, result.requests)
+                    runs[mode].append((result, cpu_us))
+                    if mode == "on":
+                        after = drain(daemon.url)
+                        fates.append({o: after[o] - before[o] for o in OUTCOMES})
+                print(f"round {round_} sampling {mode}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
+                      f"failed {result.failed}, {cpu_us:.0f} us CPU/request", flush=True)  # fmt: skip
+
+    (off, off_cpu), (on, on_cpu) = (max(runs[m], key=lambda r: r[0].rps) for m in ("off", "on"))
+    fate = {o: sum(f[o] for f in fates) for o in OUTCOMES}
+    sampled = sum(fate.values()) or 1.0
+    failed = sum(r.failed for rs in runs.values() for r, _ in rs)
+    thr, p99 = on.rps / off.rps, on.p99_ms / off.p99_ms
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    label = f"rate 0.1, teacher {args.delay * 1000:.0f} ms/call"
+    lines = [
+        "| sampling | req/s | p50 ms | p99 ms | failed | CPU µs/request | throughput vs off | p99 vs off |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| off | {off.rps:,.0f} | {off.p50_ms:.2f} | {off.p99_ms:.2f} | {off.failed} | {off_cpu:.0f} "
+        "| 1.00 | 1.00 |",
+        f"| {label} | {on.rps:,.0f} | {on.p50_ms:.2f} | {on.p99_ms:.2f} | {on.failed} | {on_cpu:.0f} "
+        f"| {thr:.3f} | {p99:.3f} |",
+        "",
+        "| target | value | |",
+        "|---|---|---|",
+        f"| throughput ≥ 0.95 × off | {thr:.3f} | {verdict(thr >= 0.95)} |",
+        f"| p99 ≤ 1.1 × off | {p99:.3f} | {verdict(p99 <= 1.1)} |",
+        f"| zero failed requests (all runs) | {failed} | {verdict(failed == 0)} |",
+        "",
+        "| sampled rows (all 'on' runs) | count | share |",
+        "|---|---|---|",
+        *(f"| {o} | {fate[o]:,.0f} | {fate[o] / sampled:.1%} |" for o in OUTCOMES),
+    ]
+    each = "; ".join(
+        f"{m}: " + ", ".join(f"{r.rps:,.0f} req/s p99 {r.p99_ms:.2f} ms ({c:.0f} µs CPU)" for r, c in rs)
+        for m, rs in runs.items()
+    )
+    notes = (f"Best of {args.rounds} interleaved off/on pairs, {args.seconds} s each after a 3 s unmeasured "
+             f"warm-up, wrk -t1 -c32, one row per request. Every run: {each}.")  # fmt: skip
+    table = "\n".join(lines)
+    print(table)
+    print(notes)
+    if not args.no_append:
+        title = f"Shadow sampling cost ({args.seconds} s per run, wrk -t1 -c32)"
+        append_section(title, command_line(), table, notes)
+
+
+if __name__ == "__main__":
+    main()
