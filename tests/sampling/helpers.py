@@ -49,7 +49,7 @@ def predict(url: str, rows: int = 4, seed: int = 0, **body: Any) -> dict[str, An
     return response.json()
 
 
-def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Polls until `check()` is truthy (background work finishes on its own schedule)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -30,9 +30,8 @@ def test_samples_and_pins_survive_a_restart(store_url, tmp_path, model_files, wr
         store = Store(store_url)
         with DaemonProcess(config, port=port) as daemon:
             first = predict(daemon.url, rows=6)
-            eventually(
-                lambda: store.count_samples() == 6 and store.eval_count("big") == 4, what="rows stored"
-            )
+            stored = lambda: store.count_samples() == 6 and store.eval_count("big") == 4  # noqa: E731
+            eventually(stored, what="rows stored", timeout=60)
         with DaemonProcess(config, port=port) as daemon:
             ids = {r["request_id"] for r in store.recent_samples(100)}
             assert ids == set(first["ids"])
@@ -43,6 +42,6 @@ def test_samples_and_pins_survive_a_restart(store_url, tmp_path, model_files, wr
             status = httpx.get(f"{daemon.url}/admin/teachers", headers=ADMIN).json()["teachers"][0]
             assert status["pinned_version"] == "v1"  # read back from the store, not re-pinned
             predict(daemon.url, rows=2, seed=1)
-            eventually(lambda: store.count_samples() == 8, what="sampling resumed after restart")
+            eventually(lambda: store.count_samples() == 8, what="sampling resumed after restart", timeout=60)
         assert store.eval_count("big") == 4  # frozen: never grows
         store.close()

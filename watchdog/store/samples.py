@@ -73,9 +73,9 @@ class SampleStore:
         ]
 
         def op(session: Session) -> int:
-            session.execute(insert(Sample), samples)
+            session.execute(insert(Sample.__table__), samples)
             if outputs:
-                session.execute(insert(TeacherOutput), outputs)
+                session.execute(insert(TeacherOutput.__table__), outputs)
             return len(samples)
 
         return self.db.retry("add_samples", op)
