@@ -129,14 +129,44 @@ def distill(
 
 
 @app.command()
-def demo(
-    quick: Annotated[bool, typer.Option("--quick", help="smaller data, exits when done")] = False,
+def report(
+    run_id: Annotated[str, typer.Argument(help="run id (see /admin/runs or the UI)")],
+    open_it: Annotated[bool, typer.Option("--open", help="open the HTML report in a browser")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """The embedded demo behind `make demo`."""
+    """Print where a run's report is (HTML and JSON)."""
+    from .reports.render import render_run
+    from .store import Store
+
+    settings = _settings(config)
+    store = Store(settings.store_url)
+    row = store.get_run(run_id)
+    if row is None:
+        raise WatchdogError(f"no run {run_id!r} in {settings.store_url}")
+    html = Path(row.run_dir) / "report.html"
+    if not html.exists():
+        render_run(store, run_id)
+    typer.echo(f"{html}\n{html.with_suffix('.json')}\nstatus: {row.status}")
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(html.resolve().as_uri())
+
+
+@app.command()
+def demo(
+    quick: Annotated[bool, typer.Option("--quick", help="smaller data, fewer epochs (about 2 min)")] = False,
+    out: Annotated[Path, typer.Option("--out", help="working folder (data, models, daemon state)")] = Path(
+        "demo-data"
+    ),
+) -> None:
+    """The embedded demo behind `make demo`: shift one sensor, watch the loop repair the student."""
     from .demo import run_demo
 
-    run_demo(quick=quick, config=config)
+    try:
+        run_demo(quick=quick, out=out)
+    except RuntimeError as exc:
+        raise WatchdogError(f"demo: {exc}") from None
 
 
 def main() -> None:

@@ -53,6 +53,16 @@ class ChildWorker:
             raise ChildFailed(f"{self.module} exited (code {await self.proc.wait()})")
         return json.loads(line)
 
+    async def warm(self, timeout: float) -> None:
+        """Starts the child ahead of the first call (its imports take seconds)."""
+        async with self._lock:
+            if self.proc is None or self.proc.returncode is not None:
+                try:
+                    await self._start(timeout)
+                except (TimeoutError, ChildFailed, ValueError) as exc:
+                    log.warning("child %s did not start: %s", self.module, exc)
+                    await self.close()
+
     async def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
         async with self._lock:
             try:

@@ -76,8 +76,11 @@ class RunManager:
     async def _render(self, run_id: str) -> None:
         from ..reports.render import render_run
 
-        with contextlib.suppress(Exception):
+        try:
             await self._db(render_run, self.daemon.store, run_id)
+        except Exception:  # the run's state is stored; only its HTML page is missing
+            metrics.scheduler_errors_total.labels(job="run").inc()
+            log.exception("runs: cannot render the report of run %s", run_id)
 
     # --- trigger -----------------------------------------------------------------------------------
 

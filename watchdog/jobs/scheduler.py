@@ -39,6 +39,7 @@ class Scheduler:
         self.last_cycle: dict[str, Any] | None = None
         self.last_decision: policy.Decision | None = None
         self._sched: AsyncIOScheduler | None = None
+        self._warming: asyncio.Task[None] | None = None
 
     async def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -51,6 +52,8 @@ class Scheduler:
         self.lock = daemon.store.leader_lock()
         metrics.leader.set(0)
         cfg = settings.monitor
+        # A skipped overlapping run is expected (max_instances=1), not worth a warning each time.
+        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
         sched = AsyncIOScheduler()
         now = datetime.now()
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
@@ -64,6 +67,8 @@ class Scheduler:
     async def stop(self) -> None:
         if self._sched is not None:
             self._sched.shutdown(wait=False)
+        if self._warming is not None:
+            self._warming.cancel()
         if self.runs is not None:
             await self.runs.stop()
         if self.worker is not None:
@@ -85,6 +90,10 @@ class Scheduler:
             held = False
         if held and not self.is_leader:
             log.info("scheduler: this replica is now the leader")
+            assert self.worker is not None and self.daemon is not None
+            self._warming = asyncio.get_running_loop().create_task(
+                self.worker.warm(self.daemon.settings.monitor.cycle_timeout_s)
+            )
             with contextlib.suppress(Exception):
                 n = await asyncio.to_thread(self.runs.recover_orphans)
                 if n:
@@ -109,6 +118,8 @@ class Scheduler:
         began = time.perf_counter()
         try:
             result = await self.worker.call({"op": "cycle"}, settings.monitor.cycle_timeout_s)
+        except asyncio.CancelledError:  # the daemon is stopping
+            return None
         except TimeoutError:
             metrics.monitor_cycles_total.labels(outcome="timeout").inc()
             log.error(
