@@ -37,7 +37,7 @@ def daemon_settings(
     return make_settings(
         student={"model": str(model), "card": str(card), "max_batch_delay_ms": 0.5},
         teachers=teachers,
-        sampling={"rate": 1.0, "batch_size": 16, **(sampling or {})},
+        sampling={"rate": 1.0, "batch_size": 16, "concurrency": 1, "batch_wait_s": 0.05, **(sampling or {})},
         **overrides,
     )
 

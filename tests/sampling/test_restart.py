@@ -24,7 +24,7 @@ def test_samples_and_pins_survive_a_restart(store_url, tmp_path, model_files, wr
                 "store": {"url": store_url},
                 "student": {"model": str(model), "card": str(card)},
                 "teachers": [teacher_config(teacher.url)],
-                "sampling": {"rate": 1.0, "eval_set_size": 4},
+                "sampling": {"rate": 1.0, "eval_set_size": 4, "concurrency": 1},
             }
         )
         store = Store(store_url)

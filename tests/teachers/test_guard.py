@@ -34,7 +34,7 @@ def _guard(name: str, url: str, **kw: object) -> GuardedTeacher:
         backoff_s=0.01,
         **kw,
     )
-    return GuardedTeacher(cfg, build_adapter(cfg))
+    return GuardedTeacher.in_threads(cfg, build_adapter(cfg))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -22,7 +23,6 @@ from .. import metrics
 from ..config import Settings, TeacherConfig
 from ..store import SampleRecord
 from ..teachers import CallFailed, GuardedTeacher, Pins, TeacherState
-from ..teachers.adapters import build_adapter
 from .slices import SliceRules
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ class SamplingService:
         self._background: set[asyncio.Task[None]] = set()
         self._frozen: set[str] = set()  # teachers whose eval set exists
         self._pending: list[tuple[SampleRecord, bool]] = []  # (row, a teacher answered) awaiting a write
+        self._processes: Any = None  # teachers.child.TeacherProcesses once started
         self._write_lock = asyncio.Lock()  # bulk writes and quarantine releases happen in order
         self._outcome = {o: metrics.samples_total.labels(outcome=o) for o in _OUTCOMES}
         for counter in self._outcome.values():
@@ -93,26 +94,29 @@ class SamplingService:
         self.pins = Pins(daemon.store, self.cfg.on_teacher_change, self._on_pin_event)
         configured = {t.name: t.pinned_version for t in self.settings.teachers}
         await asyncio.to_thread(self.pins.load, configured)
-        await self._boot()
-        self.running = True
+        self.running = await self._boot()
 
-    async def _boot(self) -> None:
-        """Loads the adapters in a thread before readiness: the engine imports torch (seconds of GIL)
-        and that must not overlap with serving traffic."""
+    async def _boot(self) -> bool:
+        """Starts the teacher processes before readiness: the engine imports torch there, not here."""
+        from ..teachers.child import TeacherProcesses
+
+        self._processes = TeacherProcesses(self.settings.teachers, self.cfg.concurrency)
         try:
-            adapters = await asyncio.to_thread(lambda: [build_adapter(t) for t in self.settings.teachers])
+            await self._processes.start()
         except Exception:
             metrics.sampler_errors_total.labels(stage="worker").inc()
-            log.exception("sampling: cannot build the teacher adapters; sampling is off")
-            self.running = False
-            return
-        for tcfg, adapter in zip(self.settings.teachers, adapters, strict=True):
-            self.teachers[tcfg.name] = GuardedTeacher(tcfg, adapter, self.cfg.concurrency, self._on_circuit)
+            log.exception("sampling: the teacher processes cannot load the teachers; sampling is off")
+            self._processes.close()
+            return False
+        for tcfg in self.settings.teachers:
+            call = functools.partial(self._processes.call, tcfg.name)
+            self.teachers[tcfg.name] = GuardedTeacher(tcfg, call, self._on_circuit)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._work()) for _ in range(self.cfg.concurrency)]
         self._tasks.append(loop.create_task(self._flush_forever()))
         if self.cfg.eval_set is not None:
             self._spawn(self._freeze_from_file())
+        return True
 
     async def stop(self) -> None:
         """Stops taking rows; rows still queued are counted as dropped (the request path never waits)."""
@@ -127,8 +131,8 @@ class SamplingService:
         if left:
             self._outcome["dropped"].inc(left)
             log.warning("sampling: %d queued rows dropped at shutdown", left)
-        for teacher in self.teachers.values():
-            teacher.close()
+        if self._processes is not None:
+            self._processes.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

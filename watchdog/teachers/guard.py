@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # the engine (and torch) load only when a teacher is configur
     from distill_engine.teachers import Teacher
 
 log = logging.getLogger(__name__)
+
+Result = tuple[str, Any, Any]  # ("ok", probs, version) | ("fail", outcome, message)
+Call = Callable[[np.ndarray], Awaitable[Result]]
 
 
 @dataclass(slots=True)
@@ -101,39 +104,63 @@ class GuardedTeacher:
     def __init__(
         self,
         cfg: TeacherConfig,
-        adapter: Teacher,
-        concurrency: int = 2,
+        call: Call,
         on_circuit: Callable[[str, bool, str], None] | None = None,
+        close: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self.adapter = adapter
+        self.call = call
         self.breaker = CircuitBreaker(cfg.circuit_failures, cfg.circuit_reset_s)
         self.on_circuit = on_circuit
         self.last_error: str | None = None
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"teacher-{cfg.name}")
+        self._close = close
         self._latency = metrics.teacher_latency_seconds.labels(teacher=cfg.name)
         metrics.teacher_circuit_open.labels(teacher=cfg.name).set(0)
+
+    @classmethod
+    def in_threads(cls, cfg: TeacherConfig, adapter: Teacher, threads: int = 2, **kw: Any) -> GuardedTeacher:
+        """The adapter in a small thread pool of this process (tests, single-process use)."""
+        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"teacher-{cfg.name}")
+
+        def run(x: np.ndarray) -> Result:
+            try:
+                out = adapter.predict(x)
+                return ("ok", out.probs, str(out.version))
+            except Exception as exc:  # the engine's TeacherError, ORT/torch errors: all outcomes
+                return ("fail", classify(exc), f"{type(exc).__name__}: {exc}"[:300])
+
+        async def call(x: np.ndarray) -> Result:
+            return await asyncio.get_running_loop().run_in_executor(pool, run, x)
+
+        def close() -> None:
+            pool.shutdown(wait=False, cancel_futures=True)
+            adapter.close()
+
+        return cls(cfg, call, close=close, **kw)
 
     def _count(self, outcome: str) -> None:
         metrics.teacher_requests_total.labels(teacher=self.name, outcome=outcome).inc()
 
     async def _attempt(self, x: np.ndarray) -> TeacherAnswer:
-        loop = asyncio.get_running_loop()
         begin = time.perf_counter()
         try:
             # The adapter's own timeout bounds network calls; this bounds local models and hangs.
-            out = await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self.adapter.predict, x), self.cfg.timeout_s * 2 + 1
-            )
-        except Exception as exc:  # the engine's TeacherError, ORT/torch errors, hangs: all outcomes
-            raise CallFailed(classify(exc), str(exc)[:300]) from None
+            status, first, second = await asyncio.wait_for(self.call(x), self.cfg.timeout_s * 2 + 1)
+        except TimeoutError:
+            raise CallFailed(
+                "timeout", f"teacher {self.name}: no answer in {self.cfg.timeout_s * 2 + 1:g} s"
+            ) from None
+        except Exception as exc:  # a broken pool or a dead child process
+            raise CallFailed("error", f"teacher {self.name}: {type(exc).__name__}: {exc}"[:300]) from None
         finally:
             self._latency.observe(time.perf_counter() - begin)
-        probs = np.asarray(out.probs, dtype=np.float32)
-        if probs.shape[0] != len(x) or not np.isfinite(probs).all():
+        if status != "ok":
+            raise CallFailed(first, second)
+        probs = np.asarray(first, dtype=np.float32)
+        if probs.ndim != 2 or probs.shape[0] != len(x) or not np.isfinite(probs).all():
             raise CallFailed("invalid", f"teacher {self.name}: unusable probabilities of shape {probs.shape}")
-        return TeacherAnswer(probs, str(out.version))
+        return TeacherAnswer(probs, str(second))
 
     async def predict(self, x: np.ndarray) -> TeacherAnswer:
         """An answer, or CallFailed after the retries (or at once while the circuit is open)."""
@@ -171,5 +198,5 @@ class GuardedTeacher:
             self.on_circuit(self.name, opened, self.last_error or "")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self.adapter.close()
+        if self._close is not None:
+            self._close()
