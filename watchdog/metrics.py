@@ -6,10 +6,23 @@ plus `other`, versions are the registry's and teachers' (few by construction).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# Process (CPU, memory, open files), platform and GC series, as a default registry would have.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (
@@ -211,8 +224,8 @@ policy_decisions_total = Counter(
 )
 scheduler_errors_total = Counter(
     "watchdog_scheduler_errors",
-    "Scheduled jobs that raised, by job: monitor|retention|reeval|leader|run.",
-    ["job"],
+    "Scheduled tasks that raised, by task: monitor|retention|reeval|leader|run.",
+    ["task"],
     registry=REGISTRY,
 )
 

@@ -74,6 +74,7 @@ class Registry:
         path = self.models_dir / f"{sha}.onnx"
         if not path.exists():
             _atomic_write(path, model_bytes)
+        self.store.add_model_blob(sha, model_bytes)
         row = ModelVersion(
             version=version,
             name=card.name,
@@ -117,6 +118,11 @@ class Registry:
         row = self._row(version)
         card = ModelCard.model_validate_json(row.card_json)
         path = self.models_dir / row.filename
+        if not path.exists():
+            # A replica without the shared models folder fetches the bytes from the store.
+            blob = self.store.get_model_blob(row.sha256)
+            if blob is not None and hashlib.sha256(blob).hexdigest() == row.sha256:
+                _atomic_write(path, blob)
         try:
             data = path.read_bytes()
         except OSError as exc:

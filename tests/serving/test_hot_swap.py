@@ -123,3 +123,17 @@ def _wait_for(cond, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_replica_without_the_models_folder_fetches_from_the_store(make_settings, model_files, tmp_path):
+    """Replicas on PostgreSQL need not share data_dir: model bytes travel through the store."""
+    model, card = model_files()
+    settings_a = make_settings(student={"model": str(model), "card": str(card)})
+    settings_b = make_settings(data_dir=str(tmp_path / "replica-b"))
+    with ServerThread(settings_a) as a, ServerThread(settings_b) as b:
+        new = a.daemon.registry.register(mlp_onnx_bytes(seed=51), _card(), actor="test").version
+        assert httpx.post(f"{a.url}/admin/models/{new}/activate", headers=TOKEN).status_code == 200
+        _wait_for(
+            lambda: httpx.post(b.url + "/v1/predict", json={"inputs": X}).json()["model_version"] == new
+        )
+        assert any(settings_b.models_dir.glob("*.onnx"))

@@ -79,7 +79,7 @@ class RunManager:
         try:
             await self._db(render_run, self.daemon.store, run_id)
         except Exception:  # the run's state is stored; only its HTML page is missing
-            metrics.scheduler_errors_total.labels(job="run").inc()
+            metrics.scheduler_errors_total.labels(task="run").inc()
             log.exception("runs: cannot render the report of run %s", run_id)
 
     # --- trigger -----------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ class Scheduler:
         try:
             held = await asyncio.to_thread(self.lock.poll)
         except Exception:
-            metrics.scheduler_errors_total.labels(job="leader").inc()
+            metrics.scheduler_errors_total.labels(task="leader").inc()
             log.exception("scheduler: leader poll failed")
             held = False
         if held and not self.is_leader:
@@ -140,7 +140,7 @@ class Scheduler:
         try:
             decision = await asyncio.to_thread(policy.decide, store, settings.policy, result)
         except Exception:
-            metrics.scheduler_errors_total.labels(job="monitor").inc()
+            metrics.scheduler_errors_total.labels(task="monitor").inc()
             log.exception("policy: decision failed")
             return result
         self.last_decision = decision
@@ -232,7 +232,7 @@ class Scheduler:
             deleted = await asyncio.to_thread(self.daemon.store.delete_before, cutoff)
             log.info("retention: deleted %s", deleted)
         except Exception:
-            metrics.scheduler_errors_total.labels(job="retention").inc()
+            metrics.scheduler_errors_total.labels(task="retention").inc()
             log.exception("retention: failed")
 
     async def _reevaluate(self) -> None:
@@ -245,5 +245,5 @@ class Scheduler:
                 try:
                     await service.reevaluate(name, state.candidate)
                 except Exception:
-                    metrics.scheduler_errors_total.labels(job="reeval").inc()
+                    metrics.scheduler_errors_total.labels(task="reeval").inc()
                     log.exception("scheduler: re-evaluation of %s failed", name)

@@ -9,7 +9,7 @@ import orjson
 from sqlmodel import Session, col, select
 
 from .db import Database
-from .tables import Activation, AuditEvent, ModelVersion
+from .tables import Activation, AuditEvent, ModelBlob, ModelVersion
 
 
 def active_stack(rows: list[Activation]) -> list[str]:
@@ -36,6 +36,20 @@ class ModelStore:
             return row
 
         return self.db.retry("add_model_version", op)
+
+    def add_model_blob(self, sha256: str, data: bytes) -> None:
+        def op(session: Session) -> None:
+            if session.get(ModelBlob, sha256) is None:
+                session.add(ModelBlob(sha256=sha256, data=data))
+
+        self.db.retry("add_model_blob", op)
+
+    def get_model_blob(self, sha256: str) -> bytes | None:
+        def op(session: Session) -> bytes | None:
+            row = session.get(ModelBlob, sha256)
+            return bytes(row.data) if row is not None else None
+
+        return self.db.retry("get_model_blob", op)
 
     def get_model_version(self, version: str) -> ModelVersion | None:
         return self.db.retry("get_model_version", lambda s: s.get(ModelVersion, version))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Column, LargeBinary
 from sqlmodel import Field, SQLModel
 
 
@@ -20,6 +21,14 @@ class ModelVersion(SQLModel, table=True):
     card_json: str
     created_at: float
     parent_version: str | None = Field(default=None, max_length=64)
+
+
+class ModelBlob(SQLModel, table=True):
+    """The ONNX bytes, so a replica without the shared models folder can fetch a version."""
+
+    __tablename__ = "model_blobs"
+    sha256: str = Field(primary_key=True, max_length=64)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class Activation(SQLModel, table=True):
