@@ -13,6 +13,7 @@ to docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -63,9 +64,15 @@ def wrk(url: str, body: bytes, connections: int, seconds: int) -> Load:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process so far (a noise-robust cost: CPU per request)."""
+    """User + system CPU so far of a process and its live children (the teacher processes):
+    a cost that noise from other work on the machine moves less than req/s does."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for child in children.read_text().split() if children.exists() else []:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(int(child))
+    return total
 
 
 def samples(url: str) -> dict[str, float]:
@@ -128,6 +135,7 @@ def main() -> None:
     teacher_argv = [str(VENV_BIN / "python"), str(ROOT / "tests" / "teachers" / "fake_teacher.py"),
                     "--port", str(teacher_port), "--delay", str(args.delay)]  # fmt: skip
 
+    load_before = os.getloadavg()[0]
     runs: dict[str, list[tuple[Load, float]]] = {"off": [], "on": []}
     fates: list[dict[str, float]] = []
     with Child(teacher_argv, teacher_port) as teacher:
@@ -180,7 +188,9 @@ def main() -> None:
         for m, rs in runs.items()
     )
     notes = (f"Best of {args.rounds} interleaved off/on pairs, {args.seconds} s each after a 3 s unmeasured "
-             f"warm-up, wrk -t1 -c32, one row per request. Every run: {each}.")  # fmt: skip
+             f"warm-up, wrk -t1 -c32, one row per request. CPU µs/request counts the daemon and its teacher "
+             f"processes. Load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work "
+             f"shares this machine). Every run: {each}.")  # fmt: skip
     table = "\n".join(lines)
     print(table)
     print(notes)
