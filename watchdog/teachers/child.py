@@ -9,9 +9,11 @@ their causes are still attached).
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from ..config import TeacherConfig
 
 Result = tuple[str, Any, Any]  # ("ok", probs, version) | ("fail", outcome, message)
 
+log = logging.getLogger(__name__)
 _adapters: dict[str, Any] = {}
 
 
@@ -50,12 +53,17 @@ class TeacherProcesses:
 
     def __init__(self, teachers: list[TeacherConfig], workers: int) -> None:
         self.workers = workers
-        self.pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init,
-            initargs=([t.model_dump(mode="json") for t in teachers],),
+        self._configs = [t.model_dump(mode="json") for t in teachers]
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")  # never fork a process with an event loop and threads
+        return ProcessPoolExecutor(
+            self.workers, mp_context=context, initializer=_init, initargs=(self._configs,)
         )
+
+    def pids(self) -> list[int]:
+        return list(getattr(self.pool, "_processes", {}) or {})
 
     async def start(self) -> None:
         """Starts every child and waits until its adapters are built (raises if they cannot be)."""
@@ -63,7 +71,16 @@ class TeacherProcesses:
         await asyncio.gather(*(loop.run_in_executor(self.pool, _ping) for _ in range(self.workers)))
 
     async def call(self, name: str, x: np.ndarray) -> Result:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, _predict, name, x)
+        """A child that died breaks the pool: a fresh one replaces it for the next call."""
+        pool = self.pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, _predict, name, x)
+        except BrokenProcessPool:
+            if self.pool is pool:
+                log.warning("teachers: a teacher process died; starting new ones")
+                self.pool = self._new_pool()
+                pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,47 @@
+"""Teacher calls in child processes: answers cross the process boundary; a killed child is replaced."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from distill_watchdog.config import TeacherConfig
+from distill_watchdog.teachers import CallFailed, GuardedTeacher
+from distill_watchdog.teachers.child import TeacherProcesses
+
+from .fake_teacher import FakeTeacher
+
+
+def test_child_answers_fails_cleanly_and_survives_a_killed_process() -> None:
+    with FakeTeacher(version="v3") as teacher:
+        cfg = TeacherConfig(name="kid", kind="http-v2", location=teacher.url, retries=0, backoff_s=0.01,
+                            options={"model_name": "big", "input_name": "x"})  # fmt: skip
+        processes = TeacherProcesses([cfg], workers=1)
+        guard = GuardedTeacher(cfg, lambda x: processes.call("kid", x))
+        x = np.random.default_rng(1).normal(size=(3, 40)).astype(np.float32)
+
+        async def scenario() -> None:
+            await processes.start()
+            answer = await guard.predict(x)
+            assert answer.version == "v3"
+            np.testing.assert_allclose(answer.probs, teacher.probs(x), atol=1e-5)
+            teacher.mode = "garbage"
+            with pytest.raises(CallFailed) as bad:
+                await guard.predict(x)
+            assert bad.value.outcome == "invalid"
+            teacher.mode = "ok"
+            for pid in processes.pids():
+                os.kill(pid, signal.SIGKILL)
+            with pytest.raises(CallFailed) as dead:
+                await guard.predict(x)
+            assert dead.value.outcome == "error"
+            assert (await processes.call("kid", x))[0] == "ok"  # a fresh process answers
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            processes.close()
