@@ -139,3 +139,21 @@ def test_policy_hysteresis_cooldown_budget_and_ceiling(tmp_path: Path) -> None:
     assert policy.decide(store, cfg, _cycle(0.8, ["sensor=b"])).action == "trigger"
     decisions = store.recent_decisions(50)
     assert all(orjson.loads(d.numbers_json).get("thresholds") or d.action == "ok" for d in decisions)
+
+
+def test_runs_of_a_dead_replica_are_failed_but_live_ones_kept(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from distill_watchdog.jobs.runs import RunManager
+
+    store = Store(f"sqlite:///{tmp_path / 'o.db'}")
+    settings = load_settings(None, data_dir=str(tmp_path / "data"))
+    manager = RunManager(SimpleNamespace(store=store, settings=settings), tmp_path / "s.json")  # type: ignore[arg-type]
+    old = time.time() - 600
+    for run_id, owner, touched in (("dead", "other-replica", old), ("alive", "other-replica", time.time())):
+        detail = orjson.dumps({"owner": owner}).decode()
+        store.add_run(
+            DistillRun(id=run_id, created_at=old, updated_at=touched, status="running", detail_json=detail)
+        )
+    assert manager.recover_orphans(stale_s=60) == 1
+    assert store.get_run("dead").status == "failed" and store.get_run("alive").status == "running"

@@ -324,11 +324,18 @@ class RunManager:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def recover_orphans(self) -> int:
-        """Runs left `running` by a replica that is gone are marked failed (blocking; new leader only)."""
+    def heartbeat(self) -> None:
+        """Touches this replica's running runs, so a new leader can tell them from orphans (blocking)."""
+        for run_id in list(self.tasks):
+            self.daemon.store.update_run(run_id, expect=("running",))
+
+    def recover_orphans(self, stale_s: float) -> int:
+        """Runs left `running` by a replica that stopped touching them are marked failed (blocking)."""
         n = 0
+        cutoff = time.time() - stale_s
         for row in self.daemon.store.list_runs(50):
-            if row.status == "running" and orjson.loads(row.detail_json).get("owner") != OWNER:
+            owner = orjson.loads(row.detail_json).get("owner")
+            if row.status == "running" and owner != OWNER and row.updated_at < cutoff:
                 self.daemon.store.update_run(
                     row.id, expect=("running",), status="failed", detail={"error": "its replica stopped"}
                 )

@@ -95,13 +95,19 @@ class Scheduler:
                 self.worker.warm(self.daemon.settings.monitor.cycle_timeout_s)
             )
             with contextlib.suppress(Exception):
-                n = await asyncio.to_thread(self.runs.recover_orphans)
+                stale = 3 * self.daemon.settings.monitor.leader_poll_s + 30
+                n = await asyncio.to_thread(self.runs.recover_orphans, stale)
                 if n:
                     log.warning("scheduler: marked %d orphaned runs failed", n)
         elif not held and self.is_leader:
             log.warning("scheduler: lost the leader lock")
         self.is_leader = held
         metrics.leader.set(1 if held else 0)
+        if self.runs.tasks:
+            try:
+                await asyncio.to_thread(self.runs.heartbeat)
+            except Exception:
+                metrics.scheduler_errors_total.labels(job="run").inc()
 
     # --- monitor cycle -------------------------------------------------------------------------
 
