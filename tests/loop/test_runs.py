@@ -6,6 +6,8 @@ serving keeps answering; a candidate that fails its gates is not promoted and is
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from distill_watchdog.alerts import Alerter
 from distill_watchdog.jobs.scheduler import Scheduler
 
 from .helpers import Webhook, counter, eventually, seed_samples
-from support import ServerThread
+from support import CLI, ServerThread
 
 AUTH = {"Authorization": "Bearer s3cret-token"}
 
@@ -68,6 +70,20 @@ def test_crashing_and_hanging_jobs_fail_alert_and_leave_serving_alone(
         assert "WatchdogRunStarted" in webhook.names()
         r = httpx.post(f"{srv.url}/v1/predict", json={"inputs": [[0.0] * 40]})
         assert r.status_code == 200 and r.json()["model_version"] == version
+        cli = subprocess.run(
+            [CLI, "report", run_id],
+            env={**os.environ, "WATCHDOG__STORE__URL": srv.daemon.settings.store_url},
+            capture_output=True,
+            text=True,
+        )
+        assert cli.returncode == 0 and "report.html" in cli.stdout and "status: failed" in cli.stdout
+        unknown = subprocess.run(
+            [CLI, "report", "nope"],
+            env={**os.environ, "WATCHDOG__STORE__URL": srv.daemon.settings.store_url},
+            capture_output=True,
+            text=True,
+        )
+        assert unknown.returncode == 1 and "no run" in unknown.stderr
         page = httpx.get(f"{srv.url}/ui/runs/{run_id}").text
         assert "exit code 3" in page and "test &lt;crash&gt;" in page and "<crash>" not in page
 

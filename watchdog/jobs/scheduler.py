@@ -39,7 +39,6 @@ class Scheduler:
         self.last_cycle: dict[str, Any] | None = None
         self.last_decision: policy.Decision | None = None
         self._sched: AsyncIOScheduler | None = None
-        self._warming: asyncio.Task[None] | None = None
 
     async def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -67,8 +66,6 @@ class Scheduler:
     async def stop(self) -> None:
         if self._sched is not None:
             self._sched.shutdown(wait=False)
-        if self._warming is not None:
-            self._warming.cancel()
         if self.runs is not None:
             await self.runs.stop()
         if self.worker is not None:
@@ -90,10 +87,7 @@ class Scheduler:
             held = False
         if held and not self.is_leader:
             log.info("scheduler: this replica is now the leader")
-            assert self.worker is not None and self.daemon is not None
-            self._warming = asyncio.get_running_loop().create_task(
-                self.worker.warm(self.daemon.settings.monitor.cycle_timeout_s)
-            )
+            assert self.daemon is not None
             with contextlib.suppress(Exception):
                 stale = 3 * self.daemon.settings.monitor.leader_poll_s + 30
                 n = await asyncio.to_thread(self.runs.recover_orphans, stale)
@@ -123,6 +117,9 @@ class Scheduler:
             return None
         began = time.perf_counter()
         try:
+            if self.worker.proc is None:  # the child starts with the first cycle that has data to look at
+                await self.worker.warm(settings.monitor.cycle_timeout_s)
+                began = time.perf_counter()
             result = await self.worker.call({"op": "cycle"}, settings.monitor.cycle_timeout_s)
         except asyncio.CancelledError:  # the daemon is stopping
             return None
