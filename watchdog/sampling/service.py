@@ -179,7 +179,7 @@ class SamplingService:
                 outcome = "quarantined" if record.quarantined else "stored" if answered else "teacher_error"
                 counts[outcome] += 1
             try:
-                await asyncio.to_thread(self._write, [record for record, _ in pending])
+                await self._write([record for record, _ in pending])
             except Exception:
                 metrics.sampler_errors_total.labels(stage="store").inc()
                 self._outcome["dropped"].inc(len(pending))
@@ -240,17 +240,24 @@ class SamplingService:
         if len(self._pending) >= FLUSH_ROWS:
             await self._flush()
 
-    def _write(self, records: list[SampleRecord]) -> None:
-        """Blocking: pin changes first (so events precede their rows), then the rows, then freezing."""
+    async def _write(self, records: list[SampleRecord]) -> None:
+        """Pin changes first (so events precede their rows), then the rows — serialised and inserted
+        by a teacher process, off this process's GIL — then eval-set freezing until it is frozen."""
+        assert self.pins is not None and self.daemon is not None
+        if self.pins.pending:
+            await asyncio.to_thread(self.pins.persist)
+        await self._processes.store_rows(self.settings.store_url, records)
+        if self.cfg.eval_set is None and any(
+            s.pinned is not None and s.state == "ok" and n not in self._frozen
+            for n, s in self.pins.teachers.items()
+        ):
+            await asyncio.to_thread(self._freeze)
+
+    def _freeze(self) -> None:
         from ..evalset import freeze_from_samples
 
         assert self.pins is not None and self.daemon is not None
-        store = self.daemon.store
-        self.pins.persist()
-        store.add_samples(records)
-        if self.cfg.eval_set is not None:
-            return
-        size = self.cfg.eval_set_size
+        store, size = self.daemon.store, self.cfg.eval_set_size
         for name, state in self.pins.teachers.items():
             if state.pinned is None or state.state != "ok" or name in self._frozen:
                 continue

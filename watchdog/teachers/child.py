@@ -12,18 +12,21 @@ import asyncio
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ..config import TeacherConfig
 
+T = TypeVar("T")
 Result = tuple[str, Any, Any]  # ("ok", probs, version) | ("fail", outcome, message)
 
 log = logging.getLogger(__name__)
 _adapters: dict[str, Any] = {}
+_stores: dict[str, Any] = {}
 
 
 def _init(configs: list[dict[str, Any]]) -> None:
@@ -36,6 +39,20 @@ def _init(configs: list[dict[str, Any]]) -> None:
 
 def _ping() -> int:
     return os.getpid()
+
+
+def _store_rows(url: str, records: list[Any]) -> str | None:
+    """Bulk insert from the child (one engine per child); an error comes back as text."""
+    from ..store import Store
+
+    try:
+        store = _stores.get(url)
+        if store is None:
+            store = _stores[url] = Store(url, create=False)
+        store.add_samples(records)
+        return None
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _predict(name: str, x: np.ndarray) -> Result:
@@ -71,10 +88,18 @@ class TeacherProcesses:
         await asyncio.gather(*(loop.run_in_executor(self.pool, _ping) for _ in range(self.workers)))
 
     async def call(self, name: str, x: np.ndarray) -> Result:
+        return await self._run(_predict, name, x)
+
+    async def store_rows(self, url: str, records: list[Any]) -> None:
+        error = await self._run(_store_rows, url, records)
+        if error is not None:
+            raise RuntimeError(f"storing samples failed in a teacher process: {error}")
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """A child that died breaks the pool: a fresh one replaces it for the next call."""
         pool = self.pool
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, _predict, name, x)
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
         except BrokenProcessPool:
             if self.pool is pool:
                 log.warning("teachers: a teacher process died; starting new ones")
