@@ -70,7 +70,7 @@ class SliceRules:
             for key, value in self.request_slices(given).items():
                 rate = max(rate, self.per_slice.get(f"{key}={value}", -1.0))
         if not self._bin_rates:
-            return rate if rate >= 0 else self.base
+            return float(rate if rate >= 0 else self.base)
         out = np.full(len(x), rate)
         for b in self.bins:
             if b.column < x.shape[1]:
