@@ -49,11 +49,13 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(url: str, body: bytes, connections: int, seconds: int, threads: int = 1) -> Load:
-    """POSTs `body` with wrk; failed = non-2xx + socket errors."""
+def wrk(
+    url: str, body: bytes, connections: int, seconds: int, threads: int = 1, workdir: Path | None = None
+) -> Load:
+    """POSTs `body` with wrk; failed = non-2xx + socket errors. `workdir` holds the Lua script and body."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: apt-get install wrk")
-    script = ROOT / "bench" / "out" / "post.lua"
+    script = (workdir or ROOT / "bench" / "out") / "post.lua"
     script.parent.mkdir(parents=True, exist_ok=True)
     (script.parent / "body.json").write_bytes(body)
     script.write_text(
@@ -67,8 +69,9 @@ def wrk(url: str, body: bytes, connections: int, seconds: int, threads: int = 1)
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # The latency distribution lines start with the percentile (the stdev column also ends in "%").
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     failed = 0
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -83,7 +86,9 @@ def wrk(url: str, body: bytes, connections: int, seconds: int, threads: int = 1)
 class Child:
     """A server in its own process, started and stopped around a measurement."""
 
-    def __init__(self, argv: list[str], port: int, env: dict[str, str] | None = None, ready: str = "/") -> None:
+    def __init__(
+        self, argv: list[str], port: int, env: dict[str, str] | None = None, ready: str = "/"
+    ) -> None:
         self.argv, self.port, self.ready = argv, port, ready
         self.env = {**os.environ, "DO_NOT_TRACK": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -93,7 +98,9 @@ class Child:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Child:
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_ready(self.url, timeout=60, path=self.ready)
         return self
 
@@ -114,7 +121,9 @@ def warm(url: str, body: bytes, n: int = 200) -> None:
 
 def append_section(title: str, command: str, table: str, notes: str = "") -> None:
     """Appends one dated section to docs/BENCHMARKS.md (never rewrites earlier ones)."""
-    machine = f"{platform.uname().system} {platform.uname().release} {platform.machine()}, {os.cpu_count()} CPUs"
+    machine = (
+        f"{platform.uname().system} {platform.uname().release} {platform.machine()}, {os.cpu_count()} CPUs"
+    )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
     if not BENCHMARKS.exists():

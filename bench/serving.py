@@ -15,7 +15,18 @@ import shutil
 
 import httpx
 import numpy as np
-from common import ROOT, VENV_BIN, Child, Load, append_section, command_line, free_port, mlp_onnx_bytes, warm, wrk
+from common import (
+    ROOT,
+    VENV_BIN,
+    Child,
+    Load,
+    append_section,
+    command_line,
+    free_port,
+    mlp_onnx_bytes,
+    warm,
+    wrk,
+)
 
 OUT = ROOT / "bench" / "out" / "serving"
 
@@ -38,8 +49,17 @@ def main() -> None:
     model = OUT / "mlp.onnx"
     model.write_bytes(mlp_onnx_bytes(40, 10, hidden=64))
     card = OUT / "card.json"
-    card.write_text(json.dumps({"name": "bench-mlp", "input_name": "x", "output_name": "logits",
-                                "num_features": 40, "classes": list(range(10))}))
+    card.write_text(
+        json.dumps(
+            {
+                "name": "bench-mlp",
+                "input_name": "x",
+                "output_name": "logits",
+                "num_features": 40,
+                "classes": list(range(10)),
+            }
+        )
+    )
     config = OUT / "watchdog.yaml"
     body = json.dumps({"inputs": np.random.default_rng(0).normal(size=(1, 40)).round(4).tolist()}).encode()
 
@@ -47,21 +67,43 @@ def main() -> None:
     mean_batch = 0.0
     servers = {
         "(a) ceiling: bare ASGI": lambda port: Child(
-            [str(VENV_BIN / "python"), str(ROOT / "bench" / "serving_peers.py"), "ceiling", str(port), str(model)],
-            port),
+            [
+                str(VENV_BIN / "python"),
+                str(ROOT / "bench" / "serving_peers.py"),
+                "ceiling",
+                str(port),
+                str(model),
+            ],
+            port,
+        ),
         "(b) naive: FastAPI + pydantic + session.run": lambda port: Child(
-            [str(VENV_BIN / "python"), str(ROOT / "bench" / "serving_peers.py"), "naive", str(port), str(model)],
-            port),
+            [
+                str(VENV_BIN / "python"),
+                str(ROOT / "bench" / "serving_peers.py"),
+                "naive",
+                str(port),
+                str(model),
+            ],
+            port,
+        ),
         "(c) distill-watchdog (metrics on, sampling off)": lambda port: Child(
-            [str(VENV_BIN / "distill-watchdog"), "serve", "--config", str(config)], port,
-            ready="/v2/health/ready"),
-    }  # fmt: skip
+            [str(VENV_BIN / "distill-watchdog"), "serve", "--config", str(config)],
+            port,
+            ready="/v2/health/ready",
+        ),
+    }
     for name, make in servers.items():
         port = free_port()
         config.write_text(
-            json.dumps({"data_dir": str(OUT / f"data-{port}"), "server": {"port": port, "log_format": "json"},
-                        "student": {"model": str(model), "card": str(card)}, "sampling": {"rate": 0.0}})
-        )  # fmt: skip
+            json.dumps(
+                {
+                    "data_dir": str(OUT / f"data-{port}"),
+                    "server": {"port": port, "log_format": "json"},
+                    "student": {"model": str(model), "card": str(card)},
+                    "sampling": {"rate": 0.0},
+                }
+            )
+        )
         with make(port) as server:
             url = server.url + "/v1/predict"
             warm(url, body)
@@ -72,14 +114,21 @@ def main() -> None:
                 if before and conns == 32:
                     after = batch_stats(server.url)
                     mean_batch = (after[1] - before[1]) / max(1.0, after[0] - before[0])
-            print(f"{name}: " + ", ".join(f"c{c} {r.rps:.0f} req/s p99 {r.p99_ms:.2f} ms"
-                                          for c, r in results[name].items()), flush=True)  # fmt: skip
+            print(
+                f"{name}: "
+                + ", ".join(
+                    f"c{c} {r.rps:.0f} req/s p99 {r.p99_ms:.2f} ms" for c, r in results[name].items()
+                ),
+                flush=True,
+            )
 
     a, b, c = (results[k] for k in servers)
     lines = ["| server | conc. | req/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
     for name, res in results.items():
         for conns, r in res.items():
-            lines.append(f"| {name} | {conns} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.failed} |")
+            lines.append(
+                f"| {name} | {conns} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.failed} |"
+            )
     thr_vs_a = c[32].rps / a[32].rps
     thr_vs_b = c[32].rps / b[32].rps
     p99_vs_a = c[1].p99_ms / a[1].p99_ms

@@ -1,6 +1,6 @@
 """The two comparison servers of bench/serving.py, under the same uvicorn as the daemon.
 
-    python bench/serving_peers.py ceiling|naive PORT MODEL.onnx
+python bench/serving_peers.py ceiling|naive PORT MODEL.onnx
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class PredictRequest(BaseModel):
     inputs: list[list[float]]
 
 
-def ceiling_app(answer: bytes):  # noqa: ANN201
+def ceiling_app(answer: bytes):
     """A bare ASGI app: reads the body, returns a fixed answer of the daemon's size."""
 
     async def app(scope, receive, send) -> None:
@@ -37,7 +37,10 @@ def ceiling_app(answer: bytes):  # noqa: ANN201
             {
                 "type": "http.response.start",
                 "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(answer)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": answer})
@@ -45,7 +48,7 @@ def ceiling_app(answer: bytes):  # noqa: ANN201
     return app
 
 
-def naive_app(model_path: str):  # noqa: ANN201
+def naive_app(model_path: str):
     """FastAPI + pydantic body + one session.run per request: the usual first version."""
     from fastapi import FastAPI
 
@@ -57,7 +60,11 @@ def naive_app(model_path: str):  # noqa: ANN201
         logits = session.run(None, {"x": np.asarray(request.inputs, dtype=np.float32)})[0]
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs = e / e.sum(axis=1, keepdims=True)
-        return {"model_version": "naive", "predictions": probs.argmax(1).tolist(), "probabilities": probs.tolist()}
+        return {
+            "model_version": "naive",
+            "predictions": probs.argmax(1).tolist(),
+            "probabilities": probs.tolist(),
+        }
 
     @api.get("/")
     def root() -> dict:
@@ -75,8 +82,16 @@ def main() -> None:
         app = ceiling_app(answer)
     else:
         app = naive_app(model)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, loop="uvloop",
-                http="httptools", backlog=4096)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        backlog=4096,
+    )
 
 
 if __name__ == "__main__":
