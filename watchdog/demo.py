@@ -25,6 +25,7 @@ import yaml
 
 SHIFT = {"iid_noise_scale": 0.1, "corr_noise_scale": 0.5, "shear_scale": 1.5}
 SENSORS = ("a", "b", "c")
+JITTER = 0.05  # sensor noise, as a share of the features' standard deviation
 SHIFTED = "c"
 TOKEN = "demo-token"
 
@@ -52,9 +53,9 @@ QUICK = Scenario(
     teacher_epochs=25,
     student_epochs=20,
     distill_epochs=15,
-    interval_s=2.0,
+    interval_s=3.0,
     window=900,
-    timeout_s=240.0,
+    timeout_s=300.0,
 )
 
 
@@ -154,7 +155,13 @@ def prepare(root: Path, sc: Scenario, log: Any = print) -> dict[str, Any]:
     student_dir = files / "student"
     if not (student_dir / "student.onnx").exists():
         log("demo: distilling the first student (MLP, clean curves only) ...")
-        np.savez(files / "s_train.npz", x=clean, y=yc, teacher_probs=teacher_probs(teacher, clean))
+        # The transfer set: the clean curves and two jittered copies, all labelled by the teacher.
+        rng = np.random.default_rng(5)
+        jitter = JITTER * float(clean.std())
+        pool = np.concatenate([clean, *(clean + rng.normal(0, jitter, clean.shape) for _ in range(2))])
+        pool = pool.astype(np.float32)
+        labels = np.concatenate([yc, yc, yc])
+        np.savez(files / "s_train.npz", x=pool, y=labels, teacher_probs=teacher_probs(teacher, pool))
         np.savez(files / "s_eval.npz", x=eval_x, y=eval_y, teacher_probs=teacher_probs(teacher, eval_x))
         job = {
             "name": "mnist1d-student",
@@ -166,7 +173,9 @@ def prepare(root: Path, sc: Scenario, log: Any = print) -> dict[str, Any]:
         }
         (files / "s_job.yaml").write_text(yaml.safe_dump(job))
         run_job_file(files / "s_job.yaml", student_dir, progress="none")
-    np.savez(files / "reference.npz", x=clean)
+    # The first student's reference: its transfer set with the teacher's answers.
+    with np.load(files / "s_train.npz") as d:
+        np.savez(files / "reference.npz", x=d["x"], teacher_probs=d["teacher_probs"])
     slices = np.asarray([f"sensor={SENSORS[i % 3]}" for i in range(len(eval_x))])
     np.savez(files / "eval.npz", x=eval_x, y=eval_y, slice=slices)
     return {
@@ -200,13 +209,13 @@ def write_config(root: Path, files: dict[str, Any], sc: Scenario, port: int) -> 
             "min_agreement": 0.5,
             "max_ece": 0.5,
             "max_drift_share": 1.0,
-            "hysteresis": 2,
+            "hysteresis": 3,
             "cooldown_s": 0,
             "min_samples": 100,
             "min_gain": 0.02,
             "max_regression": 0.02,
             "auto_promote": True,
-            "weak_slice_weight": 3.0,
+            "weak_slice_weight": 8.0,
         },
         "distill": {"timeout_s": 600, "job": {"train": {"epochs": sc.distill_epochs, "batch_size": 128}}},
     }
@@ -268,8 +277,12 @@ def served_agreement(client: httpx.Client, url: str, x: np.ndarray, teacher: np.
     return float((np.asarray(preds) == teacher.argmax(1)).mean()), version
 
 
-def _send(client: httpx.Client, url: str, x: np.ndarray, sensor: str) -> None:
-    r = client.post(f"{url}/v1/predict", json={"inputs": x.tolist(), "slice": {"sensor": sensor}})
+def _send(client: httpx.Client, url: str, x: np.ndarray, sensor: str, rng: np.random.Generator) -> None:
+    """One request of a sensor's rows; each reading carries a little sensor noise (replays differ)."""
+    noisy = x + rng.normal(0, JITTER * 0.5, x.shape) * float(x.std() or 1.0)
+    r = client.post(
+        f"{url}/v1/predict", json={"inputs": noisy.round(5).tolist(), "slice": {"sensor": sensor}}
+    )
     r.raise_for_status()
 
 
@@ -299,12 +312,13 @@ def run_scenario(root: Path, sc: Scenario, port: int, log: Any = print) -> dict[
             return out, version
 
         before, v1 = measure()
+        rng = np.random.default_rng(7)
         log("demo: replaying clean traffic from sensors a, b, c ...")
         traffic = files["traffic"]
         per = len(traffic) // 3
         for i in range(0, per, sc.batch):
             for k, sensor in enumerate(SENSORS):
-                _send(client, url, traffic[k * per + i : k * per + min(i + sc.batch, per)], sensor)
+                _send(client, url, traffic[k * per + i : k * per + min(i + sc.batch, per)], sensor, rng)
         cycles = _metric(client, url, 'watchdog_monitor_cycles_total{outcome="ok"}')
         deadline = time.monotonic() + 600
         while _metric(client, url, 'watchdog_monitor_cycles_total{outcome="ok"}') < cycles + 1:
@@ -320,10 +334,10 @@ def run_scenario(root: Path, sc: Scenario, port: int, log: Any = print) -> dict[
         while time.monotonic() < deadline:
             for k, sensor in enumerate(SENSORS):
                 if sensor == SHIFTED:
-                    _send(client, url, shifted[np.arange(i, i + sc.batch) % len(shifted)], sensor)
+                    _send(client, url, shifted[np.arange(i, i + sc.batch) % len(shifted)], sensor, rng)
                 else:
                     rows = np.arange(i + k * 997, i + k * 997 + sc.batch) % len(traffic)
-                    _send(client, url, traffic[rows], sensor)
+                    _send(client, url, traffic[rows], sensor, rng)
             i += sc.batch
             runs = client.get(f"{url}/admin/runs", headers=auth).json()["runs"]
             done = [r for r in runs if r["status"] in ("promoted", "rejected", "failed", "declined")]

@@ -1,7 +1,7 @@
 """Builds a redistillation job folder from stored samples.
 
 - `train.npz`: the older rows (teacher outputs precomputed, feedback labels where present,
-  rows of weak slices up-weighted by `policy.weak_slice_weight`);
+  weak slices' rows in the recent window up-weighted by `policy.weak_slice_weight`);
 - `holdout.npz`: the newest `policy.holdout_share` of rows, never trained on: the engine's
   eval set and one of the gates' sets;
 - `production.npz`: the newest `monitor.window` training rows, for production matching;
@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from ..config import Settings
+from ..monitor.reference import replay_rows
 from ..monitor.window import Window, window_from_rows
 from ..registry import Registry
 from ..store import Store
@@ -32,12 +33,29 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _save(path: Path, w: Window, idx: np.ndarray, weight: np.ndarray | None = None) -> None:
+def _save(
+    path: Path,
+    w: Window,
+    idx: np.ndarray,
+    weight: np.ndarray | None = None,
+    replay: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """Writes rows `idx` of the window; `replay` rows (the parent's snapshot) are appended as `reference`."""
+    x, probs = w.x[idx], w.teacher[idx]
+    y, slices = w.labels[idx], w.slice_strings()[idx]
+    if replay is not None and replay[0].shape[1] == x.shape[1] and replay[1].shape[1] == probs.shape[1]:
+        n = len(replay[0])
+        x = np.concatenate([x, replay[0]])
+        probs = np.concatenate([probs, replay[1]])
+        y = np.concatenate([y, np.full(n, -1, dtype=y.dtype)])
+        slices = np.concatenate([slices.astype(str), np.full(n, "reference")])
+        if weight is not None:
+            weight = np.concatenate([weight, np.ones(n)])
     arrays: dict[str, Any] = {
-        "x": w.x[idx],
-        "teacher_probs": w.teacher[idx] / w.teacher[idx].sum(1, keepdims=True),
-        "y": w.labels[idx],
-        "slice": w.slice_strings()[idx],
+        "x": x,
+        "teacher_probs": probs / probs.sum(1, keepdims=True),
+        "y": y,
+        "slice": slices,
     }
     if weight is not None:
         arrays["weight"] = weight
@@ -62,20 +80,25 @@ def build_job(
         raise ValueError(f"too few usable samples to redistill ({n}; need 60 or more)")
     order = np.argsort(w.at, kind="stable")
     train_idx, hold_idx = np.sort(order[: n - n_hold]), np.sort(order[n - n_hold :])
+    # Up-weight the weak slices' rows of the recent window only: that is where the monitor saw
+    # them fail; the same slice's older rows describe the distribution before the change.
     weight = np.ones(len(train_idx))
+    recent = np.zeros(len(train_idx), dtype=bool)
+    recent[-settings.monitor.window :] = True
     in_weak = np.zeros(len(train_idx), dtype=bool)
     for label in weak:
         in_weak |= w.mask(label)[train_idx]
+    in_weak &= recent
     weight[in_weak] *= cfg.weak_slice_weight
     run_dir.mkdir(parents=True, exist_ok=True)
-    _save(run_dir / "train.npz", w, train_idx, weight)
-    _save(run_dir / "holdout.npz", w, hold_idx)
-    recent = train_idx[-settings.monitor.window :]
-    np.savez(run_dir / "production.npz", x=w.x[recent])
-
     active = registry.active_version()
     if active is None:
         raise ValueError("no active student to improve on")
+    replay = replay_rows(settings, active)
+    _save(run_dir / "train.npz", w, train_idx, weight, replay)
+    _save(run_dir / "holdout.npz", w, hold_idx)
+    np.savez(run_dir / "production.npz", x=w.x[train_idx[recent]])
+
     info = registry.get(active)
     parent_onnx = registry.models_dir / f"{info.sha256}.onnx"
     job = deep_merge(
@@ -109,6 +132,7 @@ def build_job(
         "holdout_rows": int(n_hold),
         "weak_rows": int(in_weak.sum()),
         "weak_slice_weight": cfg.weak_slice_weight,
+        "replayed_reference_rows": 0 if replay is None else int(len(replay[0])),
         "teacher_versions": w.teacher_versions,
         "parent_version": active,
     }
