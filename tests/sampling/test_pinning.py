@@ -132,3 +132,24 @@ def test_accept_policy_moves_the_pin_at_once(make_settings, model_files, teacher
         assert store.count_samples(quarantined=True) == 0
         assert _events(store) == [("changed", "v0", "v1")]
         assert store.get_pin("big").pinned_version == "v1"
+
+
+def test_a_pin_accepted_on_one_replica_is_adopted_by_the_other(store_url) -> None:
+    from distill_watchdog.store import Store
+    from distill_watchdog.teachers.pinning import Pins
+
+    one, two = Pins(Store(store_url), "quarantine"), Pins(Store(store_url), "quarantine")
+    for pins in (one, two):
+        pins.load({"big": None})
+    one.observe("big", "v1")
+    one.persist()
+    assert two.refresh() and two.teachers["big"].pinned == "v1"
+    for pins in (one, two):
+        assert pins.observe("big", "v2").quarantined
+        pins.persist()
+    one.accept("big", "v2", actor="operator")
+    one.persist()
+    assert two.refresh()
+    assert two.teachers["big"].pinned == "v2" and two.teachers["big"].state == "ok"
+    assert not two.observe("big", "v2").quarantined
+    assert not two.refresh()  # nothing new

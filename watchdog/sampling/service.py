@@ -171,9 +171,18 @@ class SamplingService:
                 log.exception("sampling: a batch of %d rows was lost", len(batch))
 
     async def _flush_forever(self) -> None:
+        refresh_every = self.settings.store.poll_interval_s
+        last_refresh = time.monotonic()
         while True:
             await asyncio.sleep(self.cfg.flush_s)
             await self._flush()
+            if time.monotonic() - last_refresh >= refresh_every and self.pins is not None:
+                last_refresh = time.monotonic()
+                try:  # pins accepted through another replica take effect here too
+                    await asyncio.to_thread(self.pins.refresh)
+                except Exception:
+                    metrics.sampler_errors_total.labels(stage="store").inc()
+                    log.exception("sampling: could not refresh teacher pins; will retry")
 
     async def _flush(self) -> None:
         """One bulk write of every row the workers finished since the last flush."""

@@ -85,6 +85,31 @@ class Pins:
             for version in filter(None, (state.pinned, state.candidate)):
                 self._seen(state, version)
 
+    def refresh(self) -> bool:
+        """Adopts pin changes another replica stored (accept, re-evaluation); blocking, from a thread.
+
+        Returns whether anything changed. Local changes not yet persisted go first.
+        """
+        stored = {p.teacher: p for p in self.store.list_pins()}
+        changed = False
+        with self._lock:
+            if self.pending:
+                return False
+            for name, state in self.teachers.items():
+                pin = stored.get(name)
+                if pin is None or pin.pinned_version is None:
+                    continue
+                current = (state.pinned, state.candidate, state.state)
+                if (pin.pinned_version, pin.candidate_version, pin.state) != current:
+                    state.pinned, state.candidate, state.state = (
+                        pin.pinned_version,
+                        pin.candidate_version,
+                        pin.state,
+                    )
+                    self._seen(state, pin.pinned_version)
+                    changed = True
+        return changed
+
     @property
     def paused(self) -> bool:
         return any(t.state == "paused" for t in self.teachers.values())
