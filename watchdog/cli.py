@@ -50,7 +50,17 @@ def serve(config: ConfigOpt = None) -> None:
 @app.command("check-config")
 def check_config(file: Annotated[Path, typer.Argument(help="YAML config file")]) -> None:
     """Validate a config file; exit 2 with one line per bad key."""
-    load_settings(file)
+    from .teachers.adapters import spec_for
+
+    settings = load_settings(file)
+    faults: list[str] = []
+    for teacher in settings.teachers:  # adapter options are checked by the engine's own spec
+        try:
+            spec_for(teacher)
+        except ConfigError as exc:
+            faults.extend(exc.lines)
+    if faults:
+        raise ConfigError(faults)
     typer.echo(f"{file}: ok")
 
 

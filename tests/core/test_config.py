@@ -72,3 +72,16 @@ def test_check_config_cli(write_config, tmp_path):
         [CLI, "check-config", str(tmp_path / "missing.yaml")], capture_output=True, text=True
     )
     assert out.returncode == 2 and "cannot read" in out.stderr
+
+
+def test_check_config_validates_teacher_adapter_options(write_config):
+    bad = write_config(
+        {
+            "teachers": [
+                {"name": "big", "kind": "http-v2", "location": "http://127.0.0.1:1", "options": {"bogus": 1}}
+            ]
+        }
+    )
+    out = subprocess.run([CLI, "check-config", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.startswith("teachers.big.options:")
