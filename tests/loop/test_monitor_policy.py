@@ -157,3 +157,43 @@ def test_runs_of_a_dead_replica_are_failed_but_live_ones_kept(tmp_path: Path) ->
         )
     assert manager.recover_orphans(stale_s=60) == 1
     assert store.get_run("dead").status == "failed" and store.get_run("alive").status == "running"
+
+
+def test_job_holds_out_newest_rows_weights_recent_weak_rows_and_replays_reference(
+    tmp_path: Path, model_files
+) -> None:
+    import yaml
+
+    from distill_watchdog.jobs.build import build_job, launch_argv
+
+    settings, store, registry, version = _setup(tmp_path, model_files, window=200)
+    seed_samples(store, version, n=600)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(10), size=50)
+    np.savez(tmp_path / "ref.npz", x=rng.normal(size=(50, 40)).astype(np.float32), teacher_probs=probs)
+    settings.monitor.reference = tmp_path / "ref.npz"
+    built = build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
+    assert (
+        built["train_rows"] == 480 and built["holdout_rows"] == 120 and built["replayed_reference_rows"] == 50
+    )
+    with np.load(tmp_path / "run" / "train.npz") as train, np.load(tmp_path / "run" / "holdout.npz") as hold:
+        assert len(train["x"]) == 530 and (train["slice"] == "reference").sum() == 50
+        heavy = train["weight"] > 1
+        assert heavy.sum() == built["weak_rows"] > 0
+        assert set(train["slice"][heavy]) == {"sensor=c"} and not heavy[:280].any()  # recent window only
+        assert len(hold["x"]) == 120
+    job = yaml.safe_load((tmp_path / "run" / "job.yaml").read_text())
+    assert job["data"] == {"train": "train.npz", "eval": "holdout.npz"}
+    assert job["curation"]["match_production"] == "production.npz" and job["parent_version"] == version
+    argv = launch_argv(settings, tmp_path / "run" / "job.yaml", tmp_path / "out", "r1")
+    assert argv[1:3] == ["-m", "distill_engine"]
+    settings.distill.launcher = "torchrun"
+    assert "torch.distributed.run" in launch_argv(settings, tmp_path / "j", tmp_path / "o", "r1")
+    settings.distill.launcher, settings.distill.command = "command", "submit --job {job} --id {run_id}"
+    assert launch_argv(settings, Path("/j.yaml"), Path("/o"), "r1") == [
+        "submit",
+        "--job",
+        "/j.yaml",
+        "--id",
+        "r1",
+    ]
