@@ -197,3 +197,61 @@ def test_job_holds_out_newest_rows_weights_recent_weak_rows_and_replays_referenc
         "--id",
         "r1",
     ]
+
+
+def test_cycle_results_become_gauges_with_bounded_slices_and_alerts(tmp_path: Path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from distill_watchdog import metrics
+    from distill_watchdog.alerts import Alerter
+    from distill_watchdog.jobs.scheduler import Scheduler
+
+    settings = load_settings(None, data_dir=str(tmp_path), monitor={"top_slices": 2})
+
+    def block(agreement: float, n: int) -> dict:
+        return {"n": n, "agreement": agreement, "kl": 0.1, "estimated_accuracy": 0.8, "teacher": {"ece": 0.3}}
+
+    slices = {"all": block(0.8, 1000), "s=a": block(0.9, 500), "s=b": block(0.8, 300)}
+    slices.update({"s=c": block(0.5, 100), "s=d": block(0.7, 100)})
+    drift = {"all": {"share": 0.9}, "s=a": {"share": 0.1}, "s=d": {"share": 0.5}}
+    result = {"slices": slices, "drift": drift, "weak_slices": [{"slice": "s=c"}], "overall": slices["all"]}
+
+    async def scenario() -> Alerter:
+        alerter = Alerter(settings.alerts)  # not started: fire/resolve only touch memory and the queue
+        scheduler = Scheduler()
+        scheduler.daemon = SimpleNamespace(settings=settings, alerts=alerter)  # type: ignore[assignment]
+        scheduler._export(result)
+        scheduler._alerts(result)
+        assert {a.labels["alertname"] for a in alerter.active.values()} == {
+            "WatchdogDrift",
+            "WatchdogCalibration",
+            "WatchdogWeakSlices",
+        }
+        calm = {**result, "weak_slices": [], "drift": {"all": {"share": 0.0}}}
+        calm["overall"] = {"teacher": {"ece": 0.01}}
+        scheduler._alerts(calm)
+        return alerter
+
+    alerter = asyncio.run(scenario())
+    assert alerter.active == {}
+    value = metrics.REGISTRY.get_sample_value
+    assert value("watchdog_agreement", {"slice": "s=a"}) == 0.9
+    assert value("watchdog_agreement", {"slice": "other"}) == 0.6  # (0.5*100 + 0.7*100) / 200
+    assert value("watchdog_agreement", {"slice": "s=c"}) is None  # beyond top-K: only in `other`
+    assert value("watchdog_drift_share", {"scope": "all"}) == 0.9
+    assert value("watchdog_drift_share", {"scope": "s=d"}) is None
+    assert value("watchdog_ece", {"slice": "all", "against": "teacher"}) == 0.3
+    assert value("watchdog_weak_slices", {}) == 1
+
+
+def test_retention_deletes_old_samples_cycles_and_decisions(tmp_path: Path, model_files) -> None:
+    from distill_watchdog.store.tables import MonitorCycle
+
+    settings, store, registry, version = _setup(tmp_path, model_files)
+    seed_samples(store, version, n=300)  # times: now-300 .. now-1
+    store.add_cycle(MonitorCycle(at=time.time() - 1000))
+    store.add_decision(None, "ok", "old", {})
+    deleted = store.delete_before(time.time() - 100)
+    assert 195 <= deleted["samples"] <= 205 and deleted["teacher_outputs"] == deleted["samples"]
+    assert deleted["cycles"] == 1 and store.count_samples() == 300 - deleted["samples"]
