@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
+from .validation import MAX_ID_LENGTH, MAX_SLICE_KEYS, MAX_SLICE_TEXT
 
 if TYPE_CHECKING:
     from ..app import Daemon
@@ -16,10 +17,23 @@ class ErrorBody(BaseModel):
     error: str
 
 
+F32_MAX = 3.4028234663852886e38  # values must fit float32 (validation.to_matrix)
+RowId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+SliceText = Annotated[str, Field(max_length=MAX_SLICE_TEXT)]
+
+
 class PredictRequest(BaseModel):
-    inputs: list[list[float]] = Field(min_length=1, description="Rows of features, [N, D]")
-    slice: dict[str, str] | None = Field(default=None, description="Slice labels for sampling and monitoring")
-    ids: list[str] | None = Field(
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[list[Annotated[float, Field(ge=-F32_MAX, le=F32_MAX)]]] = Field(
+        min_length=1, description="Rows of features, [N, D] (D and the row limit: see the served document)"
+    )
+    slice: dict[SliceText, SliceText] | None = Field(
+        default=None,
+        max_length=MAX_SLICE_KEYS,
+        description="Slice labels for sampling and monitoring",
+    )
+    ids: list[RowId] | None = Field(
         default=None, description="One id per row (for feedback); generated if absent"
     )
 
@@ -53,9 +67,26 @@ class InferResponse(BaseModel):
     outputs: list[InferTensor]
 
 
+class CardBody(BaseModel):
+    """The model card (see the contract); further fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=200)
+    input_name: str
+    output_name: str
+    num_features: int = Field(ge=1)
+    classes: list[str | int] = Field(min_length=2, json_schema_extra={"uniqueItems": True})
+    output_kind: Literal["logits", "probabilities"] = "logits"
+    # OpenAPI 3.0 spells "> 0" as minimum + boolean exclusiveMinimum.
+    temperature: float = Field(default=1.0, json_schema_extra={"minimum": 0, "exclusiveMinimum": True})
+    feature_names: list[str] | None = None
+    parent_version: str | None = None
+
+
 class UploadRequest(BaseModel):
     model_base64: str = Field(description="The student ONNX file, base64")
-    card: dict[str, Any]
+    card: CardBody
     activate: bool = False
 
 
@@ -64,11 +95,15 @@ class ActivateRequest(BaseModel):
 
 
 class FeedbackLabel(BaseModel):
-    id: str = Field(description="The id of a predicted row (from /v1/predict)")
-    label: int
+    model_config = ConfigDict(extra="forbid")
+
+    id: RowId = Field(description="The id of a predicted row (from /v1/predict)")
+    label: int = Field(ge=-(2**31), le=2**31 - 1)
 
 
 class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     labels: list[FeedbackLabel]
 
 
@@ -95,6 +130,7 @@ _MODELS: list[type[BaseModel]] = [
     InferResponse,
     UploadRequest,
     ActivateRequest,
+    CardBody,
 ]
 # Routes added by other rooms register their operations here: path -> method -> operation.
 EXTRA_PATHS: dict[str, dict[str, Any]] = {}
@@ -166,7 +202,7 @@ def document(daemon: Daemon | None = None) -> dict[str, Any]:
                 "OIP v2 inference (JSON or binary tensor extension)",
                 InferResponse,
                 InferRequest,
-                (400, 404, 413, 503),
+                (400, 404, 413, 422, 503),
                 params=["name"],
             )
         },
@@ -193,7 +229,7 @@ def document(daemon: Daemon | None = None) -> dict[str, Any]:
                 "Activate a version (load, warm, swap)",
                 obj,
                 ActivateRequest,
-                (404, 422),
+                (400, 404, 413, 422),
                 admin=True,
                 params=["version"],
             )
@@ -227,12 +263,25 @@ def document(daemon: Daemon | None = None) -> dict[str, Any]:
     }
     for path, ops in EXTRA_PATHS.items():
         paths.setdefault(path, {}).update(ops)
+    schemas = {m.__name__: _schema(m) for m in _MODELS}
+    if daemon is not None:
+        _served_shape(schemas, daemon)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Distill Watchdog", "version": __version__},
         "paths": paths,
         "components": {
-            "schemas": {m.__name__: _schema(m) for m in _MODELS},
+            "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def _served_shape(schemas: dict[str, Any], daemon: Daemon) -> None:
+    """The running daemon's row limit and the active student's width, in the predict body."""
+    inputs = schemas["PredictRequest"]["properties"]["inputs"]
+    inputs["maxItems"] = daemon.settings.server.max_rows_per_request
+    model = daemon.models.current
+    if model is not None:
+        width = model.card.num_features
+        inputs["items"].update(minItems=width, maxItems=width)

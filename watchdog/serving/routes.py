@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +29,15 @@ class JSON(JSONResponse):
 
 def error(status: int, message: str) -> JSON:
     return JSON({"error": message}, status_code=status)
+
+
+def check_finite(probs: np.ndarray, field: str) -> None:
+    """Finite float32 inputs can still overflow inside the model: answer 422, never NaN (or null)."""
+    if not np.isfinite(probs).all():
+        bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))[:5].tolist()
+        raise BadRequest(
+            422, f"{field}: the model's output is not finite for rows {bad} (values far outside its range)"
+        )
 
 
 # --- hot paths (raw ASGI) -------------------------------------------------------------------
@@ -51,6 +61,7 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
     finally:
         if counted:
             batcher.arriving -= 1
+    check_finite(probs, "inputs")
     predictions = probs.argmax(axis=1)
     if daemon.sampler is not None:
         daemon.sampler.offer(request, probs, version)
@@ -81,6 +92,7 @@ async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any
         daemon.settings.server.max_rows_per_request,
     )
     probs, version = await daemon.batcher.predict(request.x)
+    check_finite(probs, "inputs[0].data")
     output: dict[str, Any] = {"name": OIP_OUTPUT, "datatype": "FP32", "shape": list(probs.shape)}
     answer: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": [output]}
     if request.request_id is not None:
