@@ -26,6 +26,7 @@ TINY = Scenario(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # generates data and trains a teacher and a student before the loop starts
 def test_shifted_sensor_is_detected_redistilled_gated_and_promoted(tmp_path: Path) -> None:
     res = run_scenario(tmp_path, TINY, free_port(), log=lambda *a: None)
     run = res["run"]
