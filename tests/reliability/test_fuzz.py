@@ -196,10 +196,13 @@ def test_fuzz(fuzz_server: ServerThread, api_schema: Any, label: str, mode: Gene
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("WATCHDOG_FUZZ_LONG"), reason="tens of minutes: set WATCHDOG_FUZZ_LONG=1 to run"
+)
 @pytest.mark.parametrize("mode", MODES, ids=str)
 @pytest.mark.parametrize("label", OPERATIONS)
 def test_fuzz_long(fuzz_server: ServerThread, api_schema: Any, label: str, mode: GenerationMode) -> None:
-    """The same with ten times the cases and a fresh random seed (`-m slow`)."""
+    """The same with 20x the cases and a fresh random seed (`WATCHDOG_FUZZ_LONG=1`)."""
     fuzz(fuzz_server, api_schema, label, mode, SLOW_EXAMPLES, seed=False)
 
 
