@@ -105,7 +105,7 @@ def write_model(folder: Path) -> tuple[Path, Path, Path]:
     return model, card, teacher
 
 
-def daemon(model: Path, card: Path, teacher: Path) -> Callable[[int], Child]:
+def daemon(model: Path, card: Path, teacher: Path, rate: float = 0.1) -> Callable[[int], Child]:
     def start(port: int) -> Child:
         config = OUT / f"watchdog-{port}.yaml"
         config.write_text(
@@ -122,7 +122,7 @@ def daemon(model: Path, card: Path, teacher: Path) -> Callable[[int], Child]:
                             "options": {"output_kind": "logits", "version": "bench"},
                         }
                     ],
-                    "sampling": {"rate": 0.1},
+                    "sampling": {"rate": rate},
                 }
             )
         )
@@ -256,6 +256,13 @@ def main() -> None:
         Server(
             "distill-watchdog, sampling 10% to an ONNX teacher",
             daemon(model, card, teacher),
+            "/v1/predict",
+            v1,
+            lambda a: a["probabilities"][0],
+        ),
+        Server(
+            "distill-watchdog, sampling off (reference, not compared)",
+            daemon(model, card, teacher, rate=0.0),
             "/v1/predict",
             v1,
             lambda a: a["probabilities"][0],
