@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import common
 import httpx
 import numpy as np
 from common import (
@@ -35,7 +36,6 @@ from common import (
     VENV_BIN,
     Child,
     Load,
-    _ms,
     append_section,
     command_line,
     free_port,
@@ -195,28 +195,8 @@ def naive(model: Path) -> Callable[[int], Child]:
 
 
 def wrk(url: str, body: bytes, connections: int, seconds: int) -> Load:
-    """common.wrk's load with its own Lua file and anchored percentile lines.
-
-    (common.wrk's `50%` pattern can match the thread-stats column, e.g. `87.50%` before `Req/Sec`.)
-    """
-    script = OUT / "post.lua"
-    (OUT / "body.json").write_bytes(body)
-    script.write_text(
-        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f'local f = io.open("{OUT / "body.json"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
-    )
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    failed = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    failed += sum(int(g) for g in errors.groups()) if errors else 0
-    return Load(
-        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        p50_ms=_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
-        p99_ms=_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
-        requests=int(re.search(r"(\d+) requests in", out).group(1)),
-        failed=failed,
-    )
+    """common.wrk with this script's own Lua file and body."""
+    return common.wrk(url, body, connections, seconds, workdir=OUT)
 
 
 def v2_body(row: list[float]) -> bytes:
