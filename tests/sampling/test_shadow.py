@@ -141,3 +141,23 @@ def test_per_slice_rates_oversample_a_slice(make_settings, model_files, teacher:
         eventually(lambda: store.count_samples() == 4, what="3 eu rows + 1 high-x0 row")
         slices = sorted(tuple(sorted(r["slices"].items())) for r in store.recent_samples(100))
         assert slices == [*[(("region", "eu"), ("x0", "low"))] * 3, (("x0", "high"),)]
+
+
+def test_oip_v2_traffic_is_shadowed_with_ids_from_the_request_id(
+    make_settings, model_files, teacher: FakeTeacher
+) -> None:
+    import tritonclient.http as triton
+
+    settings = daemon_settings(make_settings, model_files, [teacher_config(teacher.url)])
+    with _serve(settings) as server:
+        client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+        x = np.random.default_rng(4).normal(size=(3, 40)).astype(np.float32)
+        inp = triton.InferInput("x", [3, 40], "FP32")
+        inp.set_data_from_numpy(x)
+        client.infer("student", [inp], request_id="req-7")
+        client.close()
+        store = server.daemon.store
+        eventually(lambda: store.count_samples() == 3, what="3 stored samples")
+        assert {r["request_id"] for r in store.recent_samples(10)} == {"req-7:0", "req-7:1", "req-7:2"}
+        reply = httpx.post(f"{server.url}/v1/feedback", json={"labels": [{"id": "req-7:1", "label": 4}]})
+        assert reply.json() == {"accepted": 1, "unknown_ids": []}

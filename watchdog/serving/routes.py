@@ -16,7 +16,15 @@ from starlette.routing import Route
 
 from .. import __version__, metrics
 from .asgi import JSON_HEADERS, Scope, header, read_body, send_bytes, send_json
-from .validation import OIP_OUTPUT, BadRequest, parse_infer, parse_json, parse_predict
+from .validation import (
+    OIP_OUTPUT,
+    BadRequest,
+    PredictInput,
+    new_ids,
+    parse_infer,
+    parse_json,
+    parse_predict,
+)
 
 if TYPE_CHECKING:
     from ..app import Daemon
@@ -93,6 +101,11 @@ async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any
     )
     probs, version = await daemon.batcher.predict(request.x)
     check_finite(probs, "inputs[0].data")
+    if daemon.sampler is not None:
+        # OIP traffic is shadowed too; row ids derive from the request id so feedback can join them.
+        rid = request.request_id
+        ids = [f"{rid}:{i}" for i in range(len(probs))] if rid and len(rid) <= 100 else new_ids(len(probs))
+        daemon.sampler.offer(PredictInput(x=request.x, ids=ids, slice=None), probs, version)
     output: dict[str, Any] = {"name": OIP_OUTPUT, "datatype": "FP32", "shape": list(probs.shape)}
     answer: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": [output]}
     if request.request_id is not None:
