@@ -67,8 +67,8 @@ def test_kill_9_while_writing_samples(store_url, tmp_path, model_files, write_co
             time.sleep(0.1)
         acknowledged = stored_count(daemon.url)
         assert acknowledged >= 200, daemon.log()[-2000:]
-        daemon.stop(sig=signal.SIGKILL)
     finally:
+        daemon.stop(sig=signal.SIGKILL)  # also when the wait above failed: never leak a daemon
         stop.set()
         load.join()
 
