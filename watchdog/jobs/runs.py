@@ -286,7 +286,8 @@ class RunManager:
 
         def snapshot() -> None:
             with np.load(Path(row.run_dir) / "train.npz", allow_pickle=False) as data:
-                write_reference(self.settings, version, data["x"], data["teacher_probs"])
+                probs = data["teacher_probs"] if "teacher_probs" in data.files else None
+                write_reference(self.settings, version, data["x"], probs)
 
         await self._db(snapshot)
         await self.daemon.models.activate(version, actor=actor, reason=f"run {run_id} ({mode})", mode=mode)
