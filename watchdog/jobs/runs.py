@@ -25,7 +25,7 @@ import orjson
 from .. import metrics
 from ..monitor.reference import write_reference
 from ..store.tables import DistillRun
-from .build import build_job, launch_argv
+from .build import launch_argv
 from .child import CHILD_ENV
 
 if TYPE_CHECKING:
@@ -127,15 +127,18 @@ class RunManager:
     async def _execute(self, run_id: str, run_dir: Path) -> None:
         store = self.daemon.store
         try:
-            row = await self._db(store.get_run, run_id)
-            numbers = orjson.loads(row.detail_json).get("trigger_numbers", {})
-            weak = [w["slice"] for w in numbers.get("weak_slices", [])]
-            try:
-                built = await self._db(
-                    build_job, self.settings, store, self.daemon.registry, run_dir, run_id, weak
-                )
-            except ValueError as exc:
-                raise RunError(f"cannot build the job: {exc}") from None
+            run_dir.mkdir(parents=True, exist_ok=True)
+            argv = [
+                sys.executable,
+                "-m",
+                "distill_watchdog.jobs.build",
+                "--settings",
+                str(self.settings_file),
+                "--run",
+                run_id,
+            ]
+            await self._spawn(run_id, argv, run_dir / "build.log", FINISH_TIMEOUT_S, "building the job")
+            built = orjson.loads((run_dir / "build.json").read_bytes())
             await self._db(store.update_run, run_id, detail={"build": built})
             await self._train(run_id, run_dir)
             await self._finish(run_id, run_dir)
