@@ -89,10 +89,12 @@ def test_crashing_and_hanging_jobs_fail_alert_and_leave_serving_alone(
 
         # A job that hangs is killed at distill.timeout_s (its whole process group).
         srv.daemon.settings.distill.command = '{python} -c "import time; time.sleep(60)"'
-        srv.daemon.settings.distill.timeout_s = 1.0
+        srv.daemon.settings.distill.timeout_s = 3.0
         run_id = _trigger(srv.url)
+        second = httpx.post(f"{srv.url}/admin/runs", json={}, headers=AUTH)  # one training child at a time
+        assert second.status_code == 409 and run_id in second.json()["error"]
         run = eventually(lambda: (r := _run(srv.url, run_id))["status"] == "failed" and r, what="timeout")
-        assert "timed out after 1 s" in run["error"]
+        assert "timed out after 3 s" in run["error"]
         assert httpx.post(f"{srv.url}/admin/runs/{run_id}/approve", headers=AUTH).status_code == 409
 
 

@@ -80,6 +80,9 @@ async def trigger_run(request: Request) -> Response:
     weak = data.get("weak_slices")
     if weak is not None and (not isinstance(weak, list) or not all(isinstance(s, str) for s in weak)):
         raise BadRequest(422, "weak_slices: must be a list of slice labels like 'sensor=c'")
+    running = [r for r in await asyncio.to_thread(daemon.store.list_runs, 20) if r.status == "running"]
+    if running:  # one training child at a time: a flood of triggers must not fork a process each
+        raise BadRequest(409, f"run {running[0].id} is still running; wait for it or reject it")
     last = daemon.scheduler.last_cycle if daemon.scheduler is not None else None
     numbers: dict[str, Any] = {}
     if weak is not None:
