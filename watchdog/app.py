@@ -214,6 +214,7 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
             settings.student.max_batch_size,
             settings.student.max_batch_delay_ms,
             settings.student.inline_below_us,
+            requests_in_flight=lambda: wrapper.in_flight,
         )
         daemon.batcher.start()
         await asyncio.to_thread(_register_initial_student, daemon)
@@ -249,4 +250,5 @@ def create_app(settings: Settings, components: list[Component] | None = None) ->
         },
     )
     framework.state.daemon = daemon
-    return WatchdogASGI(daemon, framework)
+    wrapper = WatchdogASGI(daemon, framework)
+    return wrapper
