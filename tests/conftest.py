@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from support import Postgres, free_port, write_model
 
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -256,6 +256,7 @@ class ServerThread:
 
     def __init__(self, settings: Any, components: list[Any] | None = None) -> None:
         import uvicorn
+
         from distill_watchdog.app import create_app
 
         self.port = settings.server.port
