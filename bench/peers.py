@@ -248,7 +248,7 @@ def main() -> None:
             lambda a: a["probabilities"][0],
         ),
         Server(
-            "distill-watchdog, OIP v2 infer route (this route does not sample)",
+            "distill-watchdog, OIP v2 infer route, sampling 10%",
             daemon(model, card, teacher),
             f"/v2/models/{MODEL_NAME}/infer",
             v2_body(row),
