@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,18 @@ def _pg_bindir() -> Path | None:
 
 
 # --- servers --------------------------------------------------------------------------------
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Polls until `check()` is truthy (background work finishes on its own schedule)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
+        time.sleep(0.05)
 
 
 def wait_ready(url: str, timeout: float = 30.0, path: str = "/v2/health/ready") -> None:

@@ -6,7 +6,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -15,7 +14,11 @@ import numpy as np
 from distill_watchdog import metrics
 from distill_watchdog.store import SampleRecord, Store
 
-from support import mlp_reference, mlp_weights
+from support import (
+    eventually,  # noqa: F401 - re-exported for the suites
+    mlp_reference,
+    mlp_weights,
+)
 
 SENSORS = ("a", "b", "c")
 
@@ -86,17 +89,6 @@ class Webhook:
 
     def close(self) -> None:
         self.server.shutdown()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
-        time.sleep(0.1)
 
 
 def counter(name: str, **labels: str) -> float:

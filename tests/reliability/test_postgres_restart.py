@@ -11,7 +11,7 @@ import pytest
 
 from distill_watchdog.store import Store
 
-from support import DaemonProcess, Postgres, free_port, write_model
+from support import DaemonProcess, Postgres, eventually, free_port, write_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 X = np.random.default_rng(6).normal(size=(2, 40)).astype(np.float32).tolist()
@@ -64,26 +64,19 @@ def test_database_restart_mid_run(private_postgres, tmp_path, model_files, write
         thread = threading.Thread(target=load)
         thread.start()
         try:
-            _until(lambda: store.count_samples() > 20)
+            eventually(lambda: store.count_samples() > 20, timeout=60)
             served_before = len(statuses)
             private_postgres.restart(pause_s=2.0)  # the daemon's connections are cut
             store.close()
-            _until(lambda: len(statuses) > served_before + 200)  # serving went on throughout
+            eventually(lambda: len(statuses) > served_before + 200, timeout=60)  # serving went on throughout
             after = Store(url, create=False)
             count = after.count_samples()
-            _until(lambda: after.count_samples() > count + 20)  # writing again after reconnect
+            eventually(
+                lambda: after.count_samples() > count + 20, timeout=60
+            )  # writing again after reconnect
         finally:
             stop.set()
             thread.join()
         exposition = httpx.get(daemon.url + "/metrics").text
     assert statuses and set(statuses) == {200}, sorted(set(statuses))
     assert "watchdog_store_errors_total{" in exposition  # the outage was noticed and counted
-
-
-def _until(cond, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")

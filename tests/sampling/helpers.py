@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,8 @@ import httpx
 import numpy as np
 
 from distill_watchdog import metrics
+
+from support import eventually  # noqa: F401 - re-exported for the suites
 
 ADMIN = {"Authorization": "Bearer s3cret-token"}
 
@@ -47,18 +48,6 @@ def predict(url: str, rows: int = 4, seed: int = 0, **body: Any) -> dict[str, An
     response = httpx.post(f"{url}/v1/predict", json={"inputs": x, **body}, timeout=10)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Polls until `check()` is truthy (background work finishes on its own schedule)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what} (last: {value!r})")
-        time.sleep(0.05)
 
 
 def sample_count(outcome: str) -> float:

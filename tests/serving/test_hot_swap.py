@@ -11,7 +11,7 @@ import numpy as np
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 
-from support import ServerThread, mlp_onnx_bytes
+from support import ServerThread, eventually, mlp_onnx_bytes
 
 TOKEN = {"Authorization": "Bearer s3cret-token"}
 X = np.random.default_rng(3).normal(size=(2, 40)).astype(np.float32).tolist()
@@ -43,12 +43,12 @@ def test_swap_under_load_drops_nothing(make_settings, model_files, tmp_path):
         loader = threading.Thread(target=lambda: asyncio.run(_load(srv.url, stop, results)))
         loader.start()
         try:
-            _wait_for(lambda: len(results) > 50)
+            eventually(lambda: len(results) > 50)
             for version in [*candidates, old, candidates[0]]:
                 r = httpx.post(f"{srv.url}/admin/models/{version}/activate", headers=TOKEN, timeout=30)
                 assert r.status_code == 200, r.text
                 seen = len(results)
-                _wait_for(lambda seen=seen: len(results) > seen + 30)
+                eventually(lambda seen=seen: len(results) > seen + 30)
         finally:
             stop.set()
             loader.join()
@@ -85,7 +85,7 @@ def test_replica_follows_activation_made_elsewhere(make_settings, model_files):
         )
         new = a.daemon.registry.register(mlp_onnx_bytes(seed=31), _card(), actor="test").version
         assert httpx.post(f"{a.url}/admin/models/{new}/activate", headers=TOKEN).status_code == 200
-        _wait_for(
+        eventually(
             lambda: httpx.post(b.url + "/v1/predict", json={"inputs": X}).json()["model_version"] == new
         )
 
@@ -100,7 +100,7 @@ def test_replica_keeps_serving_when_the_new_active_file_is_bad(make_settings, mo
         info = registry.register(mlp_onnx_bytes(seed=41), _card(), actor="test")
         (settings.models_dir / f"{info.sha256}.onnx").write_bytes(b"\0" * 10)
         registry.record_activation(info.version, actor="elsewhere")
-        _wait_for(lambda: srv.daemon.models._failed_version == info.version)
+        eventually(lambda: srv.daemon.models._failed_version == info.version)
         assert httpx.post(srv.url + "/v1/predict", json={"inputs": X}).json()["model_version"] == before
 
 
@@ -114,17 +114,6 @@ def _card() -> dict:
     }
 
 
-def _wait_for(cond, timeout: float = 30.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_replica_without_the_models_folder_fetches_from_the_store(make_settings, model_files, tmp_path):
     """Replicas on PostgreSQL need not share data_dir: model bytes travel through the store."""
     model, card = model_files()
@@ -133,7 +122,7 @@ def test_replica_without_the_models_folder_fetches_from_the_store(make_settings,
     with ServerThread(settings_a) as a, ServerThread(settings_b) as b:
         new = a.daemon.registry.register(mlp_onnx_bytes(seed=51), _card(), actor="test").version
         assert httpx.post(f"{a.url}/admin/models/{new}/activate", headers=TOKEN).status_code == 200
-        _wait_for(
+        eventually(
             lambda: httpx.post(b.url + "/v1/predict", json={"inputs": X}).json()["model_version"] == new
         )
         assert any(settings_b.models_dir.glob("*.onnx"))
