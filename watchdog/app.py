@@ -117,47 +117,14 @@ class WatchdogASGI:
             return
         path: str = scope["path"]
         label = route_label(path)
-        status = 500
-        started = False
-
-        async def send_wrapper(message: dict[str, Any]) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                started = True
-            await send(message)
-
         begin = time.perf_counter()
         self.in_flight += 1
+        status = 500
         try:
             if label == "/v1/predict" or label.endswith("/infer"):
-                # Hot routes send once, on success; no wrapper on their path.
-                if scope["method"] != "POST":
-                    raise BadRequest(405, f"method {scope['method']} not allowed here; use POST")
-                if label == "/v1/predict":
-                    await routes.predict(self.daemon, scope, receive, send)
-                else:
-                    name = _INFER.match(path).group(1)  # type: ignore[union-attr]
-                    await routes.infer(self.daemon, name, scope, receive, send)
-                status, started = 200, True
+                status = await self._hot(label, path, scope, receive, send)
             else:
-                await self.framework(scope, receive, send_wrapper)
-        except BadRequest as exc:
-            if not started:
-                await send_error(send_wrapper, exc.status, exc.message)
-        except WatchdogError as exc:
-            if not started:
-                await send_error(send_wrapper, exc.status_code, str(exc))
-        except ModelUnavailableError as exc:
-            if not started:
-                await send_error(send_wrapper, 503, str(exc))
-        except ConnectionAbortedError:
-            status = 499
-        except Exception:
-            metrics.internal_errors_total.labels(route=label).inc()
-            log.exception("serving: unexpected error on %s", label)
-            if not started:
-                await send_error(send_wrapper, 500, "internal error; see the daemon's log")
+                status = await self._framework(label, scope, receive, send)
         finally:
             self.in_flight -= 1
             key = (label, status)
@@ -169,6 +136,61 @@ class WatchdogASGI:
             if hist is None:
                 hist = self._durations[label] = metrics.request_duration_seconds.labels(route=label)
             hist.observe(time.perf_counter() - begin)
+
+    async def _hot(self, label: str, path: str, scope: dict[str, Any], receive: Any, send: Any) -> int:
+        """Predict and infer send once, at the end, on success: no send wrapper on their path."""
+        try:
+            if scope["method"] != "POST":
+                raise BadRequest(405, f"method {scope['method']} not allowed here; use POST")
+            if label == "/v1/predict":
+                await routes.predict(self.daemon, scope, receive, send)
+            else:
+                name = _INFER.match(path).group(1)  # type: ignore[union-attr]
+                await routes.infer(self.daemon, name, scope, receive, send)
+            return 200
+        except Exception as exc:
+            return await self._answer_error(exc, label, send)
+
+    async def _framework(self, label: str, scope: dict[str, Any], receive: Any, send: Any) -> int:
+        status = 500
+        started = False
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                started = True
+            await send(message)
+
+        try:
+            await self.framework(scope, receive, send_wrapper)
+            return status
+        except Exception as exc:
+            if started:
+                if isinstance(exc, ConnectionAbortedError):
+                    return 499
+                if not isinstance(exc, BadRequest | WatchdogError | ModelUnavailableError):
+                    metrics.internal_errors_total.labels(route=label).inc()
+                    log.exception("serving: unexpected error on %s", label)
+                return status
+            return await self._answer_error(exc, label, send)
+
+    async def _answer_error(self, exc: Exception, label: str, send: Any) -> int:
+        """Answers an exception raised before anything was sent; returns the status counted."""
+        if isinstance(exc, BadRequest):
+            status, message = exc.status, exc.message
+        elif isinstance(exc, WatchdogError):
+            status, message = exc.status_code, str(exc)
+        elif isinstance(exc, ModelUnavailableError):
+            status, message = 503, str(exc)
+        elif isinstance(exc, ConnectionAbortedError):
+            return 499
+        else:
+            metrics.internal_errors_total.labels(route=label).inc()
+            log.exception("serving: unexpected error on %s", label, exc_info=exc)
+            status, message = 500, "internal error; see the daemon's log"
+        await send_error(send, status, message)
+        return status
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

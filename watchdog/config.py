@@ -69,9 +69,8 @@ class StudentConfig(Section):
     ort_threads: PositiveInt | None = None
     max_batch_size: PositiveInt = 64
     max_batch_delay_ms: Annotated[float, _within(0)] = 1.0
-    # An idle server (nothing queued, nothing arriving) runs a batch whose measured run time is
-    # below this inline, saving the thread hand-off; under load every run is off the event loop.
-    # 0 keeps every run off the loop.
+    # A batch whose measured run time is below this runs on the event loop thread, saving the
+    # thread hand-off; longer runs go to a worker thread. 0 keeps every run off the loop.
     inline_below_us: Annotated[float, _within(0)] = 200.0
 
     @model_validator(mode="after")

@@ -6,6 +6,9 @@ plus `other`, versions are the registry's and teachers' (few by construction).
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,6 +20,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # Process (CPU, memory, open files), platform and GC series, as a default registry would have.
@@ -44,14 +49,118 @@ _LATENCY_BUCKETS = (
 )
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
+
+# --- per-request metrics, lock-free --------------------------------------------------------
+# prometheus_client takes a lock per update and walks the buckets in Python: a few
+# microseconds, paid several times by every request. The per-request series are only ever
+# updated from the event loop thread, so they are plain counters read at scrape time (the
+# custom-collector pattern of prometheus_client), with the same exposition.
+
+
+class _LoopCounterChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _LoopHistogramChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # first bound >= value: the `le` bucket
+        self.sum += value
+
+
+class LoopCounter:
+    """A counter updated only from the event loop thread (no lock); exposed like `Counter`."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str] = (), *, registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self._children: dict[tuple[str, ...], _LoopCounterChild] = {}
+        if not self.labelnames:
+            self._children[()] = _LoopCounterChild()
+        registry.register(self)
+
+    def labels(self, *values: str, **kw: str) -> _LoopCounterChild:
+        key = tuple(values) if values else tuple(str(kw[n]) for n in self.labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _LoopCounterChild()
+        return child
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._children[()].inc(amount)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, child in list(self._children.items()):
+            family.add_metric(list(key), child.value)
+        yield family
+
+
+class LoopHistogram:
+    """A histogram updated only from the event loop thread (no lock); exposed like `Histogram`."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str] = (),
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._children: dict[tuple[str, ...], _LoopHistogramChild] = {}
+        if not self.labelnames:
+            self._children[()] = _LoopHistogramChild(self.bounds)
+        registry.register(self)
+
+    def labels(self, *values: str, **kw: str) -> _LoopHistogramChild:
+        key = tuple(values) if values else tuple(str(kw[n]) for n in self.labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = _LoopHistogramChild(self.bounds)
+        return child
+
+    def observe(self, value: float) -> None:
+        self._children[()].observe(value)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, child in list(self._children.items()):
+            counts, cumulative, buckets = list(child.counts), 0, []
+            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append((_bucket_text(bound), cumulative))
+            family.add_metric(list(key), buckets, child.sum)
+        yield family
+
+
+def _bucket_text(bound: float) -> str:
+    return floatToGoString(bound)
+
+
 # --- serving -----------------------------------------------------------------------------
-requests_total = Counter(
-    "watchdog_requests",
+requests_total = LoopCounter(
+    "watchdog_requests_total",
     "HTTP requests answered, by route template and status code.",
     ["route", "code"],
     registry=REGISTRY,
 )
-request_duration_seconds = Histogram(
+request_duration_seconds = LoopHistogram(
     "watchdog_request_duration_seconds",
     "Time from request start to the last body byte sent.",
     ["route"],
@@ -59,13 +168,13 @@ request_duration_seconds = Histogram(
     registry=REGISTRY,
 )
 requests_in_flight = Gauge("watchdog_requests_in_flight", "Requests being answered now.", registry=REGISTRY)
-batch_size = Histogram(
+batch_size = LoopHistogram(
     "watchdog_batch_size",
     "Rows per ONNX Runtime run after micro-batching.",
     buckets=_BATCH_BUCKETS,
     registry=REGISTRY,
 )
-inference_seconds = Histogram(
+inference_seconds = LoopHistogram(
     "watchdog_inference_seconds",
     "Wall time of one ONNX Runtime run of a micro-batch.",
     buckets=_LATENCY_BUCKETS,

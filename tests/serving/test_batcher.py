@@ -102,3 +102,71 @@ def test_probability_output_with_temperature():
     x = np.random.default_rng(2).normal(size=(3, 40)).astype(np.float32)
     expected = softmax(mlp_reference(x, mlp_weights(40, 10)) / 2.0)  # log-softmax / T renormalises to this
     np.testing.assert_allclose(loaded.predict_proba(x), expected, atol=1e-5)
+
+
+def test_logits_with_temperature_and_a_float64_output_get_the_calibration_head():
+    from onnx import TensorProto, helper
+
+    from distill_watchdog.runtime import CALIBRATED_OUTPUT, calibration_head
+
+    card = ModelCard.parse(card_for(temperature=1.7))
+    x = np.random.default_rng(3).normal(size=(5, 40)).astype(np.float32)
+    loaded = load_model(mlp_onnx_bytes(), card, "t", threads=1)
+    np.testing.assert_allclose(
+        loaded.predict_proba(x), softmax(mlp_reference(x, mlp_weights(40, 10)) / 1.7), atol=1e-5
+    )
+    # A float64 output is cast first; the result is float32 probabilities either way.
+    import onnx
+
+    proto = onnx.load_from_string(mlp_onnx_bytes(output_name="raw"))
+    proto.graph.node.append(helper.make_node("Cast", ["raw"], ["logits"], to=TensorProto.DOUBLE))
+    proto.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["batch", 10]))
+    loaded = load_model(proto.SerializeToString(), ModelCard.parse(card_for()), "d", threads=1)
+    probs = loaded.predict_proba(x)
+    assert probs.dtype == np.float32
+    np.testing.assert_allclose(probs, softmax(mlp_reference(x, mlp_weights(40, 10))), atol=1e-5)
+    head = onnx.load_from_string(calibration_head(mlp_onnx_bytes(), ModelCard.parse(card_for())))
+    assert CALIBRATED_OUTPUT in {o.name for o in head.graph.output}
+
+
+def test_thread_count_is_explicit_or_chosen_between_one_and_the_cpus():
+    card = ModelCard.parse(card_for())
+    assert load_model(mlp_onnx_bytes(), card, "a", threads=3).threads == 3
+    assert load_model(mlp_onnx_bytes(), card, "b", threads=None).threads in {1, available_cpus()}
+
+
+def test_a_lone_request_runs_in_place_and_a_burst_shares_one_run(model):
+    async def main() -> None:
+        batcher = MicroBatcher(lambda: model, max_batch_size=32, max_batch_delay_ms=0, inline_below_us=1e6)
+        batcher.start()
+        x = np.zeros((1, 40), dtype=np.float32)
+        runs, rows = _batch_stats()
+        await batcher.predict(x)  # nothing else in flight: runs at once, batch of one
+        assert _batch_stats() == (runs + 1, rows + 1)
+        await asyncio.sleep(0)  # a new loop iteration
+        # Eight requests whose tasks start in the same iteration: the first runs alone, the
+        # other seven queue behind it and share the next run.
+        await asyncio.gather(*(batcher.predict(x) for _ in range(8)))
+        assert _batch_stats() == (runs + 3, rows + 9)
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_non_finite_output_fails_only_the_requests_it_belongs_to(model):
+    from distill_watchdog.serving.batcher import NonFiniteOutputError
+
+    async def main() -> None:
+        batcher = MicroBatcher(lambda: model, max_batch_size=32, max_batch_delay_ms=0)
+        batcher.start()
+        good = np.zeros((2, 40), dtype=np.float32)
+        bad = np.zeros((3, 40), dtype=np.float32)
+        bad[1] = 3e38  # finite input, overflows inside the model
+        results = await asyncio.gather(
+            batcher.predict(good), batcher.predict(bad), batcher.predict(good), return_exceptions=True
+        )
+        await batcher.stop()
+        assert results[0][0].shape == (2, 10) and results[2][0].shape == (2, 10)
+        assert isinstance(results[1], NonFiniteOutputError) and results[1].rows == [1]
+
+    asyncio.run(main())

@@ -1,10 +1,13 @@
-"""Dynamic micro-batching: concurrent requests share one ONNX Runtime run, off the event loop.
+"""Dynamic micro-batching: concurrent requests share one ONNX Runtime run.
 
-While one run is in progress, new requests queue; the next run takes all of them (up to
-`max_batch_size` rows). When requests are still being parsed (`arriving`), the batcher may
-wait up to `max_batch_delay_ms` for them; a lone request never waits. Runs happen on a
-worker thread, except on an idle server for a model whose runs take under
-`inline_below_us`: there the thread hand-off would cost more than the run and nobody waits.
+A request that finds the batcher free schedules a flush with `call_soon`; every request whose
+task runs in the same event loop iteration (uvicorn starts all readable connections' tasks
+together) joins it. While a run is in progress, new requests queue and the run's completion
+flushes them (up to `max_batch_size` rows per run). When requests are still being parsed
+(`arriving`), a flush may wait up to `max_batch_delay_ms` for them; a lone request never
+waits. A model whose runs take under `inline_below_us` runs on the loop thread: the thread
+hand-off (two wake-ups and a self-pipe write) would cost more than the run. Longer runs go to
+a worker thread so the loop keeps parsing while ONNX Runtime works.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +27,14 @@ from ..runtime import LoadedModel
 
 class ModelUnavailableError(RuntimeError):
     """No student is loaded (start-up, or every load failed)."""
+
+
+class NonFiniteOutputError(ValueError):
+    """Finite inputs can still overflow inside the model: these rows (of the request) came out NaN/inf."""
+
+    def __init__(self, rows: list[int]) -> None:
+        super().__init__(f"the model's output is not finite for rows {rows}")
+        self.rows = rows
 
 
 @dataclass(slots=True)
@@ -47,75 +58,81 @@ class MicroBatcher:
         self.max_delay_s = max_batch_delay_ms / 1000.0
         self.inline_below_s = inline_below_us / 1e6
         self._run_estimate: tuple[str, float] = ("", float("inf"))  # (version, EWMA seconds per run)
-        self.arriving = 0
+        self.arriving = 0  # requests between their first byte and the queue (set by the routes)
         self._queue: deque[_Pending] = deque()
-        self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-run")
-        self._task: asyncio.Task[None] | None = None
-        self._busy = False  # a batch is being run by the loop below
-        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
+        self._delay_timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # while waiting for stragglers: when the wait ends
+        self._running = False  # a batch is on the worker thread
+        self._ran_alone_this_iteration = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run_forever(), name="micro-batcher")
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
-        """Finishes what is queued, then stops."""
-        self._stopping = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
+        """Finishes what is queued and running, then stops."""
+        while self._queue or self._running:
+            self._schedule_flush()
+            self._idle.clear()
+            await self._idle.wait()
         self._executor.shutdown(wait=True)
 
     async def predict(self, x: np.ndarray) -> tuple[np.ndarray, str]:
         """Probabilities for `x` and the version that produced them."""
         model = self._current_model()
-        if model is not None and self._fast(model):
-            await asyncio.sleep(0)  # let requests that arrived with this one show up first
+        if model is None:
+            raise ModelUnavailableError("no student model is loaded")
+        loop = self._loop or asyncio.get_running_loop()
         if (
-            model is not None
-            and not self._busy
-            and self._idle()
+            not self._queue
+            and not self._running
+            and not self._ran_alone_this_iteration
             and self.requests_in_flight() <= 1
-            and self._fast(model)
+            and self._estimate(model) < self.inline_below_s
         ):
-            # The only request on an idle server, tiny model: run here, without the queue and
-            # two loop round trips.
+            # The only request on an idle server, tiny model: run here, no queue, no future.
+            # Requests whose tasks start in this same loop iteration (uvicorn starts every
+            # readable connection's task together) queue behind it and share the next run.
+            self._ran_alone_this_iteration = True
+            loop.call_soon(self._new_iteration)
             started = time.perf_counter()
             probs = model.predict_proba(x)
             self._record(model, len(x), time.perf_counter() - started)
+            if not np.isfinite(probs).all():
+                raise _non_finite(probs)
             return probs, model.version
-        future: asyncio.Future[tuple[np.ndarray, str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[np.ndarray, str]] = loop.create_future()
         self._queue.append(_Pending(x, future))
-        self._wakeup.set()
+        if not self._running:
+            if self._delay_timer is not None and self.arriving == 0:
+                self._delay_timer.cancel()  # everyone it waited for is here
+                self._delay_timer = None
+            self._schedule_flush()
         return await future
 
-    def _idle(self) -> bool:
-        return not self._queue and self.arriving == 0
+    def _new_iteration(self) -> None:
+        self._ran_alone_this_iteration = False
 
-    def _fast(self, model: LoadedModel) -> bool:
-        return self._estimate(model) < self.inline_below_s
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._delay_timer is None:
+            self._flush_scheduled = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+
+    def _estimate(self, model: LoadedModel) -> float:
+        version, seconds = self._run_estimate
+        return seconds if version == model.version else model.single_row_seconds
 
     def _record(self, model: LoadedModel, rows: int, elapsed: float) -> None:
         self._run_estimate = (model.version, 0.8 * self._estimate(model) + 0.2 * elapsed)
         metrics.inference_seconds.observe(elapsed)
         metrics.batch_size.observe(rows)
 
-    def _estimate(self, model: LoadedModel) -> float:
-        version, seconds = self._run_estimate
-        return seconds if version == model.version else model.single_row_seconds
-
-    async def _gather_stragglers(self, rows: int) -> None:
-        deadline = time.monotonic() + self.max_delay_s
-        while rows < self.max_batch_size and self.arriving > 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return
-            rows = sum(len(p.x) for p in self._queue)
+    def _queued_rows(self) -> int:
+        return sum(len(p.x) for p in self._queue)
 
     def _take_batch(self) -> list[_Pending]:
         batch = [self._queue.popleft()]
@@ -124,46 +141,86 @@ class MicroBatcher:
             item = self._queue.popleft()
             batch.append(item)
             rows += len(item.x)
-        return batch
+        return [p for p in batch if not p.future.done()]  # callers that went away are skipped
 
-    async def _run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                if self._stopping:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self.max_delay_s > 0 and self.arriving > 0:
-                await self._gather_stragglers(sum(len(p.x) for p in self._queue))
-            batch = [p for p in self._take_batch() if not p.future.done()]
-            if not batch:
-                continue
-            model = self._current_model()
-            if model is None:
-                for p in batch:
-                    p.future.set_exception(ModelUnavailableError("no student model is loaded"))
-                continue
-            x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
-            started = time.perf_counter()
-            self._busy = True
-            try:
-                if self._idle() and self._fast(model):
-                    probs = model.predict_proba(x)  # nobody is waiting on the loop: skip the hand-off
-                else:
-                    probs = await loop.run_in_executor(self._executor, model.predict_proba, x)
-            except Exception as exc:
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                continue
-            finally:
-                self._busy = False
-            self._record(model, len(x), time.perf_counter() - started)
-            start = 0
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._delay_timer = None
+        if self._running:
+            return
+        if not self._queue:
+            self._deadline = 0.0
+            self._idle.set()
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        if self.max_delay_s > 0 and self.arriving > 0 and self._queued_rows() < self.max_batch_size:
+            now = loop.time()
+            if not self._deadline:
+                self._deadline = now + self.max_delay_s
+            if now < self._deadline:  # requests are still being parsed: give them until the deadline
+                self._delay_timer = loop.call_at(self._deadline, self._flush)
+                return
+        self._deadline = 0.0
+        batch = self._take_batch()
+        if not batch:
+            self._schedule_flush()
+            return
+        model = self._current_model()
+        if model is None:
             for p in batch:
-                end = start + len(p.x)
-                if not p.future.done():
-                    p.future.set_result((probs[start:end], model.version))
-                start = end
+                p.future.set_exception(ModelUnavailableError("no student model is loaded"))
+            self._schedule_flush()
+            return
+        x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+        started = time.perf_counter()
+        if self._estimate(model) < self.inline_below_s:
+            try:
+                probs = model.predict_proba(x)
+            except Exception as exc:
+                self._fail(batch, exc)
+            else:
+                self._deliver(batch, model, len(x), probs, started)
+            self._schedule_flush()
+            return
+        self._running = True
+        work = self._executor.submit(model.predict_proba, x)
+        work.add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._finished, batch, model, len(x), done, started)
+        )
+
+    def _finished(
+        self, batch: list[_Pending], model: LoadedModel, rows: int, work: Future[np.ndarray], started: float
+    ) -> None:
+        self._running = False
+        exc = work.exception()
+        if exc is not None:
+            self._fail(batch, exc)
+        else:
+            self._deliver(batch, model, rows, work.result(), started)
+        self._schedule_flush()
+
+    def _deliver(
+        self, batch: list[_Pending], model: LoadedModel, rows: int, probs: np.ndarray, started: float
+    ) -> None:
+        self._record(model, rows, time.perf_counter() - started)
+        finite = bool(np.isfinite(probs).all())  # once per batch; row by row only if it fails
+        start = 0
+        for p in batch:
+            end = start + len(p.x)
+            if not p.future.done():
+                part = probs[start:end]
+                if finite or np.isfinite(part).all():
+                    p.future.set_result((part, model.version))
+                else:
+                    p.future.set_exception(_non_finite(part))
+            start = end
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: BaseException) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(exc)
+
+
+def _non_finite(probs: np.ndarray) -> NonFiniteOutputError:
+    return NonFiniteOutputError(np.flatnonzero(~np.isfinite(probs).all(axis=1))[:5].tolist())

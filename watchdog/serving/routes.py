@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 from .. import __version__, metrics
 from .asgi import JSON_HEADERS, Scope, header, read_body, send_bytes, send_json
+from .batcher import NonFiniteOutputError
 from .validation import (
     OIP_OUTPUT,
     BadRequest,
@@ -39,13 +40,12 @@ def error(status: int, message: str) -> JSON:
     return JSON({"error": message}, status_code=status)
 
 
-def check_finite(probs: np.ndarray, field: str) -> None:
-    """Finite float32 inputs can still overflow inside the model: answer 422, never NaN (or null)."""
-    if not np.isfinite(probs).all():
-        bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))[:5].tolist()
-        raise BadRequest(
-            422, f"{field}: the model's output is not finite for rows {bad} (values far outside its range)"
-        )
+async def _run(daemon: Daemon, x: np.ndarray, field: str) -> tuple[np.ndarray, str]:
+    try:
+        return await daemon.batcher.predict(x)
+    except NonFiniteOutputError as exc:
+        message = f"{field}: the model's output is not finite for rows {exc.rows} (values far out of range)"
+        raise BadRequest(422, message) from None
 
 
 # --- hot paths (raw ASGI) -------------------------------------------------------------------
@@ -65,11 +65,10 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
         request = parse_predict(body, model.card.num_features, daemon.settings.server.max_rows_per_request)
         batcher.arriving -= 1
         counted = False
-        probs, version = await batcher.predict(request.x)
+        probs, version = await _run(daemon, request.x, "inputs")
     finally:
         if counted:
             batcher.arriving -= 1
-    check_finite(probs, "inputs")
     predictions = probs.argmax(axis=1)
     if daemon.sampler is not None:
         daemon.sampler.offer(request, probs, version)
@@ -99,8 +98,7 @@ async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any
         model.card.num_features,
         daemon.settings.server.max_rows_per_request,
     )
-    probs, version = await daemon.batcher.predict(request.x)
-    check_finite(probs, "inputs[0].data")
+    probs, version = await _run(daemon, request.x, "inputs[0].data")
     if daemon.sampler is not None:
         # OIP traffic is shadowed too; row ids derive from the request id so feedback can join them.
         rid = request.request_id

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+_FLOAT32_MAX_SQUARED = float(np.finfo(np.float32).max) ** 2
+
 
 class BadRequest(Exception):
     def __init__(self, status: int, message: str) -> None:
@@ -23,14 +25,25 @@ MAX_SLICE_KEYS = 16
 MAX_SLICE_TEXT = 128
 
 
-_id_state: list[Any] = [0, "", itertools.count()]  # pid, prefix, counter
+class _Ids:
+    """Unique row ids: a random per-process prefix and a counter (uuid4 per row costs a syscall)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)  # workers must not share the prefix
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+
+_ids = _Ids()
 
 
 def new_ids(n: int) -> list[str]:
-    """Unique row ids: a random per-process prefix and a counter (uuid4 per row costs a syscall)."""
-    if _id_state[0] != os.getpid():
-        _id_state[:] = [os.getpid(), os.urandom(8).hex(), itertools.count()]
-    prefix, counter = _id_state[1], _id_state[2]
+    if n == 1:
+        return [f"{_ids.prefix}{next(_ids.counter):08x}"]
+    prefix, counter = _ids.prefix, _ids.counter
     return [f"{prefix}{next(counter):08x}" for _ in range(n)]
 
 
@@ -45,11 +58,11 @@ def parse_json(body: bytes) -> Any:
 
 def to_matrix(rows: Any, field: str, num_features: int, max_rows: int) -> np.ndarray:
     """A [N, D] float32 array of finite numbers, or BadRequest."""
-    if not isinstance(rows, list):
-        raise BadRequest(422, f"{field}: must be a list of rows")
-    if not rows:
-        raise BadRequest(422, f"{field}: empty batch")
-    if len(rows) > max_rows:
+    if not isinstance(rows, list) or not rows or len(rows) > max_rows:
+        if not isinstance(rows, list):
+            raise BadRequest(422, f"{field}: must be a list of rows")
+        if not rows:
+            raise BadRequest(422, f"{field}: empty batch")
         raise BadRequest(413, f"{field}: {len(rows)} rows exceeds the limit of {max_rows}")
     try:
         arr = np.array(rows)
@@ -66,11 +79,11 @@ def to_matrix(rows: Any, field: str, num_features: int, max_rows: int) -> np.nda
         raise BadRequest(422, f"{field}: values must be numbers (got {_kind_name(arr.dtype.kind)})")
     if arr.shape[1] != num_features:
         raise BadRequest(422, f"{field}[0]: expected {num_features} values, got {arr.shape[1]}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = arr.astype(np.float32)
-    if not np.isfinite(x).all():
+    # Integers are always in float32's range. For floats, one dot product finds NaN, inf and
+    # values beyond float32's range at once (the sum of squares would exceed its square).
+    if arr.dtype.kind == "f" and not np.vdot(arr, arr) <= _FLOAT32_MAX_SQUARED:
         raise BadRequest(422, f"{field}: values must be finite float32 numbers (no NaN, inf or overflow)")
-    return x
+    return arr.astype(np.float32)
 
 
 def _kind_name(kind: str) -> str:
@@ -84,16 +97,19 @@ class PredictInput:
     slice: dict[str, str] | None
 
 
+_PREDICT_FIELDS = frozenset({"inputs", "slice", "ids"})
+
+
 def parse_predict(body: bytes, num_features: int, max_rows: int) -> PredictInput:
     data = parse_json(body)
-    if not isinstance(data, dict):
-        raise BadRequest(422, "body: must be a JSON object with 'inputs'")
-    unknown = set(data) - {"inputs", "slice", "ids"}
-    if unknown:
-        raise BadRequest(422, f"{sorted(unknown)[0]}: unknown field")
-    if "inputs" not in data:
+    if not isinstance(data, dict) or not _PREDICT_FIELDS.issuperset(data):
+        if not isinstance(data, dict):
+            raise BadRequest(422, "body: must be a JSON object with 'inputs'")
+        raise BadRequest(422, f"{sorted(set(data) - _PREDICT_FIELDS)[0]}: unknown field")
+    rows = data.get("inputs")
+    if rows is None:
         raise BadRequest(422, "inputs: required")
-    x = to_matrix(data["inputs"], "inputs", num_features, max_rows)
+    x = to_matrix(rows, "inputs", num_features, max_rows)
     ids = data.get("ids")
     if ids is None:
         ids = new_ids(len(x))
@@ -107,9 +123,7 @@ def parse_predict(body: bytes, num_features: int, max_rows: int) -> PredictInput
         if len(ids) != len(x):
             raise BadRequest(422, f"ids: {len(ids)} ids for {len(x)} rows")
     slice_ = data.get("slice")
-    if slice_ is not None:
-        slice_ = parse_slice(slice_)
-    return PredictInput(x=x, ids=ids, slice=slice_)
+    return PredictInput(x, ids, None if slice_ is None else parse_slice(slice_))
 
 
 def parse_slice(value: Any) -> dict[str, str]:
