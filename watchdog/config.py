@@ -101,9 +101,10 @@ class SamplingConfig(Section):
     rate: Fraction = 0.0
     per_slice: dict[str, Fraction] = Field(default_factory=dict)
     queue_size: PositiveInt = 10_000
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = 256  # rows per teacher call
     concurrency: PositiveInt = 2  # teacher batches in flight at once
-    batch_wait_s: Annotated[float, _within(0)] = 0.25  # a batch gathers this long before its teacher call
+    # A batch smaller than batch_size gathers this long before its teacher call.
+    batch_wait_s: Annotated[float, _within(0)] = 0.25
     flush_s: Positive = 0.5  # answered rows are bulk-written this often
     on_teacher_change: Literal["quarantine", "accept", "pause"] = "quarantine"
     # Frozen evaluation set: an npz file (x, optional y and slice), else the first

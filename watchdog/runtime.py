@@ -56,6 +56,19 @@ class LoadedModel:
         """Probabilities [N, C], temperature applied (logits / T, or log-probabilities / T)."""
         return self.session.run([CALIBRATED_OUTPUT], {self.card.input_name: x})[0]
 
+    def timed_proba(self, x: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """(probabilities, wall seconds, cost seconds) of one run.
+
+        The cost is what the run itself takes: CPU time of the calling thread for a one-thread
+        session (ORT releases the GIL during the run, and taking it back can wait for another
+        thread's switch interval: wall time would count that wait as the model's), wall time
+        otherwise.
+        """
+        wall, cpu = time.perf_counter(), time.thread_time()
+        probs = self.session.run([CALIBRATED_OUTPUT], {self.card.input_name: x})[0]
+        wall = time.perf_counter() - wall
+        return probs, wall, (time.thread_time() - cpu if self.threads == 1 else wall)
+
 
 def calibration_head(model_bytes: bytes, card: ModelCard) -> bytes:
     """The model with `CALIBRATED_OUTPUT` = softmax(logits / T), or softmax(log p / T), as float32."""

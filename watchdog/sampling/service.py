@@ -15,14 +15,13 @@ import functools
 import logging
 import random
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import metrics
 from ..config import Settings, TeacherConfig
-from ..store import SampleRecord
+from ..store import SampleBatch, TeacherColumn
 from ..teachers import CallFailed, GuardedTeacher, Pins, TeacherState
 from .slices import SliceRules
 
@@ -54,7 +53,7 @@ class SamplingService:
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._frozen: set[str] = set()  # teachers whose eval set exists
-        self._pending: list[tuple[SampleRecord, bool]] = []  # (row, a teacher answered) awaiting a write
+        self._pending: list[SampleBatch] = []  # answered batches awaiting a write
         self._processes: Any = None  # teachers.child.TeacherProcesses once started
         self._write_lock = asyncio.Lock()  # bulk writes and quarantine releases happen in order
         self._outcome = {o: metrics.samples_total.labels(outcome=o) for o in _OUTCOMES}
@@ -152,8 +151,9 @@ class SamplingService:
     async def _work(self) -> None:
         while True:
             batch = [await self.queue.get()]
-            # Let a batch gather: per-call and per-commit costs dominate small batches.
-            await asyncio.sleep(self.cfg.batch_wait_s)
+            if self.queue.qsize() < self.cfg.batch_size:
+                # Let a batch gather: per-call and per-commit costs dominate small batches.
+                await asyncio.sleep(self.cfg.batch_wait_s)
             while len(batch) < self.cfg.batch_size:
                 try:
                     batch.append(self.queue.get_nowait())
@@ -185,34 +185,32 @@ class SamplingService:
                     log.exception("sampling: could not refresh teacher pins; will retry")
 
     async def _flush(self) -> None:
-        """One bulk write of every row the workers finished since the last flush."""
+        """One bulk write of every batch the workers finished since the last flush."""
         if not self._pending:
             return
         async with self._write_lock:
             pending, self._pending = self._pending, []
             counts = dict.fromkeys(_OUTCOMES, 0)
-            for record, answered in pending:
-                self._settle(record)
-                outcome = "quarantined" if record.quarantined else "stored" if answered else "teacher_error"
-                counts[outcome] += 1
+            for batch in pending:
+                self._settle(batch)
+                for outcome, n in batch.outcomes().items():
+                    counts[outcome] += n
             try:
-                await self._write([record for record, _ in pending])
+                await self._write(pending)
             except Exception:
                 metrics.sampler_errors_total.labels(stage="store").inc()
-                self._outcome["dropped"].inc(len(pending))
-                log.exception("sampling: could not store %d rows", len(pending))
+                self._outcome["dropped"].inc(sum(len(b) for b in pending))
+                log.exception("sampling: could not store %d rows", sum(len(b) for b in pending))
                 return
         for outcome, n in counts.items():
             if n:
                 self._outcome[outcome].inc(n)
 
-    def _settle(self, record: SampleRecord) -> None:
+    def _settle(self, batch: SampleBatch) -> None:
         """Quarantine by the pins as they are at write time (an accept may have come meanwhile)."""
         assert self.pins is not None
-        for name, (version, probs, _) in record.teachers.items():
-            quarantined = probs is not None and not self.pins.trusted(name, version)
-            record.teachers[name] = (version, probs, quarantined)
-        record.quarantined = any(q for _, _, q in record.teachers.values())
+        for name, column in batch.teachers.items():
+            column.quarantined = column.probs is not None and not self.pins.trusted(name, column.version)
 
     def _applies(self, tcfg: TeacherConfig, slices: dict[str, str]) -> bool:
         if not tcfg.slices:
@@ -224,46 +222,41 @@ class SamplingService:
         assert self.pins is not None and self.daemon is not None
         x = np.stack([req.x[i] for req, i, _, _, _ in batch])
         slices = [self.rules.row_slices(req.x[i], req.slice) for req, i, _, _, _ in batch]
-        answers: list[dict[str, tuple[str, Any, bool]]] = [{} for _ in batch]
+        columns: dict[str, TeacherColumn] = {}
         for name, teacher in self.teachers.items():
             rows = [j for j, sl in enumerate(slices) if self._applies(teacher.cfg, sl)]
             if not rows:
                 continue
             try:
-                answer = await teacher.predict(x[rows])
+                answer = await teacher.predict(x if len(rows) == len(x) else x[rows])
             except CallFailed:
-                for j in rows:
-                    answers[j][name] = ("", None, False)
+                columns[name] = TeacherColumn(rows, "", None)
                 continue
             verdict = self.pins.observe(name, answer.version)
-            for k, j in enumerate(rows):
-                answers[j][name] = (answer.version, answer.probs[k], verdict.quarantined)
+            columns[name] = TeacherColumn(rows, answer.version, answer.probs)
             if verdict.new_candidate and self.cfg.on_teacher_change != "accept":
                 self._spawn(self.reevaluate(name, answer.version))
-        for (req, i, probs, version, at), sl, teachers in zip(batch, slices, answers, strict=True):
-            answered = any(p is not None for _, p, _ in teachers.values())
-            record = SampleRecord(
-                id=uuid.uuid4().hex,
-                request_id=req.ids[i],
-                at=at,
-                features=req.x[i],
-                student_probs=probs[i],
-                student_version=version,
-                slices=sl,
-                quarantined=False,  # settled at write time
-                teachers=teachers,
+        self._pending.append(
+            SampleBatch(
+                request_ids=[req.ids[i] for req, i, _, _, _ in batch],
+                at=[at for _, _, _, _, at in batch],
+                features=x,
+                student_probs=np.stack([probs[i] for _, i, probs, _, _ in batch]),
+                student_versions=[version for _, _, _, version, _ in batch],
+                slices=slices,
+                teachers=columns,
             )
-            self._pending.append((record, answered))
-        if len(self._pending) >= FLUSH_ROWS:
+        )
+        if sum(len(b) for b in self._pending) >= FLUSH_ROWS:
             await self._flush()
 
-    async def _write(self, records: list[SampleRecord]) -> None:
+    async def _write(self, batches: list[SampleBatch]) -> None:
         """Pin changes first (so events precede their rows), then the rows — serialised and inserted
         by a teacher process, off this process's GIL — then eval-set freezing until it is frozen."""
         assert self.pins is not None and self.daemon is not None
         if self.pins.pending:
             await asyncio.to_thread(self.pins.persist)
-        await self._processes.store_rows(self.settings.store_url, records)
+        await self._processes.store_rows(self.settings.store_url, batches)
         if self.cfg.eval_set is None and any(
             s.pinned is not None and s.state == "ok" and n not in self._frozen
             for n, s in self.pins.teachers.items()

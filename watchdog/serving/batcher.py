@@ -13,7 +13,6 @@ a worker thread so the loop keeps parsing while ONNX Runtime works.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -99,9 +98,8 @@ class MicroBatcher:
             # readable connection's task together) queue behind it and share the next run.
             self._ran_alone_this_iteration = True
             loop.call_soon(self._new_iteration)
-            started = time.perf_counter()
-            probs = model.predict_proba(x)
-            self._record(model, len(x), time.perf_counter() - started)
+            probs, wall, cost = model.timed_proba(x)
+            self._record(model, len(x), wall, cost)
             if not np.isfinite(probs).all():
                 raise _non_finite(probs)
             return probs, model.version
@@ -126,9 +124,9 @@ class MicroBatcher:
         version, seconds = self._run_estimate
         return seconds if version == model.version else model.single_row_seconds
 
-    def _record(self, model: LoadedModel, rows: int, elapsed: float) -> None:
-        self._run_estimate = (model.version, 0.8 * self._estimate(model) + 0.2 * elapsed)
-        metrics.inference_seconds.observe(elapsed)
+    def _record(self, model: LoadedModel, rows: int, wall: float, cost: float) -> None:
+        self._run_estimate = (model.version, 0.8 * self._estimate(model) + 0.2 * cost)
+        metrics.inference_seconds.observe(wall)
         metrics.batch_size.observe(rows)
 
     def _queued_rows(self) -> int:
@@ -172,37 +170,34 @@ class MicroBatcher:
             self._schedule_flush()
             return
         x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
-        started = time.perf_counter()
         if self._estimate(model) < self.inline_below_s:
             try:
-                probs = model.predict_proba(x)
+                probs, wall, cost = model.timed_proba(x)
             except Exception as exc:
                 self._fail(batch, exc)
             else:
-                self._deliver(batch, model, len(x), probs, started)
+                self._record(model, len(x), wall, cost)
+                self._deliver(batch, model, probs)
             self._schedule_flush()
             return
         self._running = True
-        work = self._executor.submit(model.predict_proba, x)
-        work.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._finished, batch, model, len(x), done, started)
-        )
+        work = self._executor.submit(model.timed_proba, x)
+        work.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finished, batch, model, done))
 
     def _finished(
-        self, batch: list[_Pending], model: LoadedModel, rows: int, work: Future[np.ndarray], started: float
+        self, batch: list[_Pending], model: LoadedModel, work: Future[tuple[np.ndarray, float, float]]
     ) -> None:
         self._running = False
         exc = work.exception()
         if exc is not None:
             self._fail(batch, exc)
         else:
-            self._deliver(batch, model, rows, work.result(), started)
+            probs, wall, cost = work.result()
+            self._record(model, len(probs), wall, cost)
+            self._deliver(batch, model, probs)
         self._schedule_flush()
 
-    def _deliver(
-        self, batch: list[_Pending], model: LoadedModel, rows: int, probs: np.ndarray, started: float
-    ) -> None:
-        self._record(model, rows, time.perf_counter() - started)
+    def _deliver(self, batch: list[_Pending], model: LoadedModel, probs: np.ndarray) -> None:
         finite = bool(np.isfinite(probs).all())  # once per batch; row by row only if it fails
         start = 0
         for p in batch:

@@ -35,7 +35,13 @@ class ModelManager:
         self.current = model
         metrics.set_active_model(model.version)
         if previous != model.version:
-            log.info("serving: now serving %s (was %s)", model.version, previous)
+            log.info(
+                "serving: now serving %s (was %s; %d ORT thread(s), %.0f µs for one row)",
+                model.version,
+                previous,
+                model.threads,
+                model.single_row_seconds * 1e6,
+            )
 
     async def _load(self, version: str) -> LoadedModel:
         try:

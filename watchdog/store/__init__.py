@@ -8,7 +8,7 @@ from __future__ import annotations
 from .db import SCHEMA_VERSION, Database
 from .models import ModelStore
 from .runs import LeaderLock, RunStore
-from .samples import SampleRecord, SampleStore
+from .samples import SampleBatch, SampleRecord, SampleStore, TeacherColumn
 from .tables import Activation, AuditEvent, ModelVersion
 
 __all__ = [
@@ -17,8 +17,10 @@ __all__ = [
     "AuditEvent",
     "LeaderLock",
     "ModelVersion",
+    "SampleBatch",
     "SampleRecord",
     "Store",
+    "TeacherColumn",
 ]
 
 

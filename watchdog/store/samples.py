@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,71 @@ class SampleRecord:
     quarantined: bool
     # teacher name -> (version, probs or None when the teacher failed, quarantined)
     teachers: dict[str, tuple[str, Any, bool]]
+
+
+@dataclass(slots=True)
+class TeacherColumn:
+    """One teacher's answer for some rows of a `SampleBatch` (one call: one version)."""
+
+    rows: list[int]  # indices into the batch
+    version: str  # "" when the call failed
+    probs: Any  # [len(rows), C] float32, or None when the call failed
+    quarantined: bool = False  # settled at write time, by the pins as they are then
+
+
+@dataclass(slots=True)
+class SampleBatch:
+    """Sampled rows as columns: what the serving process hands to a teacher process for storing.
+
+    A few arrays pickle in microseconds where one object per row (each with its own small
+    arrays) costs the serving process's GIL a few milliseconds per write; the rows are expanded
+    into `SampleRecord`s, with their ids, in the process that writes them.
+    """
+
+    request_ids: list[str]
+    at: list[float]
+    features: Any  # [N, D] float32
+    student_probs: Any  # [N, C] float32
+    student_versions: list[str]
+    slices: list[dict[str, str]]
+    teachers: dict[str, TeacherColumn]
+
+    def __len__(self) -> int:
+        return len(self.request_ids)
+
+    def outcomes(self) -> dict[str, int]:
+        """Rows by outcome: quarantined (any quarantined output), stored (answered) or teacher_error."""
+        quarantined, answered = set(), set()
+        for column in self.teachers.values():
+            if column.probs is not None:
+                (quarantined if column.quarantined else answered).update(column.rows)
+        answered -= quarantined
+        return {
+            "quarantined": len(quarantined),
+            "stored": len(answered),
+            "teacher_error": len(self) - len(quarantined) - len(answered),
+        }
+
+    def records(self) -> list[SampleRecord]:
+        outputs: list[dict[str, tuple[str, Any, bool]]] = [{} for _ in range(len(self))]
+        for name, column in self.teachers.items():
+            for k, j in enumerate(column.rows):
+                probs = None if column.probs is None else column.probs[k]
+                outputs[j][name] = (column.version, probs, column.quarantined and probs is not None)
+        return [
+            SampleRecord(
+                id=uuid.uuid4().hex,
+                request_id=self.request_ids[j],
+                at=self.at[j],
+                features=self.features[j],
+                student_probs=self.student_probs[j],
+                student_version=self.student_versions[j],
+                slices=self.slices[j],
+                quarantined=any(q for _, _, q in outputs[j].values()),
+                teachers=outputs[j],
+            )
+            for j in range(len(self))
+        ]
 
 
 class SampleStore:

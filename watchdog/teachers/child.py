@@ -41,15 +41,15 @@ def _ping() -> int:
     return os.getpid()
 
 
-def _store_rows(url: str, records: list[Any]) -> str | None:
-    """Bulk insert from the child (one engine per child); an error comes back as text."""
+def _store_rows(url: str, batches: list[Any]) -> str | None:
+    """Bulk insert of `SampleBatch`es from the child (one engine per child); an error comes back as text."""
     from ..store import Store
 
     try:
         store = _stores.get(url)
         if store is None:
             store = _stores[url] = Store(url, create=False)
-        store.add_samples(records)
+        store.add_samples([record for batch in batches for record in batch.records()])
         return None
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"[:300]
@@ -90,8 +90,8 @@ class TeacherProcesses:
     async def call(self, name: str, x: np.ndarray) -> Result:
         return await self._run(_predict, name, x)
 
-    async def store_rows(self, url: str, records: list[Any]) -> None:
-        error = await self._run(_store_rows, url, records)
+    async def store_rows(self, url: str, batches: list[Any]) -> None:
+        error = await self._run(_store_rows, url, batches)
         if error is not None:
             raise RuntimeError(f"storing samples failed in a teacher process: {error}")
 
