@@ -81,6 +81,8 @@ class Scheduler:
         assert self.lock is not None and self.runs is not None
         try:
             held = await asyncio.to_thread(self.lock.poll)
+        except asyncio.CancelledError:  # the daemon is stopping
+            return
         except Exception:
             metrics.scheduler_errors_total.labels(task="leader").inc()
             log.exception("scheduler: leader poll failed")
@@ -101,7 +103,7 @@ class Scheduler:
             try:
                 await asyncio.to_thread(self.runs.heartbeat)
             except Exception:
-                metrics.scheduler_errors_total.labels(job="run").inc()
+                metrics.scheduler_errors_total.labels(task="run").inc()
 
     # --- monitor cycle -------------------------------------------------------------------------
 
