@@ -45,3 +45,16 @@ def test_child_answers_fails_cleanly_and_survives_a_killed_process() -> None:
             asyncio.run(scenario())
         finally:
             processes.close()
+
+
+def test_close_leaves_no_teacher_process_behind() -> None:
+    cfg = TeacherConfig(name="kid", kind="http-v2", location="http://127.0.0.1:9",
+                        options={"model_name": "a"})  # fmt: skip
+    processes = TeacherProcesses([cfg], workers=2)
+    asyncio.run(processes.start())
+    pids = processes.pids()
+    assert len(pids) == 2
+    processes.close()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -114,4 +114,11 @@ class TeacherProcesses:
             raise
 
     def close(self) -> None:
+        """Stops the children now. `shutdown(wait=False)` alone can leave them waiting forever on
+        their call queue when this process exits right after (they hold its write end too)."""
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
         self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=5)
