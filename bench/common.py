@@ -30,6 +30,26 @@ from support import free_port, mlp_onnx_bytes, wait_ready  # noqa: E402
 __all__ = ["free_port", "mlp_onnx_bytes", "wait_ready"]
 
 
+def _cpu_split() -> tuple[list[int], list[int]]:
+    """Servers on all CPUs but the last, the load generator on the last one.
+
+    Unpinned, the kernel moves the server and wrk between the cores and the same run varies by
+    a third from one try to the next; pinned, each side has its own core and ratios hold.
+    `BENCH_NO_PIN=1` turns it off.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or shutil.which("taskset") is None or os.environ.get("BENCH_NO_PIN"):
+        return [], []
+    return cpus[:-1], cpus[-1:]
+
+
+SERVER_CPUS, LOAD_CPUS = _cpu_split()
+
+
+def pinned(argv: list[str], cpus: list[int]) -> list[str]:
+    return ["taskset", "-c", ",".join(map(str, cpus)), *argv] if cpus else argv
+
+
 @dataclass
 class Load:
     rps: float
@@ -50,7 +70,13 @@ def _ms(text: str) -> float:
 
 
 def wrk(
-    url: str, body: bytes, connections: int, seconds: int, threads: int = 1, workdir: Path | None = None
+    url: str,
+    body: bytes,
+    connections: int,
+    seconds: int,
+    threads: int = 1,
+    workdir: Path | None = None,
+    cpus: list[int] | None = None,
 ) -> Load:
     """POSTs `body` with wrk; failed = non-2xx + socket errors. `workdir` holds the Lua script and body."""
     if shutil.which("wrk") is None:
@@ -63,7 +89,10 @@ def wrk(
         f'local f = io.open("{script.parent / "body.json"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
     )
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        pinned(
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+            cpus or [],
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -87,9 +116,16 @@ class Child:
     """A server in its own process, started and stopped around a measurement."""
 
     def __init__(
-        self, argv: list[str], port: int, env: dict[str, str] | None = None, ready: str = "/"
+        self,
+        argv: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        ready: str = "/",
+        cpus: list[int] | None = None,
     ) -> None:
-        self.argv, self.port, self.ready = argv, port, ready
+        """`cpus`: where it runs (SERVER_CPUS for a measured server, LOAD_CPUS for a stand-in remote
+        peer; default: anywhere)."""
+        self.argv, self.port, self.ready = pinned(argv, cpus or []), port, ready
         self.env = {**os.environ, "DO_NOT_TRACK": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -117,6 +153,12 @@ def warm(url: str, body: bytes, n: int = 200) -> None:
     with httpx.Client() as client:
         for _ in range(n):
             client.post(url, content=body, headers={"content-type": "application/json"})
+
+
+def pinning_note() -> str:
+    if not SERVER_CPUS:
+        return "Not pinned (one CPU, no taskset, or BENCH_NO_PIN)."
+    return f"Servers (and their child processes) pinned to CPU {SERVER_CPUS}, wrk to CPU {LOAD_CPUS}."
 
 
 def append_section(title: str, command: str, table: str, notes: str = "") -> None:

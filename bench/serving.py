@@ -16,7 +16,9 @@ import shutil
 import httpx
 import numpy as np
 from common import (
+    LOAD_CPUS,
     ROOT,
+    SERVER_CPUS,
     VENV_BIN,
     Child,
     Load,
@@ -24,6 +26,7 @@ from common import (
     command_line,
     free_port,
     mlp_onnx_bytes,
+    pinning_note,
     warm,
     wrk,
 )
@@ -75,6 +78,7 @@ def main() -> None:
                 str(model),
             ],
             port,
+            cpus=SERVER_CPUS,
         ),
         "(b) naive: FastAPI + pydantic + session.run": lambda port: Child(
             [
@@ -85,11 +89,13 @@ def main() -> None:
                 str(model),
             ],
             port,
+            cpus=SERVER_CPUS,
         ),
         "(c) distill-watchdog (metrics on, sampling off)": lambda port: Child(
             [str(VENV_BIN / "distill-watchdog"), "serve", "--config", str(config)],
             port,
             ready="/v2/health/ready",
+            cpus=SERVER_CPUS,
         ),
     }
     for name, make in servers.items():
@@ -110,7 +116,7 @@ def main() -> None:
             results[name] = {}
             for conns in (1, 32):
                 before = batch_stats(server.url) if name.startswith("(c)") else None
-                results[name][conns] = wrk(url, body, conns, args.seconds)
+                results[name][conns] = wrk(url, body, conns, args.seconds, cpus=LOAD_CPUS)
                 if before and conns == 32:
                     after = batch_stats(server.url)
                     mean_batch = (after[1] - before[1]) / max(1.0, after[0] - before[0])
@@ -145,7 +151,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_append:
-        append_section(f"Serving ({args.seconds} s per cell, wrk -t1)", command_line(), table)
+        append_section(f"Serving ({args.seconds} s per cell, wrk -t1)", command_line(), table, pinning_note())
 
 
 if __name__ == "__main__":
