@@ -24,6 +24,7 @@ class FactorySpec(_Spec):
 
     factory: str = "distill_engine.zoo:mlp"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    init_from: str | None = None  # ONNX of the same architecture (e.g. the parent student): warm start
 
     @field_validator("factory")
     @classmethod

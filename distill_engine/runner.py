@@ -25,6 +25,7 @@ from .progress import CancelToken, Progress, ProgressCallback
 from .stop import stop_verdict
 from .teachers import Teacher, make_teacher, predict_all
 from .train import make_data, predict_logits, train_model
+from .warm import load_onnx_weights
 from .zoo import build_model, count_params
 
 
@@ -291,6 +292,14 @@ def _run(job: DistillJob, out: Path, progress: Progress, ctx: DistContext, t0: f
         assistant = build_model(
             stage.student.factory, stage.student.kwargs, num_features, num_classes, f"stages.{i}.student"
         )
+        if stage.student.init_from:
+            load_onnx_weights(
+                assistant,
+                job.resolve(stage.student.init_from),
+                num_features,
+                f"stages.{i}.student.init_from",
+                probe=ev.x,
+            )
         st0 = time.perf_counter()
         curves += train_model(
             assistant,
@@ -334,6 +343,11 @@ def _run(job: DistillJob, out: Path, progress: Progress, ctx: DistContext, t0: f
 
     _seed_all(seed)
     student = build_model(job.student.factory, job.student.kwargs, num_features, num_classes, "student")
+    warm_start = (
+        load_onnx_weights(student, job.resolve(job.student.init_from), num_features, probe=ev.x)
+        if job.student.init_from
+        else None
+    )
     hint_epochs = (
         job.loss.hint_epochs
         if job.loss.hint_epochs is not None
@@ -469,6 +483,7 @@ def _run(job: DistillJob, out: Path, progress: Progress, ctx: DistContext, t0: f
         "curves": curves,
         "classes": classes,
         "train_agreement": train_agree,
+        "init_from": warm_start,
     }
     result = _json_safe(result)
     card = _json_safe(card)

@@ -142,7 +142,8 @@ class PolicyConfig(Section):
     min_gain: Annotated[float, _within(0)] = 0.01
     max_regression: Annotated[float, _within(0)] = 0.01
     auto_promote: bool = False
-    weak_slice_weight: Positive = 3.0  # training weight of rows in weak slices
+    weak_slice_weight: Positive = 3.0  # training weight of weak slices' rows since they were last healthy
+    warm_start: bool = True  # candidates start from the active student's weights (same architecture)
     holdout_share: Annotated[float, _within(0.05, 0.5)] = 0.2  # newest samples kept out of training for gates
     max_train_rows: PositiveInt = 50_000
 

@@ -182,7 +182,9 @@ def test_job_holds_out_newest_rows_weights_recent_weak_rows_and_replays_referenc
         assert heavy.sum() == built["weak_rows"] > 0
         assert set(train["slice"][heavy]) == {"sensor=c"} and not heavy[:280].any()  # recent window only
         assert len(hold["x"]) == 120
+    assert built["weak_since"] is None and built["warm_start"] is False  # the card names no architecture
     job = yaml.safe_load((tmp_path / "run" / "job.yaml").read_text())
+    assert "init_from" not in job["student"]
     assert job["data"] == {"train": "train.npz", "eval": "holdout.npz"}
     assert job["curation"]["match_production"] == "production.npz" and job["parent_version"] == version
     argv = launch_argv(settings, tmp_path / "run" / "job.yaml", tmp_path / "out", "r1")
@@ -197,6 +199,28 @@ def test_job_holds_out_newest_rows_weights_recent_weak_rows_and_replays_referenc
         "--id",
         "r1",
     ]
+
+
+def test_weak_rows_are_weighted_since_the_slice_was_last_healthy(
+    tmp_path: Path, model_files, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change is noticed cycles late: every weak-slice row since the last healthy decision counts."""
+    from distill_watchdog.jobs import build
+
+    settings, store, registry, version = _setup(tmp_path, model_files, window=60)
+    seed_samples(store, version, n=600)
+    assert build.last_healthy_at(store) is None
+    store.add_decision(None, "ok", "within thresholds", {"breached": False})
+    store.add_decision(None, "hold", "weak slices: sensor=c", {"breached": True})
+    assert abs(build.last_healthy_at(store) - time.time()) < 60
+    at = [r["at"] for r in store.recent_samples(limit=600)]
+    monkeypatch.setattr(build, "last_healthy_at", lambda _store: sorted(at)[300])
+    built = build.build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
+    with np.load(tmp_path / "run" / "train.npz") as train:
+        heavy = train["weight"] > 1
+        assert set(train["slice"][heavy]) == {"sensor=c"}
+        # rows 301..479 of the 480 training rows: 60 of them are sensor c (window alone: 20)
+        assert heavy.sum() == built["weak_rows"] == 60 and not heavy[:300].any()
 
 
 def test_cycle_results_become_gauges_with_bounded_slices_and_alerts(tmp_path: Path) -> None:

@@ -62,6 +62,25 @@ def _save(
     np.savez(path, **arrays)
 
 
+def last_healthy_at(store: Store, lookback: int = 500) -> float | None:
+    """Time of the newest policy decision that found nothing wrong (None: none in `lookback`)."""
+    import orjson
+
+    for d in store.recent_decisions(lookback):
+        if not orjson.loads(d.numbers_json).get("breached", True):
+            return float(d.at)
+    return None
+
+
+def _parent_student(card: Any) -> dict[str, Any] | None:
+    """The active student's own factory and kwargs, from its card (None when it does not say)."""
+    training = getattr(card, "training", None)
+    student = training.get("student") if isinstance(training, dict) else None
+    if not isinstance(student, dict) or not isinstance(student.get("factory"), str):
+        return None
+    return {"factory": student["factory"], "kwargs": dict(student.get("kwargs") or {})}
+
+
 def build_job(
     settings: Settings,
     store: Store,
@@ -80,15 +99,19 @@ def build_job(
         raise ValueError(f"too few usable samples to redistill ({n}; need 60 or more)")
     order = np.argsort(w.at, kind="stable")
     train_idx, hold_idx = np.sort(order[: n - n_hold]), np.sort(order[n - n_hold :])
-    # Up-weight the weak slices' rows of the recent window only: that is where the monitor saw
-    # them fail; the same slice's older rows describe the distribution before the change.
+    # Up-weight the weak slices' rows since the loop last saw them healthy (at least those of the
+    # recent window): that is where the monitor saw them fail; the same slice's older rows
+    # describe the distribution before the change. A change is usually noticed a few cycles
+    # late, so weighting only the last window would leave most of the new rows at weight 1.
     weight = np.ones(len(train_idx))
     recent = np.zeros(len(train_idx), dtype=bool)
     recent[-settings.monitor.window :] = True
+    healthy_at = last_healthy_at(store)
+    since = recent | (w.at[train_idx] > healthy_at) if healthy_at is not None else recent
     in_weak = np.zeros(len(train_idx), dtype=bool)
     for label in weak:
         in_weak |= w.mask(label)[train_idx]
-    in_weak &= recent
+    in_weak &= since
     weight[in_weak] *= cfg.weak_slice_weight
     run_dir.mkdir(parents=True, exist_ok=True)
     active = registry.active_version()
@@ -101,9 +124,11 @@ def build_job(
 
     info = registry.get(active)
     parent_onnx = registry.models_dir / f"{info.sha256}.onnx"
+    parent_student = _parent_student(info.card)
     job = deep_merge(
         {
-            "student": {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [128, 128]}},
+            "student": parent_student
+            or {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [128, 128]}},
             "loss": {"temperature": 2.0, "kd_weight": 1.0},
             "train": {"epochs": 20, "batch_size": 256, "lr": 0.003, "device": "cpu"},
             "baseline": "none",
@@ -124,6 +149,17 @@ def build_job(
     )
     if info.card.feature_names:
         job["feature_names"] = list(info.card.feature_names)
+    # Warm start: the candidate begins as the active student and spends the round on what
+    # changed (few rows of it) instead of relearning what it knew. Only for the parent's own
+    # architecture; `distill.job` may choose another student, which then starts from scratch.
+    same_arch = parent_student is not None and {k: job["student"].get(k) for k in ("factory", "kwargs")} == {
+        k: parent_student.get(k) for k in ("factory", "kwargs")
+    }
+    warm = cfg.warm_start and same_arch and "init_from" not in settings.distill.job.get("student", {})
+    if warm:
+        job["student"]["init_from"] = str(parent_onnx.resolve())
+    elif "init_from" not in settings.distill.job.get("student", {}):
+        job["student"].pop("init_from", None)
     (run_dir / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return {
         "run_id": run_id,
@@ -133,6 +169,8 @@ def build_job(
         "weak_rows": int(in_weak.sum()),
         "weak_slice_weight": cfg.weak_slice_weight,
         "replayed_reference_rows": 0 if replay is None else int(len(replay[0])),
+        "weak_since": healthy_at,
+        "warm_start": bool(warm),
         "teacher_versions": w.teacher_versions,
         "parent_version": active,
     }

@@ -1,0 +1,115 @@
+"""Warm start: load a parent student's weights from its ONNX file into a fresh torch module.
+
+A redistillation round usually has few rows of the changed distribution; starting from the
+parent's weights keeps what it already knows (the other slices) and spends the round on
+what changed, instead of relearning everything from a small window. The parent is only
+available as ONNX (that is what the registry stores), so the weights are read back from the
+graph's initializers.
+
+Initializers are matched to the module's `state_dict` by name (the TorchScript exporter keeps
+parameter names such as `body.0.weight`); names the exporter changed are matched by graph
+order among the remaining initializers of the same shape. Loading is accepted only when
+torch and ONNX Runtime then agree on the logits, so a graph that is not the same
+architecture (or that an optimiser folded) fails loudly instead of training from garbage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import JobError
+from .export import onnx_logits
+
+
+def onnx_initializers(path: str | Path) -> list[tuple[str, np.ndarray]]:
+    """(name, array) of every initializer, in graph order."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return [(init.name, numpy_helper.to_array(init)) for init in model.graph.initializer]
+
+
+def load_onnx_weights(
+    model: nn.Module,
+    path: str | Path,
+    num_features: int,
+    field: str = "student.init_from",
+    tolerance: float = 1e-4,
+    probe: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Copy the ONNX file's weights into `model` in place; JobError when they do not fit.
+
+    Returns what was loaded: tensors matched by name / by shape, and the max abs logit
+    difference torch vs ONNX Runtime on `probe` rows (random rows when None).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise JobError(field, f"file not found: {path}")
+    try:
+        inits = onnx_initializers(path)
+    except Exception as e:  # onnx raises several unrelated types for bad files
+        raise JobError(field, f"cannot read {path} as ONNX: {e}") from None
+    state = model.state_dict()
+    by_name = {name: arr for name, arr in inits}
+    used: set[str] = set()
+    new: dict[str, torch.Tensor] = {}
+    by_shape: list[str] = []
+    for key, tensor in state.items():
+        arr = by_name.get(key)
+        if arr is not None and tuple(arr.shape) == tuple(tensor.shape):
+            new[key] = torch.as_tensor(arr.copy(), dtype=tensor.dtype)
+            used.add(key)
+    for key, tensor in state.items():
+        if key in new:
+            continue
+        if key.endswith("num_batches_tracked"):
+            new[key] = tensor
+            continue
+        match = next(
+            (n for n, a in inits if n not in used and tuple(a.shape) == tuple(tensor.shape)),
+            None,
+        )
+        if match is None:
+            raise JobError(
+                field,
+                f"{path.name} has no weight for {key} {tuple(tensor.shape)}: not the student's architecture",
+            )
+        new[key] = torch.as_tensor(by_name[match].copy(), dtype=tensor.dtype)
+        used.add(match)
+        by_shape.append(key)
+    model.load_state_dict(new)
+    x = (
+        np.random.default_rng(0).normal(size=(64, num_features)).astype(np.float32)
+        if probe is None
+        else np.asarray(probe[:256], dtype=np.float32)
+    )
+    model.eval()
+    with torch.no_grad():
+        ours = model(torch.as_tensor(x)).double().numpy()
+    try:
+        theirs = onnx_logits(path, x)
+    except Exception as e:  # ORT raises its own exception types
+        raise JobError(field, f"ONNX Runtime cannot run {path.name}: {e}") from None
+    if theirs.shape != ours.shape:
+        raise JobError(field, f"{path.name} outputs {theirs.shape[1:]}, the student {ours.shape[1:]}")
+    diff = float(np.abs(ours - theirs).max()) if len(x) else 0.0
+    scale = max(1.0, float(np.abs(theirs).max()) if len(x) else 1.0)
+    if diff > tolerance * scale:
+        raise JobError(
+            field,
+            f"weights loaded from {path.name} do not reproduce its outputs (max |Δlogit| {diff:.3g}): "
+            "not the student's architecture",
+        )
+    return {
+        "path": str(path),
+        "tensors": len(new),
+        "matched_by_name": len(new) - len(by_shape),
+        "matched_by_shape": by_shape,
+        "max_abs_logit_diff": diff,
+    }
