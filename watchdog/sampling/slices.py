@@ -57,6 +57,8 @@ class SliceRules:
             )
         self._bin_rates = any((b.rates >= 0).any() for b in self.bins)
         self.enabled = self.base > 0 or any(r > 0 for r in self.per_slice.values())
+        # Every row's rate when nothing can change it (no per-slice rates): `rates` is not called.
+        self.constant: float | None = None if self.per_slice else float(self.base)
 
     def request_slices(self, given: dict[str, str] | None) -> dict[str, str]:
         if not given:
