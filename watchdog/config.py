@@ -55,6 +55,9 @@ class ServerConfig(Section):
     max_rows_per_request: PositiveInt = 1024
     drain_timeout_s: Positive = 30.0
     log_format: Literal["auto", "json", "text"] = "auto"
+    # How long a background thread (store, teacher hand-offs) may keep the GIL from the event
+    # loop once it asks for it back (Python's default is 5 ms, which shows up as tail latency).
+    gil_switch_interval_ms: Positive = 0.5
 
 
 class StoreConfig(Section):

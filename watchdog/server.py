@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import uvicorn
 
@@ -14,6 +15,7 @@ from .logs import setup_logging
 def app_from_env() -> object:
     """Factory for uvicorn workers (server.workers > 1): each process reads the same config."""
     settings = load_settings(os.environ.get(CONFIG_ENV))
+    sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
     setup_logging(settings.server.log_format)
     return create_app(settings, components=default_components(settings))
 
@@ -33,6 +35,7 @@ def default_components(settings: Settings) -> list:
 
 def serve(settings: Settings, config_path: str | None = None) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
     setup_logging(settings.server.log_format)
     common = dict(
         host=settings.server.host,

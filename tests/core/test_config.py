@@ -85,3 +85,11 @@ def test_check_config_validates_teacher_adapter_options(write_config):
     out = subprocess.run([CLI, "check-config", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.startswith("teachers.big.options:")
+
+
+def test_gil_switch_interval_is_a_checked_server_setting():
+    from distill_watchdog.config import Settings
+
+    assert Settings().server.gil_switch_interval_ms == 0.5
+    with pytest.raises(ValueError, match="gil_switch_interval_ms"):
+        Settings.model_validate({"server": {"gil_switch_interval_ms": 0}})
