@@ -44,8 +44,10 @@ async def _run(daemon: Daemon, x: np.ndarray, field: str) -> tuple[np.ndarray, s
     try:
         return await daemon.batcher.predict(x)
     except NonFiniteOutputError as exc:
-        message = f"{field}: the model's output is not finite for rows {exc.rows} (values far out of range)"
-        raise BadRequest(422, message) from None
+        rows = exc.rows
+        raise BadRequest(
+            422, f"{field}: the model's output is not finite for rows {rows} (values far outside its range)"
+        ) from None
 
 
 # --- hot paths (raw ASGI) -------------------------------------------------------------------

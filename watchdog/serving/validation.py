@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-_FLOAT32_MAX_SQUARED = float(np.finfo(np.float32).max) ** 2
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_MAX_SQUARED = _FLOAT32_MAX**2
 
 
 class BadRequest(Exception):
@@ -79,9 +80,11 @@ def to_matrix(rows: Any, field: str, num_features: int, max_rows: int) -> np.nda
         raise BadRequest(422, f"{field}: values must be numbers (got {_kind_name(arr.dtype.kind)})")
     if arr.shape[1] != num_features:
         raise BadRequest(422, f"{field}[0]: expected {num_features} values, got {arr.shape[1]}")
-    # Integers are always in float32's range. For floats, one dot product finds NaN, inf and
-    # values beyond float32's range at once (the sum of squares would exceed its square).
-    if arr.dtype.kind == "f" and not np.vdot(arr, arr) <= _FLOAT32_MAX_SQUARED:
+    # Integers are always in float32's range. For floats, one dot product clears the usual row at
+    # once (NaN or inf make it NaN or inf); only a large one is looked at value by value.
+    if arr.dtype.kind == "f" and not (
+        np.vdot(arr, arr) <= _FLOAT32_MAX_SQUARED or np.abs(arr).max() <= _FLOAT32_MAX
+    ):
         raise BadRequest(422, f"{field}: values must be finite float32 numbers (no NaN, inf or overflow)")
     return arr.astype(np.float32)
 
