@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,3 +59,44 @@ def test_close_leaves_no_teacher_process_behind() -> None:
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_teacher_processes_die_with_a_killed_daemon(tmp_path) -> None:
+    """kill -9 of the daemon (or the OOM killer) takes its teacher processes with it."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import asyncio, os, signal\n"
+        "from distill_watchdog.config import TeacherConfig\n"
+        "from distill_watchdog.teachers.child import TeacherProcesses\n"
+        "if __name__ == '__main__':  # the spawned children import this file too\n"
+        "    cfg = TeacherConfig(name='kid', kind='http-v2', location='http://127.0.0.1:9',"
+        " options={'model_name': 'a'})\n"
+        "    p = TeacherProcesses([cfg], workers=2)\n"
+        "    asyncio.run(p.start())\n"
+        "    print(' '.join(map(str, p.pids())), flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    owner = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert owner.returncode == -signal.SIGKILL
+    pids = [int(p) for p in owner.stdout.split()]
+    assert len(pids) == 2
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return status != "Z"
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"teacher processes {left} outlived their daemon"

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -30,8 +33,23 @@ _adapters: dict[str, Any] = {}
 _stores: dict[str, Any] = {}
 
 
-def _init(configs: list[dict[str, Any]]) -> None:
+def _die_with(parent: int) -> None:
+    """Ask Linux to end this process when the daemon dies, even by SIGKILL or the OOM killer.
+
+    A pool worker holds its call queue's write end too, so it never sees EOF: without this,
+    every crash of the daemon left its teacher processes waiting forever.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the daemon died before the request took effect
+        os._exit(0)
+
+
+def _init(configs: list[dict[str, Any]], parent: int) -> None:
     from .adapters import build_adapter
+
+    _die_with(parent)
 
     # Shadow work yields the CPU to serving: at nice 19 a request that wakes up preempts it at
     # once, and a saturated server leaves it ~1.5% of a core, so the sample queue fills and rows
@@ -84,7 +102,7 @@ class TeacherProcesses:
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # never fork a process with an event loop and threads
         return ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_init, initargs=(self._configs,)
+            self.workers, mp_context=context, initializer=_init, initargs=(self._configs, os.getpid())
         )
 
     def pids(self) -> list[int]:
