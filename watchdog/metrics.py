@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -80,24 +81,42 @@ class _LoopHistogramChild:
         self.sum += value
 
 
-class LoopCounter:
+_Child = TypeVar("_Child", "_LoopCounterChild", "_LoopHistogramChild")
+
+
+class _LoopMetric(Generic[_Child]):
+    """Label handling shared by the loop-thread metrics; `_new_child` makes one series."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self._children: dict[tuple[str, ...], _Child] = {}
+        if not self.labelnames:
+            self._children[()] = self._new_child()
+        registry.register(self)
+
+    def _new_child(self) -> _Child:
+        raise NotImplementedError
+
+    def labels(self, *values: str, **kw: str) -> _Child:
+        key = tuple(values) if values else tuple(str(kw[n]) for n in self.labelnames)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
+
+
+class LoopCounter(_LoopMetric[_LoopCounterChild]):
     """A counter updated only from the event loop thread (no lock); exposed like `Counter`."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str] = (), *, registry: CollectorRegistry
     ) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
-        self._children: dict[tuple[str, ...], _LoopCounterChild] = {}
-        if not self.labelnames:
-            self._children[()] = _LoopCounterChild()
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str, **kw: str) -> _LoopCounterChild:
-        key = tuple(values) if values else tuple(str(kw[n]) for n in self.labelnames)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _LoopCounterChild()
-        return child
+    def _new_child(self) -> _LoopCounterChild:
+        return _LoopCounterChild()
 
     def inc(self, amount: float = 1.0) -> None:
         self._children[()].inc(amount)
@@ -109,7 +128,7 @@ class LoopCounter:
         yield family
 
 
-class LoopHistogram:
+class LoopHistogram(_LoopMetric[_LoopHistogramChild]):
     """A histogram updated only from the event loop thread (no lock); exposed like `Histogram`."""
 
     def __init__(
@@ -121,19 +140,11 @@ class LoopHistogram:
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         self.bounds = tuple(float(b) for b in buckets)
-        self._children: dict[tuple[str, ...], _LoopHistogramChild] = {}
-        if not self.labelnames:
-            self._children[()] = _LoopHistogramChild(self.bounds)
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str, **kw: str) -> _LoopHistogramChild:
-        key = tuple(values) if values else tuple(str(kw[n]) for n in self.labelnames)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _LoopHistogramChild(self.bounds)
-        return child
+    def _new_child(self) -> _LoopHistogramChild:
+        return _LoopHistogramChild(self.bounds)
 
     def observe(self, value: float) -> None:
         self._children[()].observe(value)
@@ -141,16 +152,12 @@ class LoopHistogram:
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for key, child in list(self._children.items()):
-            counts, cumulative, buckets = list(child.counts), 0, []
-            for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self.bounds, float("inf")), list(child.counts), strict=True):
                 cumulative += count
-                buckets.append((_bucket_text(bound), cumulative))
+                buckets.append((floatToGoString(bound), cumulative))
             family.add_metric(list(key), buckets, child.sum)
         yield family
-
-
-def _bucket_text(bound: float) -> str:
-    return floatToGoString(bound)
 
 
 # --- serving -----------------------------------------------------------------------------

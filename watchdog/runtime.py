@@ -34,13 +34,6 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=1, keepdims=True)
-    return shifted
-
-
 CALIBRATED_OUTPUT = "watchdog_calibrated_probabilities"
 
 

@@ -7,9 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
+from distill_engine.metrics import softmax
 from distill_watchdog import metrics
 from distill_watchdog.card import ModelCard
-from distill_watchdog.runtime import available_cpus, load_model, session_options, softmax
+from distill_watchdog.runtime import available_cpus, load_model, session_options
 from distill_watchdog.serving.batcher import MicroBatcher, ModelUnavailableError
 
 from support import card_for, mlp_onnx_bytes, mlp_reference, mlp_weights

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from distill_watchdog.runtime import softmax
+from distill_engine.metrics import softmax
 
 from support import ServerThread, mlp_onnx_bytes, mlp_reference, mlp_weights
 

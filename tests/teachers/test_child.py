@@ -15,6 +15,7 @@ from distill_watchdog.teachers import CallFailed, GuardedTeacher
 from distill_watchdog.teachers.child import TeacherProcesses
 
 from .fake_teacher import FakeTeacher
+from support import eventually
 
 
 def test_child_answers_fails_cleanly_and_survives_a_killed_process() -> None:
@@ -65,7 +66,6 @@ def test_teacher_processes_die_with_a_killed_daemon(tmp_path) -> None:
     """kill -9 of the daemon (or the OOM killer) takes its teacher processes with it."""
     import subprocess
     import sys
-    import time
 
     script = tmp_path / "owner.py"
     script.write_text(
@@ -93,10 +93,8 @@ def test_teacher_processes_die_with_a_killed_daemon(tmp_path) -> None:
         status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return status != "Z"
 
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    left = [pid for pid in pids if alive(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"teacher processes {left} outlived their daemon"
+    try:
+        eventually(lambda: not any(alive(pid) for pid in pids), timeout=10, what="teacher processes to end")
+    finally:
+        for pid in [pid for pid in pids if alive(pid)]:
+            os.kill(pid, signal.SIGKILL)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import yaml
 
 from ..config import Settings
@@ -64,8 +65,6 @@ def _save(
 
 def last_healthy_at(store: Store, lookback: int = 500) -> float | None:
     """Time of the newest policy decision that found nothing wrong (None: none in `lookback`)."""
-    import orjson
-
     for d in store.recent_decisions(lookback):
         if not orjson.loads(d.numbers_json).get("breached", True):
             return float(d.at)
@@ -218,7 +217,6 @@ def main() -> None:
     args = parser.parse_args()
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    import orjson
 
     with open(args.settings) as fh:
         settings = Settings(**json.load(fh))
