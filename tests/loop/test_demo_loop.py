@@ -33,10 +33,11 @@ def test_shifted_sensor_is_detected_redistilled_gated_and_promoted(tmp_path: Pat
     assert run["status"] == "promoted" and run["gates_passed"] is True
     assert res["v2"] == run["candidate_version"] != res["v1"]
     before = res["before"]
-    assert before["c"] - before["c-shifted"] > 0.05  # the shift hurt the old student
-    # The promoted student wins back part of the loss (the 80% target is a benchmark
-    # figure, see docs/BENCHMARKS.md; this compressed run has less data and fewer epochs).
-    assert res["after"]["c-shifted"] - before["c-shifted"] >= 0.02 and res["recovered"] > 0.1, res
+    assert before["c"] - before["c-shifted"] > 0.1, res  # the shift hurt the old student
+    # The promoted student wins back most of the loss. This compressed run recovers about all
+    # of it; half leaves room for a noisy 300-row measurement (the 80% target is the
+    # benchmark's, on the full scenario: docs/BENCHMARKS.md).
+    assert res["recovered"] >= 0.5, res
     for sensor, change in res["others_change"].items():
         assert change > -0.03, (sensor, res)  # gates: no other sensor got clearly worse
     report = Path(res["report_file"])
