@@ -3,9 +3,9 @@
 It generates MNIST-1D offline, trains a teacher (a 1-D CNN, robust: it also saw strongly
 sheared curves) and a first student (a small CNN distilled on clean curves only), starts the
 real daemon as a child process (SQLite, local ONNX teacher), replays traffic from three sensors,
-then makes sensor `c`'s curves strongly sheared. The daemon's monitor finds the weak slice, the policy triggers a
-redistillation in a child process, the gates pass, the candidate is promoted; the demo
-prints agreement per sensor before and after, and the report URL.
+then makes sensor `c`'s curves strongly sheared. The daemon's monitor finds the weak slice,
+the policy triggers a redistillation in a child process, the gates pass, the candidate is
+promoted; the demo prints agreement per sensor before and after, and the report URL.
 """
 
 from __future__ import annotations
