@@ -58,6 +58,9 @@ class ServerConfig(Section):
     # How long a background thread (store, teacher hand-offs) may keep the GIL from the event
     # loop once it asks for it back (Python's default is 5 ms, which shows up as tail latency).
     gil_switch_interval_ms: Positive = 0.5
+    # CPUs for the background processes (monitor, teachers, runs); serving gets the others.
+    # Unset: no pinning, background work only runs at a lower priority (watchdog/background.py).
+    background_cpus: list[Annotated[int, _within(0)]] | None = None
 
 
 class StoreConfig(Section):
@@ -140,7 +143,7 @@ class PolicyConfig(Section):
     max_drift_share: Fraction = 0.5
     hysteresis: PositiveInt = 2
     cooldown_s: Annotated[float, _within(0)] = 3600.0
-    max_runs_per_day: PositiveInt = 4
+    max_runs_per_day: Annotated[int, _within(0)] = 4  # 0: monitor only, the policy never starts a run
     min_samples: PositiveInt = 200
     min_gain: Annotated[float, _within(0)] = 0.01
     max_regression: Annotated[float, _within(0)] = 0.01

@@ -127,6 +127,8 @@ def decide(store: Store, cfg: PolicyConfig, cycle: dict[str, Any], now: float | 
             elif last is not None and now - last.created_at < cfg.cooldown_s:
                 left = cfg.cooldown_s - (now - last.created_at)
                 decision = Decision("blocked", f"{why}; cooldown ({left:.0f} s left)", numbers)
+            elif cfg.max_runs_per_day == 0:
+                decision = Decision("blocked", f"{why}; runs are off (policy.max_runs_per_day: 0)", numbers)
             elif used >= cfg.max_runs_per_day:
                 decision = Decision(
                     "blocked", f"{why}; daily budget of {cfg.max_runs_per_day} runs used", numbers

@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from .app import create_app
+from .background import pin_serving
 from .config import CONFIG_ENV, Settings, load_settings
 from .logs import setup_logging
 
@@ -16,6 +17,7 @@ def app_from_env() -> object:
     """Factory for uvicorn workers (server.workers > 1): each process reads the same config."""
     settings = load_settings(os.environ.get(CONFIG_ENV))
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
+    pin_serving(settings.server.background_cpus)
     setup_logging(settings.server.log_format)
     return create_app(settings, components=default_components(settings))
 
@@ -36,6 +38,7 @@ def default_components(settings: Settings) -> list:
 def serve(settings: Settings, config_path: str | None = None) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
+    pin_serving(settings.server.background_cpus)  # before the model loads: its thread count follows
     setup_logging(settings.server.log_format)
     common = dict(
         host=settings.server.host,

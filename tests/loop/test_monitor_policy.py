@@ -141,6 +141,15 @@ def test_policy_hysteresis_cooldown_budget_and_ceiling(tmp_path: Path) -> None:
     assert all(orjson.loads(d.numbers_json).get("thresholds") or d.action == "ok" for d in decisions)
 
 
+def test_monitor_only_policy_records_breaches_but_never_starts_a_run(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    cfg = PolicyConfig(min_agreement=0.9, hysteresis=1, cooldown_s=0, max_runs_per_day=0)
+    for _ in range(3):
+        d = policy.decide(store, cfg, _cycle(0.5, ["sensor=c"]))
+        assert d.action == "blocked" and "max_runs_per_day: 0" in d.reason and d.numbers["agreement"] == 0.5
+    assert [r.action for r in store.recent_decisions(10)] == ["blocked"] * 3
+
+
 def test_runs_of_a_dead_replica_are_failed_but_live_ones_kept(tmp_path: Path) -> None:
     from types import SimpleNamespace
 

@@ -206,17 +206,13 @@ def main() -> None:
     seconds: in the serving process that would be felt as latency. Writes `build.json`.
     """
     import argparse
-    import contextlib
     import json
-    import os
     import sys
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--settings", required=True)
     parser.add_argument("--run", required=True)
     args = parser.parse_args()
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
     with open(args.settings) as fh:
         settings = Settings(**json.load(fh))

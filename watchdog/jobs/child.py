@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import background
+from ..background import Priority
+
 log = logging.getLogger(__name__)
 
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DO_NOT_TRACK": "1"}
@@ -23,9 +26,12 @@ class ChildFailed(Exception):
 class ChildWorker:
     """Starts `python -m <module> --settings FILE` on first use; restarts it after a crash or timeout."""
 
-    def __init__(self, module: str, settings_file: Path) -> None:
+    def __init__(
+        self, module: str, settings_file: Path, priority: Priority = "idle", cpus: list[int] | None = None
+    ) -> None:
         self.module = module
         self.settings_file = settings_file
+        self.priority, self.cpus = priority, cpus
         self.proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
@@ -42,6 +48,7 @@ class ChildWorker:
             env={**os.environ, **CHILD_ENV},
             limit=64 * 1024 * 1024,
         )
+        background.apply(proc.pid, self.priority, self.cpus)
         self.proc = proc
         await self._read(timeout)  # the "ready" line
         return proc

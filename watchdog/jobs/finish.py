@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -145,8 +144,6 @@ def main() -> None:
     parser.add_argument("--run", required=True)
     args = parser.parse_args()
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    with contextlib.suppress(OSError):
-        os.nice(10)
     from ..config import Settings
 
     with open(args.settings) as fh:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from .. import metrics
+from .. import background, metrics
+from ..background import Priority
 from ..monitor.reference import write_reference
 from ..store.tables import DistillRun
 from .build import launch_argv
@@ -137,7 +138,9 @@ class RunManager:
                 "--run",
                 run_id,
             ]
-            await self._spawn(run_id, argv, run_dir / "build.log", FINISH_TIMEOUT_S, "building the job")
+            await self._spawn(
+                run_id, argv, run_dir / "build.log", FINISH_TIMEOUT_S, "building the job", "idle"
+            )
             built = orjson.loads((run_dir / "build.json").read_bytes())
             await self._db(store.update_run, run_id, detail={"build": built})
             await self._train(run_id, run_dir)
@@ -154,8 +157,11 @@ class RunManager:
         finally:
             self.tasks.pop(run_id, None)
 
-    async def _spawn(self, run_id: str, argv: list[str], log_path: Path, timeout: float, what: str) -> None:
-        """Runs one child in its own process group; a timeout kills the whole group."""
+    async def _spawn(
+        self, run_id: str, argv: list[str], log_path: Path, timeout: float, what: str, priority: Priority
+    ) -> None:
+        """Runs one child in its own process group, on the background CPUs at `priority`; a timeout
+        kills the whole group."""
         with open(log_path, "ab") as out:
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -168,6 +174,7 @@ class RunManager:
                 )
             except OSError as exc:
                 raise RunError(f"{what}: cannot start {argv[0]!r} ({exc.strerror})") from None
+            background.apply(proc.pid, priority, self.settings.server.background_cpus)
             self.procs[run_id] = proc
             try:
                 code = await asyncio.wait_for(proc.wait(), timeout)
@@ -188,7 +195,9 @@ class RunManager:
         out = run_dir / "out"
         argv = launch_argv(self.settings, run_dir / "job.yaml", out, run_id)
         await self._db(self.daemon.store.update_run, run_id, detail={"argv": argv})
-        await self._spawn(run_id, argv, run_dir / "train.log", self.settings.distill.timeout_s, "training")
+        await self._spawn(
+            run_id, argv, run_dir / "train.log", self.settings.distill.timeout_s, "training", "lower"
+        )
         for name in ("student.onnx", "card.json", "result.json"):
             if not (out / name).exists():
                 raise RunError(f"training: finished without writing {name}")
@@ -203,7 +212,7 @@ class RunManager:
             "--run",
             run_id,
         ]
-        await self._spawn(run_id, argv, run_dir / "finish.log", FINISH_TIMEOUT_S, "gates")
+        await self._spawn(run_id, argv, run_dir / "finish.log", FINISH_TIMEOUT_S, "gates", "lower")
 
     async def _decide(self, run_id: str, run_dir: Path) -> None:
         store, registry = self.daemon.store, self.daemon.registry

@@ -44,7 +44,9 @@ class Scheduler:
         self.daemon = daemon
         settings = daemon.settings
         settings_file = write_settings(settings, settings.data_dir / "run" / f"settings-{os.getpid()}.json")
-        self.worker = ChildWorker("distill_watchdog.monitor.worker", settings_file)
+        self.worker = ChildWorker(
+            "distill_watchdog.monitor.worker", settings_file, "idle", settings.server.background_cpus
+        )
         self.runs = RunManager(daemon, settings_file)
         daemon.runs = self.runs
         daemon.scheduler = self

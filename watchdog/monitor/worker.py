@@ -8,7 +8,6 @@ stderr. It runs at lower CPU priority so the serving process keeps its latency.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -20,11 +19,7 @@ def main() -> None:
     parser.add_argument("--settings", required=True, help="JSON dump of the daemon's settings")
     args = parser.parse_args()
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    # Lowest CPU priority: the child gets a core only when serving does not want it.
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    with contextlib.suppress(OSError):
-        os.nice(19)
+    # Its CPUs and idle priority are set by the daemon when it starts this process (background.py).
     from ..config import Settings
     from ..registry import Registry
     from ..store import Store

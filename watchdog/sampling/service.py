@@ -112,7 +112,9 @@ class SamplingService:
         """Starts the teacher processes before readiness: the engine imports torch there, not here."""
         from ..teachers.child import TeacherProcesses
 
-        self._processes = TeacherProcesses(self.settings.teachers, self.cfg.concurrency)
+        self._processes = TeacherProcesses(
+            self.settings.teachers, self.cfg.concurrency, self.settings.server.background_cpus
+        )
         try:
             await self._processes.start()
         except Exception:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import func, insert, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from .db import Database
@@ -156,35 +157,61 @@ class SampleStore:
         return self.db.retry("count_samples", op)
 
     def recent_samples(self, limit: int = 1000, include_quarantined: bool = False) -> list[dict[str, Any]]:
-        """Newest first, with teacher outputs; quarantined rows only when asked for."""
+        """Newest first, with teacher outputs; quarantined rows only when asked for.
+
+        Selects columns, not ORM entities: a monitor window is tens of thousands of rows, and
+        building an instance per row was most of a cycle's time.
+        """
+        s, t = Sample.__table__.c, TeacherOutput.__table__.c
 
         def op(session: Session) -> list[dict[str, Any]]:
-            query = select(Sample).order_by(col(Sample.at).desc()).limit(limit)
+            query = sa_select(
+                s.id,
+                s.request_id,
+                s.at,
+                s.features_json,
+                s.student_probs_json,
+                s.student_version,
+                s.slice_json,
+                s.quarantined,
+                s.label,
+            )
             if not include_quarantined:
-                query = query.where(col(Sample.quarantined).is_(False))
-            rows = list(session.exec(query))
-            by_id: dict[str, dict[str, Any]] = {}
-            for row in rows:
-                by_id[row.id] = {
-                    "id": row.id,
-                    "request_id": row.request_id,
-                    "at": row.at,
-                    "features": orjson.loads(row.features_json),
-                    "student_probs": orjson.loads(row.student_probs_json),
-                    "student_version": row.student_version,
-                    "slices": orjson.loads(row.slice_json),
-                    "quarantined": row.quarantined,
-                    "label": row.label,
+                query = query.where(s.quarantined.is_(False))
+            query = query.order_by(s.at.desc()).limit(limit)
+            loads = orjson.loads
+            by_id: dict[str, dict[str, Any]] = {
+                sid: {
+                    "id": sid,
+                    "request_id": rid,
+                    "at": at,
+                    "features": loads(features),
+                    "student_probs": loads(probs),
+                    "student_version": version,
+                    "slices": loads(slices),
+                    "quarantined": bool(quarantined),
+                    "label": label,
                     "teachers": {},
                 }
-            ids = list(by_id)
-            for start in range(0, len(ids), _CHUNK):
-                chunk = ids[start : start + _CHUNK]
-                for out in session.exec(select(TeacherOutput).where(col(TeacherOutput.sample_id).in_(chunk))):
-                    by_id[out.sample_id]["teachers"][out.teacher] = {
-                        "version": out.version,
-                        "quarantined": out.quarantined,
-                        "probs": None if out.probs_json is None else orjson.loads(out.probs_json),
+                for sid, rid, at, features, probs, version, slices, quarantined, label in session.execute(
+                    query
+                ).all()
+            }
+            if not by_id:
+                return []
+            times = [row["at"] for row in by_id.values()]
+            # One join over the window's time range; rows stored since the first read are skipped.
+            outputs = (
+                sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs_json)
+                .join(Sample.__table__, t.sample_id == s.id)
+                .where(s.at >= min(times), s.at <= max(times))
+            )
+            for sid, teacher, version, quarantined, probs in session.execute(outputs).all():
+                if sid in by_id:
+                    by_id[sid]["teachers"][teacher] = {
+                        "version": version,
+                        "quarantined": bool(quarantined),
+                        "probs": None if probs is None else loads(probs),
                     }
             return list(by_id.values())
 

@@ -46,17 +46,15 @@ def _die_with(parent: int) -> None:
         os._exit(0)
 
 
-def _init(configs: list[dict[str, Any]], parent: int) -> None:
+def _init(configs: list[dict[str, Any]], parent: int, cpus: list[int] | None) -> None:
+    from ..background import enter
     from .adapters import build_adapter
 
     _die_with(parent)
-
     # Shadow work yields the CPU to serving: at nice 19 a request that wakes up preempts it at
     # once, and a saturated server leaves it ~1.5% of a core, so the sample queue fills and rows
-    # are dropped and counted, never waited for. Not SCHED_IDLE: these processes hold the store's
-    # write lock while inserting, and a near-zero share would stretch that lock for every writer.
-    with contextlib.suppress(OSError):
-        os.nice(19)
+    # are dropped and counted, never waited for.
+    enter("low", cpus)
 
     for data in configs:
         cfg = TeacherConfig(**data)
@@ -94,15 +92,19 @@ def _predict(name: str, x: np.ndarray) -> Result:
 class TeacherProcesses:
     """`workers` child processes holding every configured teacher's adapter."""
 
-    def __init__(self, teachers: list[TeacherConfig], workers: int) -> None:
+    def __init__(self, teachers: list[TeacherConfig], workers: int, cpus: list[int] | None = None) -> None:
         self.workers = workers
+        self.cpus = cpus
         self._configs = [t.model_dump(mode="json") for t in teachers]
         self.pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # never fork a process with an event loop and threads
         return ProcessPoolExecutor(
-            self.workers, mp_context=context, initializer=_init, initargs=(self._configs, os.getpid())
+            self.workers,
+            mp_context=context,
+            initializer=_init,
+            initargs=(self._configs, os.getpid(), self.cpus),
         )
 
     def pids(self) -> list[int]:

@@ -1,0 +1,76 @@
+"""Where and at what priority the daemon's background processes run, so that serving keeps its latency.
+
+All heavy work (monitor cycles, teacher calls and sample storage, every step of a run) happens
+in child processes at a low CPU priority. Priority alone is not enough on a CPU that serving
+also uses: an idle-priority process still keeps that CPU from ever going idle, and a busy CPU
+wakes the serving threads more slowly than an idle one (on the 2-CPU benchmark machine any
+background hog, even `while True: pass` at SCHED_IDLE, cost serving about 10% throughput and
+raised p99 by half; docs/BENCHMARKS.md). `server.background_cpus` therefore also keeps
+background processes on their own CPUs and the serving process on the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+from .errors import ConfigError
+
+Priority = Literal["idle", "low", "lower"]
+# idle: SCHED_IDLE, runs only on a CPU nothing else wants (monitor cycles, building a job).
+# low: nice 19 (teacher processes: they hold the store's write lock while inserting, and a
+#      near-zero share would stretch that lock for every writer).
+# lower: nice 10 (training and gating: they must finish within their timeouts under load).
+_NICE = {"idle": 19, "low": 19, "lower": 10}
+
+
+def split_cpus(background: Sequence[int] | None) -> tuple[set[int] | None, set[int] | None]:
+    """(serving CPUs, background CPUs) for this process, or (None, None) when nothing is pinned."""
+    if not background or not hasattr(os, "sched_getaffinity"):
+        return None, None
+    allowed = os.sched_getaffinity(0)
+    wanted = set(background)
+    missing = sorted(wanted - allowed)
+    if missing:
+        raise ConfigError(
+            [
+                f"server.background_cpus: CPU {', '.join(map(str, missing))} is not available to "
+                f"this process (it may use {', '.join(map(str, sorted(allowed)))})"
+            ]
+        )
+    serving = allowed - wanted
+    if not serving:
+        raise ConfigError(["server.background_cpus: leaves no CPU for serving; name fewer CPUs"])
+    return serving, wanted
+
+
+def pin_serving(background: Sequence[int] | None) -> set[int] | None:
+    """Pins the serving process to the CPUs that background work does not use; returns them."""
+    serving, _ = split_cpus(background)
+    if serving is not None:
+        os.sched_setaffinity(0, serving)
+    return serving
+
+
+def apply(pid: int, priority: Priority, cpus: Sequence[int] | None = None) -> None:
+    """Moves process `pid` (0: this one) to its CPUs, then lowers its priority.
+
+    The daemon applies it to each child it starts, right after the start, whatever the program
+    (a step of a run, `torchrun`, a cluster launcher's command), rather than in a `preexec_fn`,
+    which is unsafe in a process with threads.
+    """
+    if cpus:
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setaffinity(pid, set(cpus))
+    if priority == "idle":
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, _NICE[priority])
+
+
+def enter(priority: Priority, cpus: Sequence[int] | None = None) -> None:
+    """`apply` to the calling process (a multiprocessing worker's initializer)."""
+    apply(0, priority, cpus)
