@@ -3,10 +3,10 @@
 All heavy work (monitor cycles, teacher calls and sample storage, every step of a run) happens
 in child processes at a low CPU priority. Priority alone is not enough on a CPU that serving
 also uses: an idle-priority process still keeps that CPU from ever going idle, and a busy CPU
-wakes the serving threads more slowly than an idle one (on the 2-CPU benchmark machine any
-background hog, even `while True: pass` at SCHED_IDLE, cost serving about 10% throughput and
-raised p99 by half; docs/BENCHMARKS.md). `server.background_cpus` therefore also keeps
-background processes on their own CPUs and the serving process on the rest.
+wakes the serving threads more slowly than an idle one (on the 2-CPU benchmark machine a bare
+`while True: pass` at SCHED_IDLE raised serving's p99 by half, docs/BENCHMARKS.md).
+`server.background_cpus` therefore also keeps background processes on their own CPUs and the
+serving process on the rest.
 """
 
 from __future__ import annotations
