@@ -19,7 +19,7 @@ def app_from_env() -> object:
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
     pin_serving(settings.server.background_cpus)
     setup_logging(settings.server.log_format)
-    return create_app(settings, components=default_components(settings))
+    return create_app(settings, components=default_components(settings), freeze_gc=True)
 
 
 def default_components(settings: Settings) -> list:
@@ -58,5 +58,5 @@ def serve(settings: Settings, config_path: str | None = None) -> None:
             "distill_watchdog.server:app_from_env", factory=True, workers=settings.server.workers, **common
         )
         return
-    app = create_app(settings, components=default_components(settings))
+    app = create_app(settings, components=default_components(settings), freeze_gc=True)
     uvicorn.Server(uvicorn.Config(app, **common)).run()
