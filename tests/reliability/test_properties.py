@@ -201,7 +201,7 @@ def _service(rate: float, per_slice: dict[str, float] | None = None, bins: list[
 def _offer(service: Any, x: np.ndarray, slice_: dict[str, str] | None, seed: int) -> int:
     service.rng = np.random.default_rng(seed)
     service.offer(_Request(x, slice_, [str(i) for i in range(len(x))]), np.full((len(x), 2), 0.5), "v1")
-    return service.queue.qsize()
+    return len(service.waiting)
 
 
 def _within_binomial(k: int, n: int, p: float) -> bool:
@@ -256,7 +256,7 @@ def test_feature_bin_rates_apply_per_row(base: float, low: float, high: float, n
     rates = service.rules.rates(x, None)
     assert np.all(rates[: n // 2] == low) and np.all(rates[n // 2 :] == high)
     _offer(service, x, None, seed)
-    sampled = [service.queue.get_nowait()[1] for _ in range(service.queue.qsize())]
+    sampled = [int(i) for i in service.waiting.ids()]  # the test's ids are the row indexes
     k_low = sum(1 for i in sampled if i < n // 2)
     assert _within_binomial(k_low, n // 2, low), (k_low, n // 2, low)
     assert _within_binomial(len(sampled) - k_low, n - n // 2, high), (len(sampled) - k_low, high)

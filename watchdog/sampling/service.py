@@ -1,10 +1,10 @@
 """Shadow traffic: `offer` on the request path, a teacher worker off it.
 
 `offer` is called by `/v1/predict` after the student answered. It costs one random draw per
-row and a `put_nowait` per sampled row; it never awaits, never raises, and when the queue is
-full the row is dropped and counted. Worker tasks drain the queue in batches, ask every
-teacher (guarded: see teachers/guard.py), apply version pinning, and bulk-write the rows in
-a thread.
+row and, per sampled row, an append to the waiting rows' columns (waiting.py); it never
+awaits, never raises, and when the buffer is full the row is dropped and counted. Worker
+tasks take batches, ask every teacher (guarded: see teachers/guard.py), apply version
+pinning, and hand the rows to a teacher process for the bulk write.
 """
 
 from __future__ import annotations
@@ -24,14 +24,13 @@ from ..config import Settings, TeacherConfig
 from ..store import SampleBatch, TeacherColumn
 from ..teachers import CallFailed, GuardedTeacher, Pins, TeacherState
 from .slices import SliceRules
+from .waiting import Rows, WaitingRows
 
 if TYPE_CHECKING:
     from ..app import Daemon
 
 log = logging.getLogger(__name__)
 
-# (request, row index, student probs [N, C], student version, time offered)
-Item = tuple[Any, int, np.ndarray, str, float]
 _OUTCOMES = ("stored", "dropped", "quarantined", "teacher_error")
 FLUSH_ROWS = 2000  # write at once past this many answered rows, whatever the flush interval
 MIN_EVAL_ROWS = 10  # fewest rows worth re-evaluating on when a change comes before the set is full
@@ -43,7 +42,7 @@ class SamplingService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.cfg = settings.sampling
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(self.cfg.queue_size)
+        self.waiting = WaitingRows(self.cfg.queue_size)
         self.rules = SliceRules(settings.slices, self.cfg)
         self.draw = random.Random().random
         self.teachers: dict[str, GuardedTeacher] = {}
@@ -84,12 +83,14 @@ class SamplingService:
             if not hits or not self.running or (self.pins is not None and self.pins.paused):
                 return
             now = time.time()
+            rules, waiting = self.rules, self.waiting
             for i in hits:
-                try:
-                    self.queue.put_nowait((request, i, probs, version, now))
-                except asyncio.QueueFull:
+                row = x[i]
+                if not waiting.add(
+                    row, probs[i], request.ids[i], now, version, rules.row_slices(row, request.slice)
+                ):
                     self._outcome["dropped"].inc()
-            metrics.sample_queue_depth.set(self.queue.qsize())
+            metrics.sample_queue_depth.set(len(waiting))
         except Exception:
             metrics.sampler_errors_total.labels(stage="offer").inc()
             log.exception("sampling: offer failed (request unaffected)")
@@ -141,7 +142,7 @@ class SamplingService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._flush()  # rows already answered are written, not lost
-        left = self.queue.qsize()
+        left = len(self.waiting)
         if left:
             self._outcome["dropped"].inc(left)
             log.warning("sampling: %d queued rows dropped at shutdown", left)
@@ -157,16 +158,14 @@ class SamplingService:
 
     async def _work(self) -> None:
         while True:
-            batch = [await self.queue.get()]
-            if self.queue.qsize() < self.cfg.batch_size:
+            await self.waiting.wait()
+            if len(self.waiting) < self.cfg.batch_size:
                 # Let a batch gather: per-call and per-commit costs dominate small batches.
                 await asyncio.sleep(self.cfg.batch_wait_s)
-            while len(batch) < self.cfg.batch_size:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except asyncio.QueueEmpty:
-                    break
-            metrics.sample_queue_depth.set(self.queue.qsize())
+            batch = self.waiting.take(self.cfg.batch_size)
+            if batch is None:  # the other worker took them
+                continue
+            metrics.sample_queue_depth.set(len(self.waiting))
             try:
                 await self.process(batch)
             except asyncio.CancelledError:
@@ -225,13 +224,15 @@ class SamplingService:
         labels = {f"{k}={v}" for k, v in slices.items()}
         return bool(labels.intersection(tcfg.slices))
 
-    async def process(self, batch: list[Item]) -> None:
+    async def process(self, batch: Rows) -> None:
         assert self.pins is not None and self.daemon is not None
-        x = np.stack([req.x[i] for req, i, _, _, _ in batch])
-        slices = [self.rules.row_slices(req.x[i], req.slice) for req, i, _, _, _ in batch]
+        x, slices = batch.x, batch.slices
         columns: dict[str, TeacherColumn] = {}
         for name, teacher in self.teachers.items():
-            rows = [j for j, sl in enumerate(slices) if self._applies(teacher.cfg, sl)]
+            if teacher.cfg.slices:
+                rows = [j for j, sl in enumerate(slices) if self._applies(teacher.cfg, sl)]
+            else:
+                rows = list(range(len(x)))
             if not rows:
                 continue
             try:
@@ -245,11 +246,11 @@ class SamplingService:
                 self._spawn(self.reevaluate(name, answer.version))
         self._pending.append(
             SampleBatch(
-                request_ids=[req.ids[i] for req, i, _, _, _ in batch],
-                at=[at for _, _, _, _, at in batch],
+                request_ids=batch.ids,
+                at=batch.at,
                 features=x,
-                student_probs=np.stack([probs[i] for _, i, probs, _, _ in batch]),
-                student_versions=[version for _, _, _, version, _ in batch],
+                student_probs=batch.probs,
+                student_versions=batch.versions,
                 slices=slices,
                 teachers=columns,
             )
