@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from typing import Literal
 
+from .config import ServerConfig
 from .errors import ConfigError
 
 Priority = Literal["idle", "low", "lower"]
@@ -27,11 +28,23 @@ _NICE = {"idle": 19, "low": 19, "lower": 10}
 
 
 def split_cpus(background: Sequence[int] | None) -> tuple[set[int] | None, set[int] | None]:
-    """(serving CPUs, background CPUs) for this process, or (None, None) when nothing is pinned."""
+    """(serving CPUs, background CPUs) for this process, or (None, None) when nothing is pinned.
+
+    A negative entry counts from the end of the CPUs this process may use (-1: the last one),
+    for containers whose CPU numbers are not known in advance (a Kubernetes static CPU policy).
+    """
     if not background or not hasattr(os, "sched_getaffinity"):
         return None, None
     allowed = os.sched_getaffinity(0)
-    wanted = set(background)
+    ordered = sorted(allowed)
+    if any(c < -len(ordered) for c in background):
+        raise ConfigError(
+            [
+                f"server.background_cpus: this process may use {len(ordered)} CPUs; "
+                f"{min(background)} is out of range"
+            ]
+        )
+    wanted = {ordered[c] if c < 0 else c for c in background}
     missing = sorted(wanted - allowed)
     if missing:
         raise ConfigError(
@@ -46,11 +59,16 @@ def split_cpus(background: Sequence[int] | None) -> tuple[set[int] | None, set[i
     return serving, wanted
 
 
-def pin_serving(background: Sequence[int] | None) -> set[int] | None:
-    """Pins the serving process to the CPUs that background work does not use; returns them."""
-    serving, _ = split_cpus(background)
-    if serving is not None:
+def pin_serving(server: ServerConfig) -> set[int] | None:
+    """Pins the serving process to the CPUs background work does not use; returns them.
+
+    `server.background_cpus` is rewritten as CPU numbers, which the child processes started
+    later are given: relative entries would mean something else once serving is pinned.
+    """
+    serving, background = split_cpus(server.background_cpus)
+    if serving is not None and background is not None:
         os.sched_setaffinity(0, serving)
+        server.background_cpus = sorted(background)
     return serving
 
 

@@ -59,8 +59,9 @@ class ServerConfig(Section):
     # loop once it asks for it back (Python's default is 5 ms, which shows up as tail latency).
     gil_switch_interval_ms: Positive = 0.5
     # CPUs for the background processes (monitor, teachers, runs); serving gets the others.
+    # Negative entries count from the end of the CPUs the process may use (-1: the last).
     # Unset: no pinning, background work only runs at a lower priority (watchdog/background.py).
-    background_cpus: list[Annotated[int, _within(0)]] | None = None
+    background_cpus: list[int] | None = None
 
 
 class StoreConfig(Section):

@@ -17,7 +17,7 @@ def app_from_env() -> object:
     """Factory for uvicorn workers (server.workers > 1): each process reads the same config."""
     settings = load_settings(os.environ.get(CONFIG_ENV))
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
-    pin_serving(settings.server.background_cpus)
+    pin_serving(settings.server)
     setup_logging(settings.server.log_format)
     return create_app(settings, components=default_components(settings), freeze_gc=True)
 
@@ -38,7 +38,7 @@ def default_components(settings: Settings) -> list:
 def serve(settings: Settings, config_path: str | None = None) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
-    pin_serving(settings.server.background_cpus)  # before the model loads: its thread count follows
+    pin_serving(settings.server)  # before the model loads: its thread count follows
     setup_logging(settings.server.log_format)
     common = dict(
         host=settings.server.host,

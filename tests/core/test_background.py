@@ -27,15 +27,23 @@ def test_cpus_that_are_not_available_or_leave_none_for_serving_are_refused() -> 
         background.split_cpus([4096])
     with pytest.raises(ConfigError, match="leaves no CPU for serving"):
         background.split_cpus(CPUS)
+    with pytest.raises(ConfigError, match=rf"may use {len(CPUS)} CPUs; -4096 is out of range"):
+        background.split_cpus([-4096])
     assert background.split_cpus(None) == (None, None)
 
 
 @needs_two
+def test_a_negative_entry_counts_from_the_last_cpu_the_process_may_use() -> None:
+    assert background.split_cpus([-1]) == (set(CPUS[:-1]), {CPUS[-1]})
+
+
+@needs_two
 def test_serving_is_pinned_to_the_cpus_background_work_does_not_use() -> None:
-    code = f"import os; from distill_watchdog.background import pin_serving; pin_serving([{CPUS[-1]}]); "
-    code += "print(sorted(os.sched_getaffinity(0)))"
+    code = "import os; from distill_watchdog.background import pin_serving; "
+    code += "from distill_watchdog.config import ServerConfig; s = ServerConfig(background_cpus=[-1]); "
+    code += "pin_serving(s); print(sorted(os.sched_getaffinity(0)), s.background_cpus)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == str(CPUS[:-1])
+    assert out.strip() == f"{CPUS[:-1]} {[CPUS[-1]]}"  # children are given CPU numbers
 
 
 def _state(pid: int) -> tuple[set[int], int, int]:
@@ -74,3 +82,17 @@ def test_monitor_child_runs_on_the_background_cpus_at_idle_priority(tmp_path: Pa
             await worker.close()
 
     assert asyncio.run(scenario()) == ({CPUS[-1]}, os.SCHED_IDLE, 19)
+
+
+def test_serve_refuses_unusable_background_cpus_with_one_line_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "w.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nserver:\n  background_cpus: [4096]\n")
+    cli = Path(sys.executable).parent / "distill-watchdog"
+    out = subprocess.run(
+        [str(cli), "serve", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"server.background_cpus: CPU 4096 is not available to this process (it may use "
+        f"{', '.join(map(str, CPUS))})"
+    ]
