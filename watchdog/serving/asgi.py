@@ -22,7 +22,13 @@ def header(scope: Scope, name: bytes) -> bytes | None:
 
 async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
     """The whole body, or BadRequest(413) as soon as it is known to exceed `limit`."""
-    declared = header(scope, b"content-length")
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")  # the usual case: all of it in one message
+        if len(body) > limit:
+            raise BadRequest(413, f"body: {len(body)} bytes exceeds the limit of {limit}")
+        return body
+    declared = header(scope, b"content-length")  # more to come: refuse before reading it
     if declared is not None:
         try:
             if int(declared) > limit:
@@ -32,7 +38,6 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ConnectionAbortedError("client went away")
         chunk = message.get("body", b"")
@@ -43,7 +48,8 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        message = await receive()
+    return b"".join(chunks)
 
 
 async def send_bytes(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -58,7 +64,16 @@ async def send_bytes(send: Any, status: int, body: bytes, headers: list[tuple[by
 
 
 async def send_json(send: Any, status: int, payload: Any) -> None:
-    await send_bytes(send, status, orjson.dumps(payload, option=_JSON_OPTS), JSON_HEADERS)
+    """`send_bytes` inlined: one coroutine frame less on every answer of the hot routes."""
+    body = orjson.dumps(payload, option=_JSON_OPTS)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def send_error(send: Any, status: int, message: str) -> None:
