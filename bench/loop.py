@@ -175,7 +175,8 @@ def latency_during_cycles(
         spinner = None
         if control:
             os.kill(monitor, signal.SIGSTOP)
-            spinner = subprocess.Popen(["chrt", "-i", "0", sys.executable, "-c", "while True: pass"])
+            where = ["taskset", "-c", ",".join(map(str, background_cpus))] if background_cpus else []
+            spinner = subprocess.Popen([*where, "chrt", "-i", "0", sys.executable, "-c", "while True: pass"])
             monitor = spinner.pid
         try:
             for _ in range(pairs):
@@ -250,6 +251,11 @@ def main() -> None:
     if LOAD_CPUS:
         layouts[f"`background_cpus: {LOAD_CPUS}`"] = (LOAD_CPUS, False)
     layouts["control, no `background_cpus`: idle-priority busy loop instead of cycles"] = (None, True)
+    if LOAD_CPUS:
+        layouts[f"control, `background_cpus: {LOAD_CPUS}`: the busy loop on CPU {LOAD_CPUS}"] = (
+            LOAD_CPUS,
+            True,
+        )
     cycle: tuple[float, int] | None = None
     for label, (cpus, control) in layouts.items():
         with tempfile.TemporaryDirectory(prefix="wd-cycle-") as tmp:
@@ -276,8 +282,10 @@ def main() -> None:
         -3 * len(layouts), f"| monitor cycle wall time, {cycle[1]:,}-row window | {cycle[0]:.1f} s | |"
     )
     notes.append(
-        "Control: `chrt -i 0 python -c 'while True: pass'` toggled like the monitor (which stays stopped): "
-        "what any background CPU use costs serving on a CPU it shares, whatever the work."
+        "Control: `chrt -i 0 python -c 'while True: pass'` toggled like the monitor (which stays stopped), "
+        "on any CPU or on the background CPU: what any background CPU use costs, whatever the work. "
+        "With `background_cpus` that CPU is also wrk's, so what remains there is mostly the load "
+        "generator's own slowdown, which a client on another machine would not see."
     )
     notes.append(
         f"Latency: wrk -c8, {args.pairs} pairs of {args.seconds}-s windows alternating the monitor process "

@@ -67,7 +67,10 @@ def pin_serving(server: ServerConfig) -> set[int] | None:
     """
     serving, background = split_cpus(server.background_cpus)
     if serving is not None and background is not None:
-        os.sched_setaffinity(0, serving)
+        # Every thread: a CPU mask is per thread on Linux, and some start with the interpreter.
+        for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), serving)
         server.background_cpus = sorted(background)
     return serving
 
