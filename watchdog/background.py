@@ -4,7 +4,7 @@ All heavy work (monitor cycles, teacher calls and sample storage, every step of 
 in child processes at a low CPU priority. Priority alone is not enough on a CPU that serving
 also uses: an idle-priority process still keeps that CPU from ever going idle, and a busy CPU
 wakes the serving threads more slowly than an idle one (on the 2-CPU benchmark machine a bare
-`while True: pass` at SCHED_IDLE raised serving's p99 by half, docs/BENCHMARKS.md).
+`while True: pass` at SCHED_IDLE made serving's p99 1.5 to 2.4 times higher, docs/BENCHMARKS.md).
 `server.background_cpus` therefore also keeps background processes on their own CPUs and the
 serving process on the rest.
 """
@@ -19,12 +19,12 @@ from typing import Literal
 from .config import ServerConfig
 from .errors import ConfigError
 
-Priority = Literal["idle", "low", "lower"]
+Priority = Literal["idle", "low", "reduced"]
 # idle: SCHED_IDLE, runs only on a CPU nothing else wants (monitor cycles, building a job).
 # low: nice 19 (teacher processes: they hold the store's write lock while inserting, and a
 #      near-zero share would stretch that lock for every writer).
-# lower: nice 10 (training and gating: they must finish within their timeouts under load).
-_NICE = {"idle": 19, "low": 19, "lower": 10}
+# reduced: nice 10 (training and gating: they must finish within their timeouts under load).
+_NICE = {"idle": 19, "low": 19, "reduced": 10}
 
 
 def split_cpus(background: Sequence[int] | None) -> tuple[set[int] | None, set[int] | None]:

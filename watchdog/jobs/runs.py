@@ -196,7 +196,7 @@ class RunManager:
         argv = launch_argv(self.settings, run_dir / "job.yaml", out, run_id)
         await self._db(self.daemon.store.update_run, run_id, detail={"argv": argv})
         await self._spawn(
-            run_id, argv, run_dir / "train.log", self.settings.distill.timeout_s, "training", "lower"
+            run_id, argv, run_dir / "train.log", self.settings.distill.timeout_s, "training", "reduced"
         )
         for name in ("student.onnx", "card.json", "result.json"):
             if not (out / name).exists():
@@ -212,7 +212,7 @@ class RunManager:
             "--run",
             run_id,
         ]
-        await self._spawn(run_id, argv, run_dir / "finish.log", FINISH_TIMEOUT_S, "gates", "lower")
+        await self._spawn(run_id, argv, run_dir / "finish.log", FINISH_TIMEOUT_S, "gates", "reduced")
 
     async def _decide(self, run_id: str, run_dir: Path) -> None:
         store, registry = self.daemon.store, self.daemon.registry
