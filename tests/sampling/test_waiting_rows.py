@@ -11,7 +11,7 @@ from distill_watchdog.sampling.waiting import WaitingRows
 
 def _add(rows: WaitingRows, k: int) -> bool:
     x = np.full(3, k, dtype=np.float32)
-    return rows.add(x, np.full(2, k / 10), f"r{k}", float(k), f"v{k % 2}", {"sensor": str(k)})
+    return rows.add(x, np.full(2, k / 10), f"r{k}", float(k), f"v{k % 2}", {"sensor": str(k)} if k else None)
 
 
 def test_rows_come_out_oldest_first_as_columns_and_a_full_buffer_refuses() -> None:
@@ -24,8 +24,8 @@ def test_rows_come_out_oldest_first_as_columns_and_a_full_buffer_refuses() -> No
     np.testing.assert_array_equal(first.x[:, 0], [0, 1, 2])
     assert first.x.dtype == np.float32 and first.probs.shape == (3, 2)
     assert first.ids == ["r0", "r1", "r2"] and first.at == [0.0, 1.0, 2.0]
-    assert first.versions == ["v0", "v1", "v0"] and first.slices[2] == {"sensor": "2"}
-    assert _add(rows, 6) and rows.ids() == ["r3", "r4", "r6"]
+    assert first.versions == ["v0", "v1", "v0"] and first.given == [None, {"sensor": "1"}, {"sensor": "2"}]
+    assert _add(rows, 6) and len(rows) == 3
     rest = rows.take(10)
     assert rest is not None and rest.ids == ["r3", "r4", "r6"] and len(rows) == 0
 

@@ -83,12 +83,9 @@ class SamplingService:
             if not hits or not self.running or (self.pins is not None and self.pins.paused):
                 return
             now = time.time()
-            rules, waiting = self.rules, self.waiting
+            waiting = self.waiting
             for i in hits:
-                row = x[i]
-                if not waiting.add(
-                    row, probs[i], request.ids[i], now, version, rules.row_slices(row, request.slice)
-                ):
+                if not waiting.add(x[i], probs[i], request.ids[i], now, version, request.slice):
                     self._outcome["dropped"].inc()
             metrics.sample_queue_depth.set(len(waiting))
         except Exception:
@@ -226,7 +223,8 @@ class SamplingService:
 
     async def process(self, batch: Rows) -> None:
         assert self.pins is not None and self.daemon is not None
-        x, slices = batch.x, batch.slices
+        x = batch.x
+        slices = [self.rules.row_slices(x[j], given) for j, given in enumerate(batch.given)]
         columns: dict[str, TeacherColumn] = {}
         for name, teacher in self.teachers.items():
             if teacher.cfg.slices:

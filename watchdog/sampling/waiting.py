@@ -1,8 +1,9 @@
 """Sampled rows waiting for a teacher batch, kept as columns from the moment they are offered.
 
-Each part of a row (features, student probabilities, id, time, version, slice labels) is
-appended to its column when the row is sampled, about a microsecond on the request that
-sampled it. A batch is then a few list slices and two `np.stack` calls. Building it row by row
+Each part of a row (features, student probabilities, id, time, version, the request's own
+slice) is appended to its column when the row is sampled, about a microsecond on the request
+that sampled it; everything derived from them (slice labels from binning rules) is left to
+the worker. A batch is then a few list slices and two `np.stack` calls. Building it row by row
 from queued tuples took a millisecond or more of event-loop time at once for 256 rows, several
 times a second, and that showed in p99 under load.
 """
@@ -22,7 +23,7 @@ class Rows:
     ids: list[str]
     at: list[float]
     versions: list[str]
-    slices: list[dict[str, str]]
+    given: list[dict[str, str] | None]  # the request's `slice` object, as sent
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -38,14 +39,20 @@ class WaitingRows:
         self._ids: list[str] = []
         self._at: list[float] = []
         self._versions: list[str] = []
-        self._slices: list[dict[str, str]] = []
+        self._given: list[dict[str, str] | None] = []
         self._ready = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._ids)
 
     def add(
-        self, x: np.ndarray, probs: np.ndarray, row_id: str, at: float, version: str, slices: dict[str, str]
+        self,
+        x: np.ndarray,
+        probs: np.ndarray,
+        row_id: str,
+        at: float,
+        version: str,
+        given: dict[str, str] | None,
     ) -> bool:
         if len(self._ids) >= self.capacity:
             return False
@@ -54,7 +61,7 @@ class WaitingRows:
         self._ids.append(row_id)
         self._at.append(at)
         self._versions.append(version)
-        self._slices.append(slices)
+        self._given.append(given)
         self._ready.set()
         return True
 
@@ -72,14 +79,10 @@ class WaitingRows:
             ids=self._ids[:n],
             at=self._at[:n],
             versions=self._versions[:n],
-            slices=self._slices[:n],
+            given=self._given[:n],
         )
-        for column in (self._x, self._probs, self._ids, self._at, self._versions, self._slices):
+        for column in (self._x, self._probs, self._ids, self._at, self._versions, self._given):
             del column[:n]
         if not self._ids:
             self._ready.clear()
         return rows
-
-    def ids(self) -> list[str]:
-        """Ids of the waiting rows, oldest first (for tests and diagnostics)."""
-        return list(self._ids)
