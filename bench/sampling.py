@@ -25,6 +25,7 @@ import common
 import httpx
 import numpy as np
 from common import (
+    LOAD_CPUS,
     ROOT,
     VENV_BIN,
     Child,
@@ -41,8 +42,9 @@ OUTCOMES = ("stored", "dropped", "quarantined", "teacher_error")
 
 
 def wrk(url: str, body: bytes, connections: int, seconds: int) -> Load:
-    """wrk with this script's own Lua file and body (bench/out/post.lua is shared with other scripts)."""
-    return common.wrk(url, body, connections, seconds, workdir=OUT)
+    """wrk with this script's own Lua file and body (bench/out/post.lua is shared with other scripts),
+    on the CPU that serving does not use."""
+    return common.wrk(url, body, connections, seconds, workdir=OUT, cpus=LOAD_CPUS)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -83,7 +85,9 @@ def drain(url: str, timeout: float = 30.0) -> dict[str, float]:
 def daemon_config(mode: str, port: int, model: Path, card: Path, teacher_url: str) -> Path:
     data: dict = {
         "data_dir": str(OUT / f"data-{mode}-{port}"),
-        "server": {"port": port, "log_format": "json"},
+        # Serving keeps its own CPU; shadow work, like the load generator, gets the other one (the
+        # layout deploy.md recommends). Both modes, so that only sampling differs.
+        "server": {"port": port, "log_format": "json", "background_cpus": LOAD_CPUS or None},
         "student": {"model": str(model), "card": str(card)},
         "sampling": {"rate": 0.0},
     }
@@ -118,9 +122,11 @@ def main() -> None:
                     "--port", str(teacher_port), "--delay", str(args.delay)]  # fmt: skip
 
     load_before = os.getloadavg()[0]
+    serving_cpus = sorted(set(os.sched_getaffinity(0)) - set(LOAD_CPUS))
     runs: dict[str, list[tuple[Load, float]]] = {"off": [], "on": []}
     fates: list[dict[str, float]] = []
-    with Child(teacher_argv, teacher_port) as teacher:
+    # The teacher stands in for a remote service: it runs beside the load generator, off serving's CPU.
+    with Child(teacher_argv, teacher_port, cpus=LOAD_CPUS) as teacher:
         for round_ in range(args.rounds):
             for mode in ("off", "on"):
                 port = free_port()
@@ -172,8 +178,9 @@ def main() -> None:
     notes = (f"Best of {args.rounds} interleaved off/on pairs, {args.seconds} s each after a 3 s unmeasured "
              f"warm-up, wrk -t1 -c32, one row per request. CPU µs/request counts the daemon and its teacher "
              f"processes. Load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work "
-             f"shares this machine). Not pinned: the daemon's teacher and storage processes use what CPU "
-             f"serving leaves idle, as on a host with more than one core. Every run: {each}.")  # fmt: skip
+             f"shares this machine). Layout: serving on CPU {serving_cpus}, "
+             f"and on CPU {LOAD_CPUS} wrk, the stand-in teacher and the daemon's shadow work "
+             f"(`server.background_cpus: {LOAD_CPUS}`, in both modes). Every run: {each}.")  # fmt: skip
     table = "\n".join(lines)
     print(table)
     print(notes)

@@ -1,10 +1,12 @@
-"""Columnar sample batches expand to the same rows, outcomes and quarantine flags as before."""
+"""Columnar sample batches expand to the insert rows, outcomes and quarantine flags they stand for."""
 
 from __future__ import annotations
 
 import pickle
 
 import numpy as np
+import orjson
+import pytest
 
 from distill_watchdog.store import SampleBatch, TeacherColumn
 
@@ -27,20 +29,22 @@ def _batch() -> SampleBatch:
     )
 
 
-def test_outcomes_and_records_follow_the_settled_quarantine():
+def test_outcomes_and_rows_follow_the_settled_quarantine():
     batch = _batch()
     assert batch.outcomes() == {"quarantined": 0, "stored": 4, "teacher_error": 0}
     batch.teachers["big"].quarantined = True  # settled: v2 is not trusted
     assert batch.outcomes() == {"quarantined": 4, "stored": 0, "teacher_error": 0}
-    records = pickle.loads(pickle.dumps(batch)).records()  # as the writing process sees it
-    assert [r.request_id for r in records] == ["r0", "r1", "r2", "r3"]
-    assert len({r.id for r in records}) == 4
-    assert all(r.quarantined for r in records)
-    assert records[0].teachers["expert"] == ("", None, False)  # a failure is never quarantined
-    assert "expert" not in records[1].teachers
-    np.testing.assert_array_equal(records[1].teachers["big"][1], [0.0, 1.0])
-    np.testing.assert_array_equal(records[2].features, batch.features[2])
-    assert records[2].student_version == "s2" and records[2].slices == {"sensor": "b"}
+    samples, outputs = pickle.loads(pickle.dumps(batch)).rows()  # as the writing process sees it
+    ids = [row[0] for row in samples]
+    assert [row[1] for row in samples] == ["r0", "r1", "r2", "r3"]
+    assert len(set(ids)) == 4 and all(len(i) == 32 for i in ids)
+    assert all(row[7] is True for row in samples)  # every row has a quarantined answer
+    by_row = {(sample_id, teacher): rest for sample_id, teacher, *rest in outputs}
+    assert by_row[ids[0], "expert"] == ["", None, False]  # a failure is never quarantined
+    assert (ids[1], "expert") not in by_row
+    assert by_row[ids[1], "big"] == ["v2", "[0.0,1.0]", True]
+    assert orjson.loads(samples[2][3]) == pytest.approx(batch.features[2].tolist())
+    assert samples[2][5] == "s2" and orjson.loads(samples[2][6]) == {"sensor": "b"}
 
 
 def test_rows_no_teacher_answered_are_teacher_errors():

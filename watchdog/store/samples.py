@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -81,26 +81,39 @@ class SampleBatch:
             "teacher_error": len(self) - len(quarantined) - len(answered),
         }
 
-    def records(self) -> list[SampleRecord]:
-        outputs: list[dict[str, tuple[str, Any, bool]]] = [{} for _ in range(len(self))]
+    def rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The insert tuples of both tables, built straight from the columns (no object per row)."""
+        n = len(self)
+        quarantined = [False] * n
+        outputs: list[tuple[Any, ...]] = []
+        ids = _new_ids(n)
         for name, column in self.teachers.items():
+            flag = column.quarantined and column.probs is not None
             for k, j in enumerate(column.rows):
-                probs = None if column.probs is None else column.probs[k]
-                outputs[j][name] = (column.version, probs, column.quarantined and probs is not None)
-        return [
-            SampleRecord(
-                id=uuid.uuid4().hex,
-                request_id=self.request_ids[j],
-                at=self.at[j],
-                features=self.features[j],
-                student_probs=self.student_probs[j],
-                student_version=self.student_versions[j],
-                slices=self.slices[j],
-                quarantined=any(q for _, _, q in outputs[j].values()),
-                teachers=outputs[j],
+                probs = None if column.probs is None else dumps(column.probs[k])
+                outputs.append((ids[j], name, column.version, probs, flag))
+                if flag:
+                    quarantined[j] = True
+        samples = [
+            (
+                ids[j],
+                self.request_ids[j],
+                self.at[j],
+                dumps(self.features[j]),
+                dumps(self.student_probs[j]),
+                self.student_versions[j],
+                dumps(self.slices[j]),
+                quarantined[j],
             )
-            for j in range(len(self))
+            for j in range(n)
         ]
+        return samples, outputs
+
+
+def _new_ids(n: int) -> list[str]:
+    """`n` random 32-hex-digit ids (what uuid4().hex gives, without an object per id)."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 class SampleStore:
@@ -109,40 +122,57 @@ class SampleStore:
     # --- samples ------------------------------------------------------------------------------
 
     def add_samples(self, records: list[SampleRecord]) -> int:
-        """Bulk insert (two executemany statements in one transaction)."""
-        if not records:
-            return 0
+        """Bulk insert of rows built one by one (tests, imports); see `add_sample_batches`."""
         samples = [
-            {
-                "id": r.id,
-                "request_id": r.request_id,
-                "at": r.at,
-                "features_json": dumps(r.features),
-                "student_probs_json": dumps(r.student_probs),
-                "student_version": r.student_version,
-                "slice_json": dumps(r.slices),
-                "quarantined": r.quarantined,
-                "label": None,
-                "labelled_at": None,
-            }
+            (
+                r.id,
+                r.request_id,
+                r.at,
+                dumps(r.features),
+                dumps(r.student_probs),
+                r.student_version,
+                dumps(r.slices),
+                r.quarantined,
+            )
             for r in records
         ]
         outputs = [
-            {
-                "sample_id": r.id,
-                "teacher": name,
-                "version": version,
-                "probs_json": None if probs is None else dumps(probs),
-                "quarantined": quarantined,
-            }
+            (r.id, name, version, None if probs is None else dumps(probs), quarantined)
             for r in records
             for name, (version, probs, quarantined) in r.teachers.items()
         ]
+        return self._insert_samples(samples, outputs)
+
+    def add_sample_batches(self, batches: list[SampleBatch]) -> int:
+        """Bulk insert of what the sampling worker gathered, in one transaction."""
+        samples: list[tuple[Any, ...]] = []
+        outputs: list[tuple[Any, ...]] = []
+        for batch in batches:
+            rows, answers = batch.rows()
+            samples += rows
+            outputs += answers
+        return self._insert_samples(samples, outputs)
+
+    def _insert_samples(self, samples: list[tuple[Any, ...]], outputs: list[tuple[Any, ...]]) -> int:
+        """Two executemany statements through the driver itself: SQLAlchemy's per-row parameter
+        processing was most of the cost of storing a sampled row (18 of 22 µs on SQLite)."""
+        if not samples:
+            return 0
+        mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
+        insert_samples = (
+            "INSERT INTO samples (id, request_id, at, features_json, student_probs_json, "
+            f"student_version, slice_json, quarantined) VALUES ({', '.join([mark] * 8)})"
+        )
+        insert_outputs = (
+            "INSERT INTO teacher_outputs (sample_id, teacher, version, probs_json, quarantined) "
+            f"VALUES ({', '.join([mark] * 5)})"
+        )
 
         def op(session: Session) -> int:
-            session.execute(insert(Sample.__table__), samples)
+            connection = session.connection()
+            connection.exec_driver_sql(insert_samples, samples)
             if outputs:
-                session.execute(insert(TeacherOutput.__table__), outputs)
+                connection.exec_driver_sql(insert_outputs, outputs)
             return len(samples)
 
         return self.db.retry("add_samples", op)

@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ Result = tuple[str, Any, Any]  # ("ok", probs, version) | ("fail", outcome, mess
 log = logging.getLogger(__name__)
 _adapters: dict[str, Any] = {}
 _stores: dict[str, Any] = {}
+_writer: ThreadPoolExecutor | None = None  # the child's insert thread (see _init)
 
 
 def _die_with(parent: int) -> None:
@@ -50,11 +51,19 @@ def _init(configs: list[dict[str, Any]], parent: int, cpus: list[int] | None) ->
     from ..background import enter
     from .adapters import build_adapter
 
+    global _writer
     _die_with(parent)
-    # Shadow work yields the CPU to serving: at nice 19 a request that wakes up preempts it at
-    # once, and a saturated server leaves it ~1.5% of a core, so the sample queue fills and rows
-    # are dropped and counted, never waited for.
+    # Inserts run on their own thread at nice 19: they hold the store's write lock, and a
+    # near-zero CPU share would stretch that lock for every other writer.
     enter("low", cpus)
+    _writer = ThreadPoolExecutor(1, thread_name_prefix="store")
+    _writer.submit(int).result()  # its thread starts now, before this one drops to idle below
+    # Teacher calls (encoding, decoding, local models) run at SCHED_IDLE. At nice 19 they still
+    # held a CPU for a few ms after serving or the load's wake-up wanted it back (EEVDF does not
+    # preempt at once for a low-weight task), which doubled serving's p99; an idle-policy task is
+    # preempted on every wake-up. A saturated machine leaves them almost nothing, so the sample
+    # buffer fills and rows are dropped and counted, never waited for.
+    enter("idle", cpus)
 
     for data in configs:
         cfg = TeacherConfig(**data)
@@ -67,13 +76,19 @@ def _ping() -> int:
 
 def _store_rows(url: str, batches: list[Any]) -> str | None:
     """Bulk insert of `SampleBatch`es from the child (one engine per child); an error comes back as text."""
+    if _writer is not None:
+        return _writer.submit(_insert, url, batches).result()
+    return _insert(url, batches)
+
+
+def _insert(url: str, batches: list[Any]) -> str | None:
     from ..store import Store
 
     try:
         store = _stores.get(url)
         if store is None:
             store = _stores[url] = Store(url, create=False)
-        store.add_samples([record for batch in batches for record in batch.records()])
+        store.add_sample_batches(batches)
         return None
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"[:300]
