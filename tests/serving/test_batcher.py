@@ -42,9 +42,10 @@ def test_concurrent_requests_share_runs_and_get_their_own_rows(model):
         results = await asyncio.gather(*(batcher.predict(x) for x in inputs))
         runs, rows = _batch_stats()
         await batcher.stop()
-        for x, (probs, version) in zip(inputs, results, strict=True):
+        for x, (probs, predictions, version) in zip(inputs, results, strict=True):
             assert version == "v1"
             np.testing.assert_allclose(probs, softmax(mlp_reference(x, mlp_weights(40, 10))), atol=1e-5)
+            assert predictions == probs.argmax(axis=1).tolist()  # each request's own rows of the batch
         assert rows - rows_before == sum(len(x) for x in inputs)
         assert runs - runs_before < len(inputs) / 4  # shared runs
         assert (rows - rows_before) / (runs - runs_before) <= 32 + 3
@@ -57,7 +58,7 @@ def test_oversized_single_request_runs_alone(model):
         batcher = MicroBatcher(lambda: model, max_batch_size=4, max_batch_delay_ms=0)
         batcher.start()
         x = np.zeros((10, 40), dtype=np.float32)
-        probs, _ = await batcher.predict(x)
+        probs, _, _ = await batcher.predict(x)
         await batcher.stop()
         assert probs.shape == (10, 10)
 

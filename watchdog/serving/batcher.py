@@ -36,10 +36,15 @@ class NonFiniteOutputError(ValueError):
         self.rows = rows
 
 
+# (probabilities, predicted classes, model version) for one request's rows. The classes come
+# from one argmax per batch: per request it was a numpy call and an array to serialise.
+Prediction = tuple[np.ndarray, list[int], str]
+
+
 @dataclass(slots=True)
 class _Pending:
     x: np.ndarray
-    future: asyncio.Future[tuple[np.ndarray, str]]
+    future: asyncio.Future[Prediction]
 
 
 class MicroBatcher:
@@ -80,8 +85,8 @@ class MicroBatcher:
             await self._idle.wait()
         self._executor.shutdown(wait=True)
 
-    async def predict(self, x: np.ndarray) -> tuple[np.ndarray, str]:
-        """Probabilities for `x` and the version that produced them."""
+    async def predict(self, x: np.ndarray) -> Prediction:
+        """Probabilities for `x`, their argmax and the version that produced them."""
         model = self._current_model()
         if model is None:
             raise ModelUnavailableError("no student model is loaded")
@@ -102,8 +107,8 @@ class MicroBatcher:
             self._record(model, len(x), wall, cost)
             if not np.isfinite(probs).all():
                 raise _non_finite(probs)
-            return probs, model.version
-        future: asyncio.Future[tuple[np.ndarray, str]] = loop.create_future()
+            return probs, probs.argmax(axis=1).tolist(), model.version
+        future: asyncio.Future[Prediction] = loop.create_future()
         self._queue.append(_Pending(x, future))
         if not self._running:
             if self._delay_timer is not None and self.arriving == 0:
@@ -199,13 +204,14 @@ class MicroBatcher:
 
     def _deliver(self, batch: list[_Pending], model: LoadedModel, probs: np.ndarray) -> None:
         finite = bool(np.isfinite(probs).all())  # once per batch; row by row only if it fails
+        labels = probs.argmax(axis=1).tolist()
         start = 0
         for p in batch:
             end = start + len(p.x)
             if not p.future.done():
                 part = probs[start:end]
                 if finite or np.isfinite(part).all():
-                    p.future.set_result((part, model.version))
+                    p.future.set_result((part, labels[start:end], model.version))
                 else:
                     p.future.set_exception(_non_finite(part))
             start = end

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,14 +39,10 @@ def error(status: int, message: str) -> JSON:
     return JSON({"error": message}, status_code=status)
 
 
-async def _run(daemon: Daemon, x: np.ndarray, field: str) -> tuple[np.ndarray, str]:
-    try:
-        return await daemon.batcher.predict(x)
-    except NonFiniteOutputError as exc:
-        rows = exc.rows
-        raise BadRequest(
-            422, f"{field}: the model's output is not finite for rows {rows} (values far outside its range)"
-        ) from None
+def _non_finite(exc: NonFiniteOutputError, field: str) -> BadRequest:
+    return BadRequest(
+        422, f"{field}: the model's output is not finite for rows {exc.rows} (values far outside its range)"
+    )
 
 
 # --- hot paths (raw ASGI) -------------------------------------------------------------------
@@ -58,20 +53,18 @@ async def _run(daemon: Daemon, x: np.ndarray, field: str) -> tuple[np.ndarray, s
 async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None:
     batcher = daemon.batcher
     batcher.arriving += 1
-    counted = True
     try:
         body = await read_body(scope, receive, daemon.settings.server.max_body_bytes)
         model = daemon.models.current
         if model is None:
             raise BadRequest(503, "no student model is loaded yet")
         request = parse_predict(body, model.card.num_features, daemon.settings.server.max_rows_per_request)
-        batcher.arriving -= 1
-        counted = False
-        probs, version = await _run(daemon, request.x, "inputs")
     finally:
-        if counted:
-            batcher.arriving -= 1
-    predictions = probs.argmax(axis=1)
+        batcher.arriving -= 1
+    try:
+        probs, predictions, version = await batcher.predict(request.x)
+    except NonFiniteOutputError as exc:
+        raise _non_finite(exc, "inputs") from None
     if daemon.sampler is not None:
         daemon.sampler.offer(request, probs, version)
     await send_json(
@@ -100,7 +93,10 @@ async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any
         model.card.num_features,
         daemon.settings.server.max_rows_per_request,
     )
-    probs, version = await _run(daemon, request.x, "inputs[0].data")
+    try:
+        probs, _, version = await daemon.batcher.predict(request.x)
+    except NonFiniteOutputError as exc:
+        raise _non_finite(exc, "inputs[0].data") from None
     if daemon.sampler is not None:
         # OIP traffic is shadowed too; row ids derive from the request id so feedback can join them.
         rid = request.request_id
