@@ -20,8 +20,9 @@ from .config import ServerConfig
 from .errors import ConfigError
 
 Priority = Literal["idle", "low", "reduced"]
-# idle: SCHED_IDLE, runs only on a CPU nothing else wants (monitor cycles, building a job).
-# low: nice 19 (teacher processes: they hold the store's write lock while inserting, and a
+# idle: SCHED_IDLE, runs only on a CPU nothing else wants (monitor cycles, building a job,
+#       teacher calls).
+# low: nice 19 (the teacher processes' insert thread: it holds the store's write lock, and a
 #      near-zero share would stretch that lock for every writer).
 # reduced: nice 10 (training and gating: they must finish within their timeouts under load).
 _NICE = {"idle": 19, "low": 19, "reduced": 10}
