@@ -154,18 +154,18 @@ class SampleStore:
         return self._insert_samples(samples, outputs)
 
     def _insert_samples(self, samples: list[tuple[Any, ...]], outputs: list[tuple[Any, ...]]) -> int:
-        """Two executemany statements through the driver itself: SQLAlchemy's per-row parameter
-        processing was most of the cost of storing a sampled row (18 of 22 µs on SQLite)."""
+        """Two executemany statements through the driver itself. With SQLAlchemy's `insert()` and a
+        record object per row, storing a sampled row cost 22 µs of CPU on SQLite; this way, 11-13."""
         if not samples:
             return 0
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
         insert_samples = (
-            "INSERT INTO samples (id, request_id, at, features_json, student_probs_json, "
+            f"INSERT INTO {Sample.__tablename__} (id, request_id, at, features_json, student_probs_json, "
             f"student_version, slice_json, quarantined) VALUES ({', '.join([mark] * 8)})"
         )
         insert_outputs = (
-            "INSERT INTO teacher_outputs (sample_id, teacher, version, probs_json, quarantined) "
-            f"VALUES ({', '.join([mark] * 5)})"
+            f"INSERT INTO {TeacherOutput.__tablename__} (sample_id, teacher, version, probs_json, "
+            f"quarantined) VALUES ({', '.join([mark] * 5)})"
         )
 
         def op(session: Session) -> int:
