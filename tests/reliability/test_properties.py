@@ -10,6 +10,7 @@ interval of the configured (per-slice, per-bin) rate.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,7 +200,7 @@ def _service(rate: float, per_slice: dict[str, float] | None = None, bins: list[
 
 
 def _offer(service: Any, x: np.ndarray, slice_: dict[str, str] | None, seed: int) -> int:
-    service.rng = np.random.default_rng(seed)
+    service.draw = random.Random(seed).random  # offer's own draw, seeded: a failure replays
     service.offer(_Request(x, slice_, [str(i) for i in range(len(x))]), np.full((len(x), 2), 0.5), "v1")
     return len(service.waiting)
 

@@ -75,10 +75,10 @@ def _ping() -> int:
 
 
 def _store_rows(url: str, batches: list[Any]) -> str | None:
-    """Bulk insert of `SampleBatch`es from the child (one engine per child); an error comes back as text."""
-    if _writer is not None:
-        return _writer.submit(_insert, url, batches).result()
-    return _insert(url, batches)
+    """Bulk insert of `SampleBatch`es on the child's insert thread (one engine per child); an error
+    comes back as text."""
+    assert _writer is not None, "runs only in a pool process, after _init"
+    return _writer.submit(_insert, url, batches).result()
 
 
 def _insert(url: str, batches: list[Any]) -> str | None:
