@@ -11,6 +11,7 @@ import platform
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -57,6 +58,18 @@ class Load:
     p99_ms: float
     requests: int
     failed: int
+
+
+def median_load(loads: list[Load]) -> Load:
+    """Each figure's median over repeated runs (failures and requests summed): one slow run of
+    several, which this shared machine gives now and then, does not decide a ratio."""
+    return Load(
+        rps=statistics.median(r.rps for r in loads),
+        p50_ms=statistics.median(r.p50_ms for r in loads),
+        p99_ms=statistics.median(r.p99_ms for r in loads),
+        requests=sum(r.requests for r in loads),
+        failed=sum(r.failed for r in loads),
+    )
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}

@@ -123,7 +123,19 @@ class WatchdogASGI:
         status = 500
         try:
             if label == "/v1/predict" or label.endswith("/infer"):
-                status = await self._hot(label, path, scope, receive, send)
+                # Predict and infer send once, at the end, on success: no send wrapper, and no
+                # helper coroutine (a frame created, suspended and resumed on every request).
+                try:
+                    if scope["method"] != "POST":
+                        raise BadRequest(405, f"method {scope['method']} not allowed here; use POST")
+                    if label == "/v1/predict":
+                        await routes.predict(self.daemon, scope, receive, send)
+                    else:
+                        name = _INFER.match(path).group(1)  # type: ignore[union-attr]
+                        await routes.infer(self.daemon, name, scope, receive, send)
+                    status = 200
+                except Exception as exc:
+                    status = await self._answer_error(exc, label, send)
             else:
                 status = await self._framework(label, scope, receive, send)
         finally:
@@ -137,20 +149,6 @@ class WatchdogASGI:
             if hist is None:
                 hist = self._durations[label] = metrics.request_duration_seconds.labels(route=label)
             hist.observe(time.perf_counter() - begin)
-
-    async def _hot(self, label: str, path: str, scope: dict[str, Any], receive: Any, send: Any) -> int:
-        """Predict and infer send once, at the end, on success: no send wrapper on their path."""
-        try:
-            if scope["method"] != "POST":
-                raise BadRequest(405, f"method {scope['method']} not allowed here; use POST")
-            if label == "/v1/predict":
-                await routes.predict(self.daemon, scope, receive, send)
-            else:
-                name = _INFER.match(path).group(1)  # type: ignore[union-attr]
-                await routes.infer(self.daemon, name, scope, receive, send)
-            return 200
-        except Exception as exc:
-            return await self._answer_error(exc, label, send)
 
     async def _framework(self, label: str, scope: dict[str, Any], receive: Any, send: Any) -> int:
         status = 500

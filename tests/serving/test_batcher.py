@@ -150,6 +150,20 @@ def test_a_lone_request_runs_in_place_and_a_burst_shares_one_run(model):
         # other seven queue behind it and share the next run.
         await asyncio.gather(*(batcher.predict(x) for _ in range(8)))
         assert _batch_stats() == (runs + 3, rows + 9)
+        # Requests now arrive together: the first of the next burst queues too, one run for all.
+        await asyncio.sleep(0)
+        await asyncio.gather(*(batcher.predict(x) for _ in range(8)))
+        assert _batch_stats() == (runs + 4, rows + 17)
+        # Traffic falls back to one request at a time: the first queues (the last run served
+        # eight), and once a run served one, lone requests run in place again.
+        await asyncio.sleep(0)
+        queued = batcher.submit(x)
+        assert not queued.done()
+        await queued
+        for _ in range(2):
+            await asyncio.sleep(0)
+            assert batcher.submit(x).done()
+        assert _batch_stats() == (runs + 7, rows + 20)
         await batcher.stop()
 
     asyncio.run(main())
@@ -170,5 +184,35 @@ def test_a_non_finite_output_fails_only_the_requests_it_belongs_to(model):
         await batcher.stop()
         assert results[0][0].shape == (2, 10) and results[2][0].shape == (2, 10)
         assert isinstance(results[1], NonFiniteOutputError) and results[1].rows == [1]
+
+    asyncio.run(main())
+
+
+def test_values_float32_cannot_carry_fail_only_their_own_request(model):
+    """Requests arrive as parsed (float64 or integer); the batch is checked and cast once."""
+    from distill_watchdog.serving.batcher import NonFiniteInputError
+
+    async def main() -> None:
+        batcher = MicroBatcher(lambda: model, max_batch_size=32, max_batch_delay_ms=0)
+        batcher.start()
+        good = np.random.default_rng(4).normal(size=(2, 40))  # float64
+        ints = np.arange(40).reshape(1, 40)  # integers: always in range
+        large = np.zeros((1, 40))
+        large[0, 3] = 3e38  # float64 inside float32's range: kept
+        overflow = np.zeros((2, 40))
+        overflow[1, 5] = 1e39  # finite float64, infinite as float32
+        nan = np.zeros((1, 40), dtype=np.float32)
+        nan[0, 0] = np.nan
+        results = await asyncio.gather(
+            *(batcher.predict(x) for x in (good, overflow, ints, nan, large)), return_exceptions=True
+        )
+        await batcher.stop()
+        assert isinstance(results[1], NonFiniteInputError) and isinstance(results[3], NonFiniteInputError)
+        for i, x in ((0, good), (2, ints)):
+            probs, labels, _ = results[i]
+            assert probs.dtype == np.float32 and probs.shape == (len(x), 10)
+            np.testing.assert_allclose(probs, model.predict_proba(x.astype(np.float32)), rtol=1e-5)
+            assert labels == probs.argmax(axis=1).tolist()
+        assert results[4][0].shape == (1, 10)
 
     asyncio.run(main())

@@ -74,7 +74,8 @@ class WaitingRows:
         if not self._ids:
             return None
         rows = Rows(
-            x=np.stack(self._x[:n]),
+            # Rows arrive as parsed (float64 or integer; the batcher casts its own copy).
+            x=np.stack(self._x[:n]).astype(np.float32, copy=False),
             probs=np.stack(self._probs[:n]),
             ids=self._ids[:n],
             at=self._at[:n],

@@ -28,6 +28,11 @@ async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
         if len(body) > limit:
             raise BadRequest(413, f"body: {len(body)} bytes exceeds the limit of {limit}")
         return body
+    return await read_rest(scope, receive, message, limit)
+
+
+async def read_rest(scope: Scope, receive: Any, message: dict[str, Any], limit: int) -> bytes:
+    """The body of a request whose first message (`message`) did not hold all of it."""
     declared = header(scope, b"content-length")  # more to come: refuse before reading it
     if declared is not None:
         try:

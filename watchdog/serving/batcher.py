@@ -13,6 +13,7 @@ a worker thread so the loop keeps parsing while ONNX Runtime works.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,10 @@ from ..runtime import LoadedModel
 
 class ModelUnavailableError(RuntimeError):
     """No student is loaded (start-up, or every load failed)."""
+
+
+class NonFiniteInputError(ValueError):
+    """The request holds a value that is NaN, infinite, or outside float32's range."""
 
 
 class NonFiniteOutputError(ValueError):
@@ -64,6 +69,10 @@ class MicroBatcher:
         self._run_estimate: tuple[str, float] = ("", float("inf"))  # (version, EWMA seconds per run)
         self.arriving = 0  # requests between their first byte and the queue (set by the routes)
         self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0  # kept, not summed: the flush reads it on every call
+        # Requests in the last run: more than one means requests arrive together, and the first
+        # of each loop iteration would run alone (it cannot see the tasks started after it).
+        self._last_requests = 1
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ort-run")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
@@ -87,35 +96,52 @@ class MicroBatcher:
 
     async def predict(self, x: np.ndarray) -> Prediction:
         """Probabilities for `x`, their argmax and the version that produced them."""
+        return await self.submit(x)
+
+    def submit(self, x: np.ndarray) -> asyncio.Future[Prediction]:
+        """`predict` without its coroutine: the hot route awaits the future itself.
+
+        One coroutine frame less to create, suspend and resume on every request.
+        """
         model = self._current_model()
         if model is None:
             raise ModelUnavailableError("no student model is loaded")
         loop = self._loop or asyncio.get_running_loop()
+        future: asyncio.Future[Prediction] = loop.create_future()
         if (
             not self._queue
             and not self._running
             and not self._ran_alone_this_iteration
+            and self._last_requests == 1
             and self.requests_in_flight() <= 1
             and self._estimate(model) < self.inline_below_s
         ):
-            # The only request on an idle server, tiny model: run here, no queue, no future.
-            # Requests whose tasks start in this same loop iteration (uvicorn starts every
-            # readable connection's task together) queue behind it and share the next run.
+            # The only request on an idle server that served one at a time so far, tiny model:
+            # run here, no queue, no wait. Requests whose tasks start in this same loop
+            # iteration (uvicorn starts every readable connection's task together) queue behind
+            # it and share the next run; once they do, the first of each iteration queues too.
             self._ran_alone_this_iteration = True
             loop.call_soon(self._new_iteration)
-            probs, wall, cost = model.timed_proba(x)
+            if not _fits_float32(x):
+                future.set_exception(NonFiniteInputError())
+                return future
+            probs, wall, cost = model.timed_proba(x if x.dtype == np.float32 else x.astype(np.float32))
             self._record(model, len(x), wall, cost)
-            if not np.isfinite(probs).all():
-                raise _non_finite(probs)
-            return probs, probs.argmax(axis=1).tolist(), model.version
-        future: asyncio.Future[Prediction] = loop.create_future()
+            if _all_finite(probs):
+                future.set_result((probs, probs.argmax(axis=1).tolist(), model.version))
+            else:
+                future.set_exception(_non_finite(probs))
+            return future
         self._queue.append(_Pending(x, future))
+        self._queued_rows += len(x)
         if not self._running:
             if self._delay_timer is not None and self.arriving == 0:
                 self._delay_timer.cancel()  # everyone it waited for is here
                 self._delay_timer = None
-            self._schedule_flush()
-        return await future
+            if not self._flush_scheduled and self._delay_timer is None:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush)
+        return future
 
     def _new_iteration(self) -> None:
         self._ran_alone_this_iteration = False
@@ -134,16 +160,15 @@ class MicroBatcher:
         metrics.inference_seconds.observe(wall)
         metrics.batch_size.observe(rows)
 
-    def _queued_rows(self) -> int:
-        return sum(len(p.x) for p in self._queue)
-
     def _take_batch(self) -> list[_Pending]:
-        batch = [self._queue.popleft()]
+        queue = self._queue
+        batch = [queue.popleft()]
         rows = len(batch[0].x)
-        while self._queue and rows + len(self._queue[0].x) <= self.max_batch_size:
-            item = self._queue.popleft()
+        while queue and rows + len(queue[0].x) <= self.max_batch_size:
+            item = queue.popleft()
             batch.append(item)
             rows += len(item.x)
+        self._queued_rows -= rows
         return [p for p in batch if not p.future.done()]  # callers that went away are skipped
 
     def _flush(self) -> None:
@@ -156,7 +181,7 @@ class MicroBatcher:
             self._idle.set()
             return
         loop = self._loop or asyncio.get_running_loop()
-        if self.max_delay_s > 0 and self.arriving > 0 and self._queued_rows() < self.max_batch_size:
+        if self.max_delay_s > 0 and self.arriving > 0 and self._queued_rows < self.max_batch_size:
             now = loop.time()
             if not self._deadline:
                 self._deadline = now + self.max_delay_s
@@ -165,6 +190,7 @@ class MicroBatcher:
                 return
         self._deadline = 0.0
         batch = self._take_batch()
+        self._last_requests = len(batch)
         if not batch:
             self._schedule_flush()
             return
@@ -175,6 +201,14 @@ class MicroBatcher:
             self._schedule_flush()
             return
         x = batch[0].x if len(batch) == 1 else np.concatenate([p.x for p in batch])
+        if not _fits_float32(x):  # one check for the whole batch; request by request only if it fails
+            batch = _refuse_out_of_range(batch)
+            if not batch:
+                self._schedule_flush()
+                return
+            x = np.concatenate([p.x for p in batch])
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)  # one cast for the whole batch (requests arrive as parsed)
         if self._estimate(model) < self.inline_below_s:
             try:
                 probs, wall, cost = model.timed_proba(x)
@@ -203,7 +237,7 @@ class MicroBatcher:
         self._schedule_flush()
 
     def _deliver(self, batch: list[_Pending], model: LoadedModel, probs: np.ndarray) -> None:
-        finite = bool(np.isfinite(probs).all())  # once per batch; row by row only if it fails
+        finite = _all_finite(probs)  # once per batch; row by row only if it fails
         labels = probs.argmax(axis=1).tolist()
         start = 0
         for p in batch:
@@ -221,6 +255,40 @@ class MicroBatcher:
         for p in batch:
             if not p.future.done():
                 p.future.set_exception(exc)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT32_MAX_SQUARED = _FLOAT32_MAX**2
+
+
+def _fits_float32(x: np.ndarray) -> bool:
+    """Every value finite and within float32's range (integers always are).
+
+    One dot product clears the usual batch at once (NaN or inf make it NaN or inf); only a
+    batch with large values is looked at value by value.
+    """
+    if x.dtype.kind != "f":
+        return True
+    return float(np.vdot(x, x)) <= _FLOAT32_MAX_SQUARED or float(np.abs(x).max()) <= _FLOAT32_MAX
+
+
+def _refuse_out_of_range(batch: list[_Pending]) -> list[_Pending]:
+    """Fails the requests holding a value float32 cannot carry; returns the others."""
+    kept = []
+    for p in batch:
+        if _fits_float32(p.x):
+            kept.append(p)
+        else:
+            p.future.set_exception(NonFiniteInputError())
+    return kept
+
+
+def _all_finite(probs: np.ndarray) -> bool:
+    """Probabilities lie in [0, 1], so their sum of squares is finite exactly when every one is.
+
+    One BLAS call: a third of what `np.isfinite(probs).all()` costs on a micro-batch.
+    """
+    return math.isfinite(np.vdot(probs, probs))
 
 
 def _non_finite(probs: np.ndarray) -> NonFiniteOutputError:

@@ -17,7 +17,7 @@ class ErrorBody(BaseModel):
     error: str
 
 
-F32_MAX = 3.4028234663852886e38  # values must fit float32 (validation.to_matrix)
+F32_MAX = 3.4028234663852886e38  # values must fit float32 (the batcher's NonFiniteInputError)
 RowId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 SliceText = Annotated[str, Field(max_length=MAX_SLICE_TEXT)]
 

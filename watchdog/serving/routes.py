@@ -14,9 +14,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__, metrics
-from .asgi import JSON_HEADERS, Scope, header, read_body, send_bytes, send_json
-from .batcher import NonFiniteOutputError
+from .asgi import JSON_HEADERS, Scope, header, read_body, read_rest, send_bytes, send_json
+from .batcher import NonFiniteInputError, NonFiniteOutputError
 from .validation import (
+    NON_FINITE_INPUT,
     OIP_OUTPUT,
     BadRequest,
     PredictInput,
@@ -51,10 +52,21 @@ def _non_finite(exc: NonFiniteOutputError, field: str) -> BadRequest:
 
 
 async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None:
+    # The body read, the batcher's future and the answer are inlined (no helper coroutines):
+    # each coroutine frame is created, suspended and resumed once per request.
     batcher = daemon.batcher
     batcher.arriving += 1
     try:
-        body = await read_body(scope, receive, daemon.settings.server.max_body_bytes)
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body = message.get("body", b"")
+            if len(body) > daemon.settings.server.max_body_bytes:
+                raise BadRequest(
+                    413,
+                    f"body: {len(body)} bytes exceeds the limit of {daemon.settings.server.max_body_bytes}",
+                )
+        else:
+            body = await read_rest(scope, receive, message, daemon.settings.server.max_body_bytes)
         model = daemon.models.current
         if model is None:
             raise BadRequest(503, "no student model is loaded yet")
@@ -62,16 +74,25 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
     finally:
         batcher.arriving -= 1
     try:
-        probs, predictions, version = await batcher.predict(request.x)
+        probs, predictions, version = await batcher.submit(request.x)
+    except NonFiniteInputError:
+        raise BadRequest(422, f"inputs: {NON_FINITE_INPUT}") from None
     except NonFiniteOutputError as exc:
         raise _non_finite(exc, "inputs") from None
     if daemon.sampler is not None:
         daemon.sampler.offer(request, probs, version)
-    await send_json(
-        send,
-        200,
+    answer = orjson.dumps(
         {"model_version": version, "predictions": predictions, "probabilities": probs, "ids": request.ids},
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer})
 
 
 async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any) -> None:
@@ -94,7 +115,9 @@ async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any
         daemon.settings.server.max_rows_per_request,
     )
     try:
-        probs, _, version = await daemon.batcher.predict(request.x)
+        probs, _, version = await daemon.batcher.submit(request.x)
+    except NonFiniteInputError:  # parse_infer refuses these first; kept a 4xx should that change
+        raise BadRequest(400, "inputs[0].data: values must be finite float32 numbers") from None
     except NonFiniteOutputError as exc:
         raise _non_finite(exc, "inputs[0].data") from None
     if daemon.sampler is not None:
