@@ -87,7 +87,6 @@ class SamplingService:
             for i in hits:
                 if not waiting.add(x[i], probs[i], request.ids[i], now, version, request.slice):
                     self._outcome["dropped"].inc()
-            metrics.sample_queue_depth.set(len(waiting))
         except Exception:
             metrics.sampler_errors_total.labels(stage="offer").inc()
             log.exception("sampling: offer failed (request unaffected)")
@@ -97,6 +96,8 @@ class SamplingService:
     async def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
         daemon.sampler = self
+        # Read at scrape time: a locked gauge set on every sampled row cost the event loop more.
+        metrics.sample_queue_depth.set_function(lambda: len(self.waiting))
         daemon.teachers = self
         model = daemon.models.current
         if model is not None and self.settings.slices.bins:
@@ -162,7 +163,6 @@ class SamplingService:
             batch = self.waiting.take(self.cfg.batch_size)
             if batch is None:  # the other worker took them
                 continue
-            metrics.sample_queue_depth.set(len(self.waiting))
             try:
                 await self.process(batch)
             except asyncio.CancelledError:
