@@ -1,9 +1,8 @@
 """Serving throughput and latency: the daemon against a bare ASGI ceiling and a naive FastAPI server.
 
 Same run, same uvicorn (uvloop + httptools, one worker), same wrk load, same machine, an MLP
-with 40 inputs and 10 classes; concurrency 1 and 32. The three servers run side by side and
-each round loads each of them in turn; every figure is the median over the rounds. Appends its
-table to docs/BENCHMARKS.md.
+with 40 inputs and 10 classes; concurrency 1 and 32. Each round runs each server in turn, alone;
+every figure is the median over the rounds. Appends its table to docs/BENCHMARKS.md.
 
     .venv/bin/python bench/serving.py [--seconds 10] [--rounds 3] [--no-append]
 """
@@ -11,7 +10,6 @@ table to docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import shutil
@@ -102,12 +100,13 @@ def main() -> None:
             cpus=SERVER_CPUS,
         ),
     }
-    # All three servers run side by side (idle ones cost nothing) and the rounds interleave
-    # them, so a slow minute on this shared machine lands on every server, not on one.
+    # Each round starts each server in turn, alone on the server CPUs: with all three side by side
+    # (idle peers wake on timers), one run gave the daemon a c1 p99 2.8 times the ceiling's, the
+    # next with each alone 1.5 times. Interleaved rounds spread a slow minute on this shared
+    # machine over every server instead of one.
     runs: dict[str, dict[int, list[Load]]] = {name: {1: [], 32: []} for name in servers}
     batches: list[float] = []
-    with contextlib.ExitStack() as stack:
-        started = {}
+    for round_ in range(args.rounds):
         for name, make in servers.items():
             port = free_port()
             config.write_text(
@@ -120,13 +119,12 @@ def main() -> None:
                     }
                 )
             )
-            started[name] = stack.enter_context(make(port))
-            warm(started[name].url + "/v1/predict", body)
-        for round_ in range(args.rounds):
-            for conns in (1, 32):
-                for name, server in started.items():
+            with make(port) as server:
+                url = server.url + "/v1/predict"
+                warm(url, body)
+                for conns in (1, 32):
                     before = batch_stats(server.url) if name.startswith("(c)") else None
-                    load = wrk(server.url + "/v1/predict", body, conns, args.seconds, cpus=LOAD_CPUS)
+                    load = wrk(url, body, conns, args.seconds, cpus=LOAD_CPUS)
                     runs[name][conns].append(load)
                     if before and conns == 32:
                         after = batch_stats(server.url)
@@ -169,9 +167,8 @@ def main() -> None:
         for conns, loads in cells.items()
     )
     notes = (
-        f"Medians of {args.rounds} interleaved rounds ({args.seconds} s per run after a warm-up); the "
-        f"three servers run side by side and each round loads each in turn. Every run: {every}. "
-        + pinning_note()
+        f"Medians of {args.rounds} interleaved rounds ({args.seconds} s per run after a warm-up); each "
+        f"round starts each server in turn, alone. Every run: {every}. " + pinning_note()
     )
     if not args.no_append:
         append_section(f"Serving ({args.seconds} s per cell, wrk -t1)", command_line(), table, notes)
