@@ -51,3 +51,27 @@ def test_rows_no_teacher_answered_are_teacher_errors():
     batch = _batch()
     batch.teachers["big"] = TeacherColumn([0, 1, 2, 3], "", None)
     assert batch.outcomes() == {"quarantined": 0, "stored": 0, "teacher_error": 4}
+
+
+def test_eval_set_freezes_only_once_enough_rows_are_counted(store_url):
+    """The count (capped) sees what `first_teacher_labelled` loads: ok answers of that version,
+    not failures, quarantined rows or other versions; freezing waits for the minimum."""
+    from distill_watchdog.evalset import freeze_from_samples
+    from distill_watchdog.store import Store
+
+    store = Store(store_url)
+    batch = _batch()  # "big" v2 answered 4 rows; "expert" failed on 2
+    store.add_sample_batches([batch])
+    quarantined = _batch()
+    quarantined.teachers["big"].quarantined = True
+    other = _batch()
+    other.teachers["big"].version = "v3"
+    store.add_sample_batches([quarantined, other])
+    assert store.count_teacher_labelled("big", "v2", 100) == 4
+    assert store.count_teacher_labelled("big", "v2", 3) == 3
+    assert store.count_teacher_labelled("big", "v3", 100) == 4
+    assert store.count_teacher_labelled("expert", "", 100) == 0
+    assert freeze_from_samples(store, "big", "v2", size=6, minimum=6) == 0
+    assert store.eval_count("big") == 0
+    assert freeze_from_samples(store, "big", "v2", size=6, minimum=4) == 4
+    assert store.eval_count("big") == 4

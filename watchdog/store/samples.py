@@ -341,6 +341,15 @@ class SampleStore:
             ),
         )
 
+    def count_teacher_labelled(self, teacher: str, version: str, up_to: int) -> int:
+        """How many samples `first_teacher_labelled` would find (at most `up_to`), without loading them."""
+
+        def op(session: Session) -> int:
+            found = sa_select(TeacherOutput.id).where(*_answered_by(teacher, version)).limit(up_to)
+            return int(session.exec(select(func.count()).select_from(found.subquery())).one())
+
+        return self.db.retry("count_teacher_labelled", op)
+
     def first_teacher_labelled(self, teacher: str, version: str, limit: int) -> list[dict[str, Any]]:
         """The oldest unquarantined samples this teacher version answered (to freeze as eval set)."""
 
@@ -348,12 +357,7 @@ class SampleStore:
             query = (
                 select(Sample, TeacherOutput)
                 .join(TeacherOutput, col(TeacherOutput.sample_id) == col(Sample.id))
-                .where(
-                    col(TeacherOutput.teacher) == teacher,
-                    col(TeacherOutput.version) == version,
-                    col(TeacherOutput.probs_json).is_not(None),
-                    col(TeacherOutput.quarantined).is_(False),
-                )
+                .where(*_answered_by(teacher, version))
                 .order_by(col(Sample.at))
                 .limit(limit)
             )
@@ -368,3 +372,13 @@ class SampleStore:
             ]
 
         return self.db.retry("first_teacher_labelled", op)
+
+
+def _answered_by(teacher: str, version: str) -> list[Any]:
+    """Samples this teacher version answered, outside quarantine: what an eval set is frozen from."""
+    return [
+        col(TeacherOutput.teacher) == teacher,
+        col(TeacherOutput.version) == version,
+        col(TeacherOutput.probs_json).is_not(None),
+        col(TeacherOutput.quarantined).is_(False),
+    ]
