@@ -20,15 +20,22 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def whole_body(message: dict[str, Any], limit: int) -> bytes | None:
+    """The body when this first message holds all of it (the usual case), None when more comes;
+    BadRequest(413) beyond `limit`. Not a coroutine: the hot route calls it inline."""
+    if message["type"] != "http.request" or message.get("more_body", False):
+        return None
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        raise BadRequest(413, f"body: {len(body)} bytes exceeds the limit of {limit}")
+    return body
+
+
 async def read_body(scope: Scope, receive: Any, limit: int) -> bytes:
     """The whole body, or BadRequest(413) as soon as it is known to exceed `limit`."""
     message = await receive()
-    if message["type"] == "http.request" and not message.get("more_body", False):
-        body: bytes = message.get("body", b"")  # the usual case: all of it in one message
-        if len(body) > limit:
-            raise BadRequest(413, f"body: {len(body)} bytes exceeds the limit of {limit}")
-        return body
-    return await read_rest(scope, receive, message, limit)
+    body = whole_body(message, limit)
+    return body if body is not None else await read_rest(scope, receive, message, limit)
 
 
 async def read_rest(scope: Scope, receive: Any, message: dict[str, Any], limit: int) -> bytes:
@@ -57,27 +64,25 @@ async def read_rest(scope: Scope, receive: Any, message: dict[str, Any], limit: 
     return b"".join(chunks)
 
 
+def response_start(
+    status: int, body: bytes, headers: list[tuple[bytes, bytes]] = JSON_HEADERS
+) -> dict[str, Any]:
+    return {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+    }
+
+
 async def send_bytes(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
+    await send(response_start(status, body, headers))
     await send({"type": "http.response.body", "body": body})
 
 
 async def send_json(send: Any, status: int, payload: Any) -> None:
     """`send_bytes` inlined: one coroutine frame less on every answer of the hot routes."""
     body = orjson.dumps(payload, option=_JSON_OPTS)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*JSON_HEADERS, (b"content-length", str(len(body)).encode())],
-        }
-    )
+    await send(response_start(status, body))
     await send({"type": "http.response.body", "body": body})
 
 

@@ -138,9 +138,7 @@ class MicroBatcher:
             if self._delay_timer is not None and self.arriving == 0:
                 self._delay_timer.cancel()  # everyone it waited for is here
                 self._delay_timer = None
-            if not self._flush_scheduled and self._delay_timer is None:
-                self._flush_scheduled = True
-                loop.call_soon(self._flush)
+            self._schedule_flush()
         return future
 
     def _new_iteration(self) -> None:

@@ -14,7 +14,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__, metrics
-from .asgi import JSON_HEADERS, Scope, header, read_body, read_rest, send_bytes, send_json
+from .asgi import (
+    JSON_HEADERS,
+    Scope,
+    header,
+    read_body,
+    read_rest,
+    response_start,
+    send_bytes,
+    send_json,
+    whole_body,
+)
 from .batcher import NonFiniteInputError, NonFiniteOutputError
 from .validation import (
     NON_FINITE_INPUT,
@@ -58,15 +68,10 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
     batcher.arriving += 1
     try:
         message = await receive()
-        if message["type"] == "http.request" and not message.get("more_body", False):
-            body = message.get("body", b"")
-            if len(body) > daemon.settings.server.max_body_bytes:
-                raise BadRequest(
-                    413,
-                    f"body: {len(body)} bytes exceeds the limit of {daemon.settings.server.max_body_bytes}",
-                )
-        else:
-            body = await read_rest(scope, receive, message, daemon.settings.server.max_body_bytes)
+        limit = daemon.settings.server.max_body_bytes
+        body = whole_body(message, limit)
+        if body is None:
+            body = await read_rest(scope, receive, message, limit)
         model = daemon.models.current
         if model is None:
             raise BadRequest(503, "no student model is loaded yet")
@@ -85,13 +90,7 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
         {"model_version": version, "predictions": predictions, "probabilities": probs, "ids": request.ids},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [*JSON_HEADERS, (b"content-length", str(len(answer)).encode())],
-        }
-    )
+    await send(response_start(200, answer))
     await send({"type": "http.response.body", "body": answer})
 
 
