@@ -4,8 +4,10 @@ Same run, same machine, same wrk load (concurrency 32, one row per request): the
 child process (`distill-watchdog serve`, SQLite store) once with no teacher, once sampling
 10% of rows to an OIP v2 teacher (tests/teachers/fake_teacher.py, its own process) that takes
 200 ms per call. Targets: throughput >= 95% of sampling-off, p99 <= 1.1x, zero failed
-requests. Also reports what became of the sampled rows (stored vs dropped). Appends its table
-to docs/BENCHMARKS.md.
+requests. Also reports what became of the sampled rows (stored vs dropped), and a control run:
+sampling off, with bench/background_load.py on the background CPU for the CPU share that
+sampling's background work took (what any background work of that size costs serving on the
+machine). Appends its table to docs/BENCHMARKS.md.
 
     .venv/bin/python bench/sampling.py [--seconds 10] [--rounds 2] [--no-append]
 """
@@ -18,7 +20,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import common
@@ -34,6 +38,7 @@ from common import (
     command_line,
     free_port,
     mlp_onnx_bytes,
+    pinned,
     warm,
 )
 
@@ -57,6 +62,28 @@ def cpu_seconds(pid: int) -> float:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             total += cpu_seconds(int(child))
     return total
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process alone (all its threads), without its children."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def stand_in_load(mode: str, share: float, port: int) -> Iterator[None]:
+    """In 'control' runs, background work of `share` of a CPU beside the load generator (idle priority)."""
+    if mode != "control" or share <= 0:
+        yield
+        return
+    argv = ["chrt", "-i", "0", str(VENV_BIN / "python"), str(ROOT / "bench" / "background_load.py"),
+            "--share", f"{share:.4f}", "--db", str(OUT / f"load-{port}.db")]  # fmt: skip
+    proc = subprocess.Popen(pinned(argv, LOAD_CPUS), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def samples(url: str) -> dict[str, float]:
@@ -103,7 +130,9 @@ def daemon_config(mode: str, port: int, model: Path, card: Path, teacher_url: st
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2, help="off/on pairs, interleaved; best shown")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="off/on/control rounds, interleaved; best shown"
+    )
     parser.add_argument("--delay", type=float, default=0.2, help="teacher seconds per call")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
@@ -123,34 +152,46 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     serving_cpus = sorted(set(os.sched_getaffinity(0)) - set(LOAD_CPUS))
-    runs: dict[str, list[tuple[Load, float]]] = {"off": [], "on": []}
+    runs: dict[str, list[tuple[Load, float]]] = {"off": [], "on": [], "control": []}
     fates: list[dict[str, float]] = []
+    shares: list[float] = []  # background CPU share (teacher processes + stand-in teacher) in 'on' runs
     # The teacher stands in for a remote service: it runs beside the load generator, off serving's CPU.
     with Child(teacher_argv, teacher_port, cpus=LOAD_CPUS) as teacher:
         for round_ in range(args.rounds):
-            for mode in ("off", "on"):
+            for mode in ("off", "on", "control"):
                 port = free_port()
-                config = daemon_config(mode, port, model, card, teacher.url)
+                config = daemon_config("on" if mode == "on" else "off", port, model, card, teacher.url)
                 argv = [str(VENV_BIN / "distill-watchdog"), "serve", "--config", str(config)]
-                with Child(argv, port, ready="/v2/health/ready") as daemon:
+                share = float(np.median(shares)) if shares else 0.0
+                with Child(argv, port, ready="/v2/health/ready") as daemon, stand_in_load(mode, share, port):
                     url = daemon.url + "/v1/predict"
                     warm(url, body)
                     wrk(url, body, 32, 3)  # unmeasured: start-up transients (first batches, eval set)
                     before, cpu0 = samples(daemon.url), cpu_seconds(daemon.proc.pid)
+                    own0, peer0 = own_cpu_seconds(daemon.proc.pid), cpu_seconds(teacher.proc.pid)
                     result = wrk(url, body, 32, args.seconds)
                     cpu_us = 1e6 * (cpu_seconds(daemon.proc.pid) - cpu0) / max(1, result.requests)
+                    if mode == "on":
+                        children = (
+                            cpu_seconds(daemon.proc.pid) - cpu0 - (own_cpu_seconds(daemon.proc.pid) - own0)
+                        )
+                        shares.append((children + cpu_seconds(teacher.proc.pid) - peer0) / args.seconds)
                     runs[mode].append((result, cpu_us))
                     if mode == "on":
                         after = drain(daemon.url)
                         fates.append({o: after[o] - before[o] for o in OUTCOMES})
-                print(f"round {round_} sampling {mode}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
-                      f"failed {result.failed}, {cpu_us:.0f} us CPU/request", flush=True)  # fmt: skip
+                extra = f", stand-in load {share:.1%} of a CPU" if mode == "control" else ""
+                print(f"round {round_} {mode}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
+                      f"failed {result.failed}, {cpu_us:.0f} us CPU/request{extra}", flush=True)  # fmt: skip
 
-    (off, off_cpu), (on, on_cpu) = (max(runs[m], key=lambda r: r[0].rps) for m in ("off", "on"))
+    (off, off_cpu), (on, on_cpu), (ctl, ctl_cpu) = (
+        max(runs[m], key=lambda r: r[0].rps) for m in ("off", "on", "control")
+    )
     fate = {o: sum(f[o] for f in fates) for o in OUTCOMES}
     sampled = sum(fate.values()) or 1.0
     failed = sum(r.failed for rs in runs.values() for r, _ in rs)
     thr, p99 = on.rps / off.rps, on.p99_ms / off.p99_ms
+    share = float(np.median(shares))
     verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
     label = f"rate 0.1, teacher {args.delay * 1000:.0f} ms/call"
     lines = [
@@ -160,6 +201,9 @@ def main() -> None:
         "| 1.00 | 1.00 |",
         f"| {label} | {on.rps:,.0f} | {on.p50_ms:.2f} | {on.p99_ms:.2f} | {on.failed} | {on_cpu:.0f} "
         f"| {thr:.3f} | {p99:.3f} |",
+        f"| control: off + stand-in background load, {share:.1%} of a CPU | {ctl.rps:,.0f} "
+        f"| {ctl.p50_ms:.2f} | {ctl.p99_ms:.2f} | {ctl.failed} | {ctl_cpu:.0f} | {ctl.rps / off.rps:.3f} "
+        f"| {ctl.p99_ms / off.p99_ms:.3f} |",
         "",
         "| target | value | |",
         "|---|---|---|",
@@ -175,12 +219,17 @@ def main() -> None:
         f"{m}: " + ", ".join(f"{r.rps:,.0f} req/s p99 {r.p99_ms:.2f} ms ({c:.0f} µs CPU)" for r, c in rs)
         for m, rs in runs.items()
     )
-    notes = (f"Best of {args.rounds} interleaved off/on pairs, {args.seconds} s each after a 3 s unmeasured "
+    notes = (f"Best of {args.rounds} interleaved off/on/control rounds, {args.seconds} s each after a 3 s "
+             f"unmeasured "
              f"warm-up, wrk -t1 -c32, one row per request. CPU µs/request counts the daemon and its teacher "
              f"processes. Load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work "
              f"shares this machine). Layout: serving on CPU {serving_cpus}, "
              f"and on CPU {LOAD_CPUS} wrk, the stand-in teacher and the daemon's shadow work "
-             f"(`server.background_cpus: {LOAD_CPUS}`, in both modes). Every run: {each}.")  # fmt: skip
+             f"(`server.background_cpus: {LOAD_CPUS}`, in every mode). The control row samples nothing: "
+             f"it is 'off' with bench/background_load.py (JSON and SQLite work at idle priority, on CPU "
+             f"{LOAD_CPUS}) busy for the CPU share that sampling's background work used in the 'on' runs "
+             f"(teacher processes and the stand-in teacher, median {share:.1%}): what background work of "
+             f"that size costs serving on this machine, sampling or not. Every run: {each}.")  # fmt: skip
     table = "\n".join(lines)
     print(table)
     print(notes)

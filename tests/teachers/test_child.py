@@ -12,7 +12,7 @@ import pytest
 
 from distill_watchdog.config import TeacherConfig
 from distill_watchdog.teachers import CallFailed, GuardedTeacher
-from distill_watchdog.teachers.child import TeacherProcesses
+from distill_watchdog.teachers.child import ChildError, TeacherProcesses
 
 from .fake_teacher import FakeTeacher
 from support import eventually
@@ -49,6 +49,37 @@ def test_child_answers_fails_cleanly_and_survives_a_killed_process() -> None:
             processes.close()
 
 
+def test_a_call_its_caller_gave_up_on_costs_that_child_not_the_slot() -> None:
+    """A hung call (here: a teacher slower than the caller's patience) has its child replaced."""
+    with FakeTeacher(version="v1", delay_s=3.0) as teacher:
+        cfg = TeacherConfig(name="kid", kind="http-v2", location=teacher.url, timeout_s=30,
+                            options={"model_name": "big", "input_name": "x"})  # fmt: skip
+        processes = TeacherProcesses([cfg], workers=1)
+        x = np.ones((2, 40), dtype=np.float32)
+
+        async def scenario() -> None:
+            await processes.start()
+            (hung,) = processes.pids()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(processes.call("kid", x), 0.5)
+            teacher.delay_s = 0.0
+            assert (await asyncio.wait_for(processes.call("kid", x), 120))[0] == "ok"
+            assert processes.pids() and hung not in processes.pids()
+
+        try:
+            asyncio.run(scenario())
+        finally:
+            processes.close()
+
+
+def test_teachers_that_cannot_load_fail_start_with_the_reason(tmp_path: Path) -> None:
+    cfg = TeacherConfig(name="kid", kind="onnx", location=str(tmp_path / "t.onnx"), options={"no_such": 1})
+    processes = TeacherProcesses([cfg], workers=2)
+    with pytest.raises(ChildError, match="could not load the teachers"):
+        asyncio.run(processes.start())
+    assert processes.pids() == []
+
+
 def test_close_leaves_no_teacher_process_behind() -> None:
     cfg = TeacherConfig(name="kid", kind="http-v2", location="http://127.0.0.1:9",
                         options={"model_name": "a"})  # fmt: skip
@@ -71,7 +102,7 @@ def test_teacher_processes_die_with_a_killed_daemon(tmp_path) -> None:
     script.write_text(
         "import asyncio, os, signal\n"
         "from distill_watchdog.config import TeacherConfig\n"
-        "from distill_watchdog.teachers.child import TeacherProcesses\n"
+        "from distill_watchdog.teachers.child import ChildError, TeacherProcesses\n"
         "if __name__ == '__main__':  # the spawned children import this file too\n"
         "    cfg = TeacherConfig(name='kid', kind='http-v2', location='http://127.0.0.1:9',"
         " options={'model_name': 'a'})\n"

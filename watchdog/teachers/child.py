@@ -1,9 +1,12 @@
-"""Teacher calls in child processes: request encoding, response decoding and local models never
-share the serving process's GIL (nor load torch into it).
+"""Teacher calls and sample inserts in child processes, spoken to over sockets the event loop reads.
 
-The engine's adapters run in a small `spawn` process pool, built once per child by the
-initializer; every call returns a plain tuple (exceptions are classified in the child, where
-their causes are still attached).
+Request encoding, response decoding, local models and SQL inserts never share the serving
+process's GIL (nor load torch into it). Each child holds every configured teacher's adapter
+and answers one request at a time over its own socket pair: length-prefixed pickles, written
+and read by the serving process's event loop. No helper thread runs in the serving process
+for them (a `ProcessPoolExecutor` woke a manager and a feeder thread there on every call), and
+a child whose call the caller gave up on is killed and replaced, so a hung local model cannot
+hold a slot for ever. A child that dies is replaced too.
 """
 
 from __future__ import annotations
@@ -15,31 +18,41 @@ import ctypes.util
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+import socket
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from .. import metrics
 from ..config import TeacherConfig
 
-T = TypeVar("T")
 Result = tuple[str, Any, Any]  # ("ok", probs, version) | ("fail", outcome, message)
+HEADER = struct.Struct("<Q")  # payload length, before each pickle
+START_TIMEOUT_S = 180.0  # spawn, imports (torch for local teachers) and building the adapters
+RESTART_DELAYS_S = (1.0, 5.0, 30.0)  # between attempts to replace a dead child (the last repeats)
 
 log = logging.getLogger(__name__)
+
+
+class ChildError(RuntimeError):
+    """A teacher process died, could not start, or raised where it should have answered."""
+
+
+# --- the child ------------------------------------------------------------------------------
+
 _adapters: dict[str, Any] = {}
 _stores: dict[str, Any] = {}
 _writer: ThreadPoolExecutor | None = None  # the child's insert thread (see _init)
 
 
 def _die_with(parent: int) -> None:
-    """Ask Linux to end this process when the daemon dies, even by SIGKILL or the OOM killer.
-
-    A pool worker holds its call queue's write end too, so it never sees EOF: without this,
-    every crash of the daemon left its teacher processes waiting forever.
-    """
+    """Ask Linux to end this process when the daemon dies, even by SIGKILL or the OOM killer
+    (a child busy with a slow call would otherwise see its socket close only after the call)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -70,14 +83,10 @@ def _init(configs: list[dict[str, Any]], parent: int, cpus: list[int] | None) ->
         _adapters[cfg.name] = build_adapter(cfg)
 
 
-def _ping() -> int:
-    return os.getpid()
-
-
 def _store_rows(url: str, batches: list[Any]) -> str | None:
     """Bulk insert of `SampleBatch`es on the child's insert thread (one engine per child); an error
     comes back as text."""
-    assert _writer is not None, "runs only in a pool process, after _init"
+    assert _writer is not None, "runs only in a teacher process, after _init"
     return _writer.submit(_insert, url, batches).result()
 
 
@@ -104,58 +113,205 @@ def _predict(name: str, x: np.ndarray) -> Result:
         return ("fail", classify(exc), f"{type(exc).__name__}: {exc}"[:300])
 
 
+_OPS = {"predict": _predict, "store": _store_rows}
+
+
+def _send(sock: socket.socket, message: Any) -> None:
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(HEADER.pack(len(payload)) + payload)
+
+
+def _serve(sock: socket.socket, configs: list[dict[str, Any]], parent: int, cpus: list[int] | None) -> None:
+    """The child's whole life: build the adapters, say so, then answer requests until EOF."""
+    try:
+        _init(configs, parent, cpus)
+    except BaseException as exc:
+        _send(sock, ("raised", f"{type(exc).__name__}: {exc}"[:500]))
+        return
+    _send(sock, ("ready", os.getpid()))
+    stream = sock.makefile("rb")
+    while True:
+        head = stream.read(HEADER.size)
+        if len(head) < HEADER.size:
+            return  # the daemon closed its end (or died)
+        op, args = pickle.loads(stream.read(HEADER.unpack(head)[0]))
+        try:
+            _send(sock, ("ok", _OPS[op](*args)))
+        except Exception as exc:  # a bug here must cost one answer, not the child
+            _send(sock, ("raised", f"{type(exc).__name__}: {exc}"[:500]))
+
+
+# --- the daemon's side ----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Child:
+    process: Any  # multiprocessing.Process
+    sock: socket.socket
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    alive: bool = True
+    pending: asyncio.Future[Any] | None = None  # the answer being waited for
+    listener: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def receive(self) -> tuple[str, Any]:
+        head = await self.reader.readexactly(HEADER.size)
+        return pickle.loads(await self.reader.readexactly(HEADER.unpack(head)[0]))
+
+
 class TeacherProcesses:
-    """`workers` child processes holding every configured teacher's adapter."""
+    """`workers` child processes holding every configured teacher's adapter; one call each at a time."""
 
     def __init__(self, teachers: list[TeacherConfig], workers: int, cpus: list[int] | None = None) -> None:
         self.workers = workers
         self.cpus = cpus
         self._configs = [t.model_dump(mode="json") for t in teachers]
-        self.pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        context = multiprocessing.get_context("spawn")  # never fork a process with an event loop and threads
-        return ProcessPoolExecutor(
-            self.workers,
-            mp_context=context,
-            initializer=_init,
-            initargs=(self._configs, os.getpid(), self.cpus),
-        )
+        self._children: list[_Child] = []
+        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
+        self._restarts: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def pids(self) -> list[int]:
-        return list(getattr(self.pool, "_processes", {}) or {})
+        return [c.process.pid for c in self._children if c.alive]
 
     async def start(self) -> None:
         """Starts every child and waits until its adapters are built (raises if they cannot be)."""
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(self.pool, _ping) for _ in range(self.workers)))
+        started = await asyncio.gather(*(self._spawn() for _ in range(self.workers)), return_exceptions=True)
+        failed = [s for s in started if isinstance(s, BaseException)]
+        if failed:
+            self.close()
+            raise failed[0]
 
     async def call(self, name: str, x: np.ndarray) -> Result:
-        return await self._run(_predict, name, x)
+        return await self._run("predict", name, x)
 
     async def store_rows(self, url: str, batches: list[Any]) -> None:
-        error = await self._run(_store_rows, url, batches)
+        error = await self._run("store", url, batches)
         if error is not None:
             raise RuntimeError(f"storing samples failed in a teacher process: {error}")
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """A child that died breaks the pool: a fresh one replaces it for the next call."""
-        pool = self.pool
+    async def _run(self, op: str, *args: Any) -> Any:
+        frame = pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL)
+        while True:
+            if self._closed:
+                raise ChildError("the teacher processes are closed")
+            child = await self._idle.get()
+            if child.alive:  # one that died while idle is skipped (it is being replaced)
+                break
+        answer = child.pending = asyncio.get_running_loop().create_future()
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
-        except BrokenProcessPool:
-            if self.pool is pool:
-                log.warning("teachers: a teacher process died; starting new ones")
-                self.pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
+            child.writer.write(HEADER.pack(len(frame)) + frame)
+        except Exception as exc:  # its socket is gone: the child is
+            self._retire(child, f"cannot be written to ({type(exc).__name__})")
+        try:
+            status, value = await answer
+        except asyncio.CancelledError:
+            if child.pending is answer:  # the caller gave up (a timeout): the child may hang for ever
+                log.warning("teachers: process %s did not answer in time; replacing it", child.process.pid)
+                self._retire(child, "did not answer in time")
             raise
+        if status != "ok":
+            raise ChildError(f"teacher process {child.process.pid}: {value}")
+        return value
+
+    async def _spawn(self) -> _Child:
+        context = multiprocessing.get_context("spawn")  # never fork a process with an event loop and threads
+        mine, theirs = socket.socketpair()
+        process = context.Process(
+            target=_serve, args=(theirs, self._configs, os.getpid(), self.cpus), name="teacher", daemon=True
+        )
+        try:
+            process.start()
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_connection(sock=mine)
+        child = _Child(process, mine, reader, writer)
+        self._children.append(child)
+        try:
+            status, detail = await asyncio.wait_for(child.receive(), START_TIMEOUT_S)
+        except (asyncio.IncompleteReadError, OSError, TimeoutError, asyncio.CancelledError) as exc:
+            self._retire(child, "could not start", replace=False)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise ChildError(f"a teacher process could not start (exit code {process.exitcode})") from None
+        if status != "ready":
+            self._retire(child, "could not start", replace=False)
+            raise ChildError(f"a teacher process could not load the teachers: {detail}")
+        child.listener = asyncio.get_running_loop().create_task(self._listen(child))
+        self._idle.put_nowait(child)
+        return child
+
+    async def _listen(self, child: _Child) -> None:
+        """Hands each answer to its caller and the child back to the idle queue; notices death."""
+        try:
+            while True:
+                status, value = await child.receive()
+                answer, child.pending = child.pending, None
+                if answer is not None and not answer.done():
+                    answer.set_result((status, value))
+                self._idle.put_nowait(child)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # EOF or a broken frame: the child is gone or unusable
+            self._retire(child, f"exited (code {child.process.exitcode})")
+
+    def _retire(self, child: _Child, why: str, replace: bool = True) -> None:
+        """Fails its call in flight, ends the process, and (unless closing) starts a replacement."""
+        if not child.alive:
+            return
+        child.alive = False
+        if child in self._children:
+            self._children.remove(child)
+        answer, child.pending = child.pending, None
+        if answer is not None and not answer.done():
+            answer.set_exception(ChildError(f"teacher process {child.process.pid} {why}"))
+        if child.listener is not None and child.listener is not asyncio.current_task():
+            child.listener.cancel()
+        _end(child)
+        if replace and not self._closed:
+            metrics.sampler_errors_total.labels(stage="worker").inc()
+            log.warning("teachers: teacher process %s %s; starting another", child.process.pid, why)
+            task = asyncio.get_running_loop().create_task(self._replace())
+            self._restarts.add(task)
+            task.add_done_callback(self._restarts.discard)
+
+    async def _replace(self) -> None:
+        for attempt in range(1_000_000):
+            if self._closed:
+                return
+            try:
+                await self._spawn()
+                return
+            except ChildError as exc:
+                delay = RESTART_DELAYS_S[min(attempt, len(RESTART_DELAYS_S) - 1)]
+                log.error("teachers: %s; trying again in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
 
     def close(self) -> None:
-        """Stops the children now. `shutdown(wait=False)` alone can leave them waiting forever on
-        their call queue when this process exits right after (they hold its write end too)."""
-        processes = list((getattr(self.pool, "_processes", None) or {}).values())
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.join(timeout=5)
+        """Stops the children now (callable with or without a running event loop)."""
+        self._closed = True
+        for task in list(self._restarts):
+            with contextlib.suppress(RuntimeError):  # its loop may be closed already
+                task.cancel()
+        children, self._children = self._children, []
+        for child in children:
+            child.alive = False
+            if child.listener is not None:
+                with contextlib.suppress(RuntimeError):
+                    child.listener.cancel()
+            _end(child)
+        for child in children:
+            child.process.join(timeout=5)
+
+
+def _end(child: _Child) -> None:
+    """Closes the socket and kills the process; reaps it if it is gone already (else on close or
+    at exit: multiprocessing reaps its children)."""
+    with contextlib.suppress(OSError, RuntimeError):
+        child.writer.close()
+    with contextlib.suppress(OSError):
+        child.sock.close()
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        child.process.kill()
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        child.process.join(timeout=0)
