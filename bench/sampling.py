@@ -55,8 +55,7 @@ def wrk(url: str, body: bytes, connections: int, seconds: int) -> Load:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU so far of a process and its live children (the teacher processes):
     a cost that noise from other work on the machine moves less than req/s does."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = own_cpu_seconds(pid)
     children = Path(f"/proc/{pid}/task/{pid}/children")
     for child in children.read_text().split() if children.exists() else []:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):

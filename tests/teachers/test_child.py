@@ -49,22 +49,30 @@ def test_child_answers_fails_cleanly_and_survives_a_killed_process() -> None:
             processes.close()
 
 
-def test_a_call_its_caller_gave_up_on_costs_that_child_not_the_slot() -> None:
-    """A hung call (here: a teacher slower than the caller's patience) has its child replaced."""
-    with FakeTeacher(version="v1", delay_s=3.0) as teacher:
+def test_a_call_its_caller_gave_up_on_keeps_its_child_unless_it_hangs() -> None:
+    """An abandoned call (a timeout, or shutdown) that is answered later gives its child back; one
+    that goes unanswered past `hang_s` costs that child, not the slot."""
+    with FakeTeacher(version="v1", delay_s=1.0) as teacher:
         cfg = TeacherConfig(name="kid", kind="http-v2", location=teacher.url, timeout_s=30,
                             options={"model_name": "big", "input_name": "x"})  # fmt: skip
-        processes = TeacherProcesses([cfg], workers=1)
+        processes = TeacherProcesses([cfg], workers=1, hang_s=2.0)
         x = np.ones((2, 40), dtype=np.float32)
 
         async def scenario() -> None:
             await processes.start()
-            (hung,) = processes.pids()
+            (first,) = processes.pids()
             with pytest.raises(TimeoutError):
-                await asyncio.wait_for(processes.call("kid", x), 0.5)
+                await asyncio.wait_for(processes.call("kid", x), 0.2)
+            teacher.delay_s = 0.0
+            assert (await asyncio.wait_for(processes.call("kid", x), 10))[0] == "ok"
+            assert processes.pids() == [first]  # it answered within hang_s: same child
+
+            teacher.delay_s = 8.0
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(processes.call("kid", x), 0.2)
             teacher.delay_s = 0.0
             assert (await asyncio.wait_for(processes.call("kid", x), 120))[0] == "ok"
-            assert processes.pids() and hung not in processes.pids()
+            assert processes.pids() and first not in processes.pids()
 
         try:
             asyncio.run(scenario())

@@ -4,9 +4,9 @@ Request encoding, response decoding, local models and SQL inserts never share th
 process's GIL (nor load torch into it). Each child holds every configured teacher's adapter
 and answers one request at a time over its own socket pair: length-prefixed pickles, written
 and read by the serving process's event loop. No helper thread runs in the serving process
-for them (a `ProcessPoolExecutor` woke a manager and a feeder thread there on every call), and
-a child whose call the caller gave up on is killed and replaced, so a hung local model cannot
-hold a slot for ever. A child that dies is replaced too.
+for them (a `ProcessPoolExecutor` woke a manager and a feeder thread there on every call). A
+child that dies is replaced; so is one that still has not answered a call some time after its
+caller gave up, so that a hung local model cannot hold a slot for ever.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import multiprocessing
 import os
@@ -152,6 +153,7 @@ class _Child:
     writer: asyncio.StreamWriter
     alive: bool = True
     pending: asyncio.Future[Any] | None = None  # the answer being waited for
+    overdue: asyncio.TimerHandle | None = None  # retires it unless it answers an abandoned call
     listener: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def receive(self) -> tuple[str, Any]:
@@ -162,9 +164,19 @@ class _Child:
 class TeacherProcesses:
     """`workers` child processes holding every configured teacher's adapter; one call each at a time."""
 
-    def __init__(self, teachers: list[TeacherConfig], workers: int, cpus: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        teachers: list[TeacherConfig],
+        workers: int,
+        cpus: list[int] | None = None,
+        hang_s: float | None = None,
+    ) -> None:
         self.workers = workers
         self.cpus = cpus
+        # How long a child may go on with a call its caller gave up on (a timeout, or shutdown)
+        # before it counts as hung: past every adapter's own timeout, a healthy child has answered.
+        longest = max((t.timeout_s for t in teachers), default=10.0)
+        self.hang_s = hang_s if hang_s is not None else longest + 1.0
         self._configs = [t.model_dump(mode="json") for t in teachers]
         self._children: list[_Child] = []
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
@@ -206,9 +218,10 @@ class TeacherProcesses:
         try:
             status, value = await answer
         except asyncio.CancelledError:
-            if child.pending is answer:  # the caller gave up (a timeout): the child may hang for ever
-                log.warning("teachers: process %s did not answer in time; replacing it", child.process.pid)
-                self._retire(child, "did not answer in time")
+            if child.pending is answer:  # the caller gave up; the child stays busy until it answers
+                child.overdue = asyncio.get_running_loop().call_later(
+                    self.hang_s, self._retire, child, f"did not answer within {self.hang_s:g} s"
+                )
             raise
         if status != "ok":
             raise ChildError(f"teacher process {child.process.pid}: {value}")
@@ -246,6 +259,9 @@ class TeacherProcesses:
         try:
             while True:
                 status, value = await child.receive()
+                if child.overdue is not None:
+                    child.overdue.cancel()
+                    child.overdue = None
                 answer, child.pending = child.pending, None
                 if answer is not None and not answer.done():
                     answer.set_result((status, value))
@@ -260,6 +276,8 @@ class TeacherProcesses:
         if not child.alive:
             return
         child.alive = False
+        if child.overdue is not None:
+            child.overdue.cancel()
         if child in self._children:
             self._children.remove(child)
         answer, child.pending = child.pending, None
@@ -276,7 +294,7 @@ class TeacherProcesses:
             task.add_done_callback(self._restarts.discard)
 
     async def _replace(self) -> None:
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             if self._closed:
                 return
             try:
