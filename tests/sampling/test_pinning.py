@@ -153,3 +153,22 @@ def test_a_pin_accepted_on_one_replica_is_adopted_by_the_other(store_url) -> Non
     assert two.teachers["big"].pinned == "v2" and two.teachers["big"].state == "ok"
     assert not two.observe("big", "v2").quarantined
     assert not two.refresh()  # nothing new
+
+
+def test_a_stored_pin_read_before_a_local_change_does_not_undo_it(store_url) -> None:
+    """The sampler reads the store in a thread while the event loop observes a new version."""
+    from distill_watchdog.store import Store
+    from distill_watchdog.teachers.pinning import Pins
+
+    pins = Pins(Store(store_url), "quarantine")
+    pins.load({"big": None})
+    pins.observe("big", "v1")
+    pins.persist()
+    stale = pins.read_stored()  # v1, no candidate
+    assert pins.observe("big", "v2").quarantined
+    assert not pins.adopt(stale)  # the change is still pending
+    pins.persist()
+    assert not pins.adopt(stale)  # persisted after the read
+    state = pins.teachers["big"]
+    assert (state.pinned, state.candidate, state.state) == ("v1", "v2", "quarantine")
+    assert not pins.adopt(pins.read_stored())  # a fresh read agrees

@@ -182,7 +182,7 @@ class SamplingService:
             if time.monotonic() - last_refresh >= refresh_every and self.pins is not None:
                 last_refresh = time.monotonic()
                 try:  # pins accepted through another replica take effect here too
-                    await asyncio.to_thread(self.pins.refresh)
+                    self.pins.adopt(await asyncio.to_thread(self.pins.read_stored))
                 except Exception:
                     metrics.sampler_errors_total.labels(stage="store").inc()
                     log.exception("sampling: could not refresh teacher pins; will retry")

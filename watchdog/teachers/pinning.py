@@ -68,6 +68,7 @@ class Pins:
         self.teachers: dict[str, TeacherState] = {}
         self.pending: list[tuple[TeacherPin, TeacherEvent]] = []
         self._lock = threading.Lock()  # persist runs in worker threads
+        self._persisted = 0  # local changes written so far (see adopt)
 
     def load(self, configured: dict[str, str | None]) -> None:
         """Reads pins from the store (blocking; call from a thread at start)."""
@@ -86,28 +87,38 @@ class Pins:
                 self._seen(state, version)
 
     def refresh(self) -> bool:
-        """Adopts pin changes another replica stored (accept, re-evaluation); blocking, from a thread.
+        """Adopts pin changes another replica stored (accept, re-evaluation); blocking.
 
-        Returns whether anything changed. Local changes not yet persisted go first.
+        For a caller on one thread; the sampler reads in a thread and adopts on the event loop.
         """
-        stored = {p.teacher: p for p in self.store.list_pins()}
+        return self.adopt(self.read_stored())
+
+    def read_stored(self) -> tuple[int, dict[str, TeacherPin]]:
+        """The stored pins, with the count of local writes they already reflect (blocking)."""
+        with self._lock:  # a persist cannot land between the count and the read
+            return self._persisted, {p.teacher: p for p in self.store.list_pins()}
+
+    def adopt(self, snapshot: tuple[int, dict[str, TeacherPin]]) -> bool:
+        """Applies a `read_stored` snapshot where `observe` runs (the event loop); whether anything
+        changed. A snapshot older than a local change (still pending, or persisted since the
+        read) is dropped: it would undo that change."""
+        persisted, stored = snapshot
+        if self.pending or persisted != self._persisted:
+            return False
         changed = False
-        with self._lock:
-            if self.pending:
-                return False
-            for name, state in self.teachers.items():
-                pin = stored.get(name)
-                if pin is None or pin.pinned_version is None:
-                    continue
-                current = (state.pinned, state.candidate, state.state)
-                if (pin.pinned_version, pin.candidate_version, pin.state) != current:
-                    state.pinned, state.candidate, state.state = (
-                        pin.pinned_version,
-                        pin.candidate_version,
-                        pin.state,
-                    )
-                    self._seen(state, pin.pinned_version)
-                    changed = True
+        for name, state in self.teachers.items():
+            pin = stored.get(name)
+            if pin is None or pin.pinned_version is None:
+                continue
+            current = (state.pinned, state.candidate, state.state)
+            if (pin.pinned_version, pin.candidate_version, pin.state) != current:
+                state.pinned, state.candidate, state.state = (
+                    pin.pinned_version,
+                    pin.candidate_version,
+                    pin.state,
+                )
+                self._seen(state, pin.pinned_version)
+                changed = True
         return changed
 
     @property
@@ -158,6 +169,7 @@ class Pins:
                 pin, event = self.pending.pop(0)
                 event.at = time.time()
                 self.store.save_pin(pin, event)
+                self._persisted += 1
 
     def observe(self, teacher: str, version: str) -> Verdict:
         state = self.teachers.setdefault(teacher, TeacherState(name=teacher))
