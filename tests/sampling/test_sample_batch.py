@@ -75,3 +75,30 @@ def test_eval_set_freezes_only_once_enough_rows_are_counted(store_url):
     assert store.eval_count("big") == 0
     assert freeze_from_samples(store, "big", "v2", size=6, minimum=4) == 4
     assert store.eval_count("big") == 4
+
+
+def test_a_flush_cancelled_before_it_sends_keeps_its_rows_for_the_last_flush(make_settings):
+    """Shutdown cancels the flushing task; rows it had not yet handed to a teacher process stay
+    pending, so the final flush in `stop` writes them (and counts them) instead of losing them."""
+    import asyncio
+
+    from distill_watchdog.sampling.service import SamplingService
+    from distill_watchdog.store import Store
+    from distill_watchdog.teachers.pinning import Pins
+
+    settings = make_settings()
+
+    async def scenario() -> None:
+        service = SamplingService(settings)
+        service.pins = Pins(Store(settings.store_url), "quarantine")
+        service.pins.load({"big": None, "expert": None})
+        batches = [_batch(), _batch()]
+        service._pending = list(batches)
+        flushing = asyncio.create_task(service._flush())
+        await asyncio.sleep(0)  # it settles both, packs the first, and yields before the second
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        assert service._pending == batches and not service._write_lock.locked()
+
+    asyncio.run(scenario())

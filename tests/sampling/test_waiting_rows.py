@@ -10,8 +10,9 @@ from distill_watchdog.sampling.waiting import WaitingRows
 
 
 def _add(rows: WaitingRows, k: int) -> bool:
-    x = np.full(3, k, dtype=np.float32)
-    return rows.add(x, np.full(2, k / 10), f"r{k}", float(k), f"v{k % 2}", {"sensor": str(k)} if k else None)
+    x = np.full((1, 3), k, dtype=np.float64)  # as parsed: a one-row request's own array
+    given = {"sensor": str(k)} if k else None
+    return rows.add(x, np.full((1, 2), k / 10), f"r{k}", float(k), f"v{k % 2}", given)
 
 
 def test_rows_come_out_oldest_first_as_columns_and_a_full_buffer_refuses() -> None:
@@ -45,3 +46,44 @@ def test_a_waiting_worker_wakes_on_the_first_row_and_waits_again_once_drained() 
         again.cancel()
 
     asyncio.run(scenario())
+
+
+def test_rows_keep_their_order_and_values_through_wrap_around_and_growth() -> None:
+    """Random adds and takes against a plain list: the rings wrap, grow while wrapped, and lose nothing."""
+    rng = np.random.default_rng(3)
+    rows = WaitingRows(capacity=700)  # starts at 512 rows, grows to 700 while wrapped
+    expected: list[int] = []
+    k = fullest = 0
+    for _ in range(400):
+        for _ in range(int(rng.integers(0, 15))):
+            one_row = bool(rng.integers(0, 2))  # a one-row request's own array, or a row of a bigger one
+            x = np.full((1, 3), k, dtype=np.float64) if one_row else np.full((4, 3), k, dtype=np.int64)[2]
+            kept = rows.add(x, np.full((1, 2), k, dtype=np.float32), f"r{k}", float(k), "v", None)
+            assert kept == (len(expected) < 700)
+            if kept:
+                expected.append(k)
+            k += 1
+        fullest = max(fullest, len(expected))
+        batch = rows.take(int(rng.integers(1, 9)))
+        if batch is None:
+            assert not expected
+            continue
+        want, expected = expected[: len(batch)], expected[len(batch) :]
+        np.testing.assert_array_equal(batch.x, np.repeat(np.array(want, dtype=np.float32)[:, None], 3, 1))
+        np.testing.assert_array_equal(batch.probs[:, 1], want)
+        assert batch.ids == [f"r{j}" for j in want] and batch.x.dtype == np.float32
+        assert len(rows) == len(expected)
+    assert fullest == 700 and k > 2000  # it filled up, refused rows, and wrapped around
+
+
+def test_rows_of_another_width_wait_until_the_old_ones_are_taken() -> None:
+    """A student with other inputs was activated: its rows are refused until the old ones leave."""
+    rows = WaitingRows(capacity=10)
+    assert _add(rows, 1)
+    wider = np.zeros((1, 5))
+    assert not rows.add(wider, np.zeros((1, 2)), "w1", 0.0, "v2", None)
+    old = rows.take(5)
+    assert old is not None and old.x.shape == (1, 3)
+    assert rows.add(wider, np.zeros((1, 2)), "w2", 0.0, "v2", None)
+    new = rows.take(5)
+    assert new is not None and new.x.shape == (1, 5) and new.ids == ["w2"]

@@ -23,6 +23,7 @@ from .. import metrics
 from ..config import Settings, TeacherConfig
 from ..store import SampleBatch, TeacherColumn
 from ..teachers import CallFailed, GuardedTeacher, Pins, TeacherState
+from ..teachers.child import pack
 from .slices import SliceRules
 from .waiting import Rows, WaitingRows
 
@@ -84,8 +85,10 @@ class SamplingService:
                 return
             now = time.time()
             waiting = self.waiting
+            one = len(x) == 1  # the request's own arrays are the row: no view to make
             for i in hits:
-                if not waiting.add(x[i], probs[i], request.ids[i], now, version, request.slice):
+                row, row_probs = (x, probs) if one else (x[i], probs[i])
+                if not waiting.add(row, row_probs, request.ids[i], now, version, request.slice):
                     self._outcome["dropped"].inc()
         except Exception:
             metrics.sampler_errors_total.labels(stage="offer").inc()
@@ -199,7 +202,12 @@ class SamplingService:
                 for outcome, n in batch.outcomes().items():
                     counts[outcome] += n
             try:
-                await self._write(pending)
+                parts = await pack(pending)
+            except asyncio.CancelledError:
+                self._pending[:0] = pending  # nothing was sent: the last flush at stop writes them
+                raise
+            try:
+                await self._write(parts)
             except Exception:
                 metrics.sampler_errors_total.labels(stage="store").inc()
                 self._outcome["dropped"].inc(sum(len(b) for b in pending))
@@ -224,7 +232,7 @@ class SamplingService:
     async def process(self, batch: Rows) -> None:
         assert self.pins is not None and self.daemon is not None
         x = batch.x
-        slices = [self.rules.row_slices(x[j], given) for j, given in enumerate(batch.given)]
+        slices = self.rules.batch_slices(x, batch.given)
         columns: dict[str, TeacherColumn] = {}
         for name, teacher in self.teachers.items():
             if teacher.cfg.slices:
@@ -256,13 +264,13 @@ class SamplingService:
         if sum(len(b) for b in self._pending) >= FLUSH_ROWS:
             await self._flush()
 
-    async def _write(self, batches: list[SampleBatch]) -> None:
+    async def _write(self, parts: list[bytes]) -> None:
         """Pin changes first (so events precede their rows), then the rows — serialised and inserted
         by a teacher process, off this process's GIL — then eval-set freezing until it is frozen."""
         assert self.pins is not None and self.daemon is not None
         if self.pins.pending:
             await asyncio.to_thread(self.pins.persist)
-        await self._processes.store_rows(self.settings.store_url, batches)
+        await self._processes.store_rows(self.settings.store_url, parts)
         if self.cfg.eval_set is None and any(
             s.pinned is not None and s.state == "ok" and n not in self._frozen
             for n, s in self.pins.teachers.items()

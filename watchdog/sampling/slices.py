@@ -79,10 +79,16 @@ class SliceRules:
                 out = np.maximum(out, b.rates[np.searchsorted(b.edges, x[:, b.column], side="right")])
         return np.where(out >= 0, out, self.base)
 
-    def row_slices(self, row: np.ndarray, given: dict[str, str] | None) -> dict[str, str]:
-        """The slice labels of one (sampled) row, for the store and specialist teachers."""
-        out = self.request_slices(given)
+    def batch_slices(self, x: np.ndarray, given: list[dict[str, str] | None]) -> list[dict[str, str]]:
+        """The slice labels of a batch of sampled rows, for the store and specialist teachers.
+
+        One `searchsorted` per rule for the whole batch: it runs on the event loop, and a call
+        per row cost about a microsecond each, a quarter of a millisecond per 256-row batch.
+        """
+        out = [self.request_slices(g) if g else {} for g in given]
         for b in self.bins:
-            if b.column < row.shape[0]:
-                out[b.name] = b.labels[int(np.searchsorted(b.edges, row[b.column], side="right"))]
+            if b.column < x.shape[1]:
+                bins = np.searchsorted(b.edges, x[:, b.column], side="right").tolist()
+                for row, i in zip(out, bins, strict=True):
+                    row[b.name] = b.labels[i]
         return out
