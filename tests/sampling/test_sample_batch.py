@@ -77,28 +77,39 @@ def test_eval_set_freezes_only_once_enough_rows_are_counted(store_url):
     assert store.eval_count("big") == 4
 
 
-def test_a_flush_cancelled_before_it_sends_keeps_its_rows_for_the_last_flush(make_settings):
-    """Shutdown cancels the flushing task; rows it had not yet handed to a teacher process stay
-    pending, so the final flush in `stop` writes them (and counts them) instead of losing them."""
+def test_a_flush_whose_caller_is_cancelled_still_writes_its_rows(make_settings):
+    """Shutdown cancels the task that is flushing; its write goes on, and `stop` waits for it
+    before ending the teacher processes, so the answered rows are stored and counted."""
     import asyncio
 
     from distill_watchdog.sampling.service import SamplingService
     from distill_watchdog.store import Store
+    from distill_watchdog.teachers.child import TeacherProcesses
     from distill_watchdog.teachers.pinning import Pins
 
+    from .helpers import sample_count
+
     settings = make_settings()
+    store = Store(settings.store_url)
+    outcomes = ("stored", "quarantined", "teacher_error", "dropped")
+    before = {o: sample_count(o) for o in outcomes}
 
     async def scenario() -> None:
         service = SamplingService(settings)
-        service.pins = Pins(Store(settings.store_url), "quarantine")
+        service.pins = Pins(store, "quarantine")
         service.pins.load({"big": None, "expert": None})
-        batches = [_batch(), _batch()]
-        service._pending = list(batches)
+        service._processes = TeacherProcesses([], workers=1)  # a real one: it does the insert
+        await service._processes.start()
+        service._pending = [_batch(), _batch()]
         flushing = asyncio.create_task(service._flush())
-        await asyncio.sleep(0)  # it settles both, packs the first, and yields before the second
+        await asyncio.sleep(0)  # the write has started (it packs the first batch)
         flushing.cancel()
         with pytest.raises(asyncio.CancelledError):
             await flushing
-        assert service._pending == batches and not service._write_lock.locked()
+        await service.stop()  # waits for the write, then ends the teacher process
+        assert not service._processes.pids()
 
     asyncio.run(scenario())
+    assert store.count_samples() == 8
+    counted = {o: sample_count(o) - before[o] for o in outcomes}
+    assert counted["dropped"] == 0 and sum(counted.values()) == 8  # each row counted once, as written

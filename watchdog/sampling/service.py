@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _OUTCOMES = ("stored", "dropped", "quarantined", "teacher_error")
 FLUSH_ROWS = 2000  # write at once past this many answered rows, whatever the flush interval
 MIN_EVAL_ROWS = 10  # fewest rows worth re-evaluating on when a change comes before the set is full
+STOP_WRITE_TIMEOUT_S = 30.0  # how long shutdown waits for bulk writes already under way
 
 
 class SamplingService:
@@ -54,6 +55,7 @@ class SamplingService:
         self._background: set[asyncio.Task[None]] = set()
         self._frozen: set[str] = set()  # teachers whose eval set exists
         self._pending: list[SampleBatch] = []  # answered batches awaiting a write
+        self._writes: set[asyncio.Task[None]] = set()  # bulk writes in progress
         self._processes: Any = None  # teachers.child.TeacherProcesses once started
         self._write_lock = asyncio.Lock()  # bulk writes and quarantine releases happen in order
         self._outcome = {o: metrics.samples_total.labels(outcome=o) for o in _OUTCOMES}
@@ -143,6 +145,10 @@ class SamplingService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._flush()  # rows already answered are written, not lost
+        if self._writes:  # writes whose callers were cancelled above
+            _, unfinished = await asyncio.wait(self._writes, timeout=STOP_WRITE_TIMEOUT_S)
+            if unfinished:
+                log.warning("sampling: %d sample writes still running at shutdown", len(unfinished))
         left = len(self.waiting)
         if left:
             self._outcome["dropped"].inc(left)
@@ -191,23 +197,29 @@ class SamplingService:
                     log.exception("sampling: could not refresh teacher pins; will retry")
 
     async def _flush(self) -> None:
-        """One bulk write of every batch the workers finished since the last flush."""
+        """One bulk write of every batch the workers finished since the last flush.
+
+        The write is a task of its own: a caller cancelled meanwhile (shutdown cancels the
+        workers) leaves it to finish, and `stop` waits for it before ending the teacher
+        processes, so answered rows are written or counted as dropped, never lost uncounted.
+        """
         if not self._pending:
             return
+        pending, self._pending = self._pending, []
+        write = asyncio.get_running_loop().create_task(self._store(pending))
+        self._writes.add(write)
+        write.add_done_callback(self._writes.discard)
+        await asyncio.shield(write)
+
+    async def _store(self, pending: list[SampleBatch]) -> None:
         async with self._write_lock:
-            pending, self._pending = self._pending, []
             counts = dict.fromkeys(_OUTCOMES, 0)
             for batch in pending:
                 self._settle(batch)
                 for outcome, n in batch.outcomes().items():
                     counts[outcome] += n
             try:
-                parts = await pack(pending)
-            except asyncio.CancelledError:
-                self._pending[:0] = pending  # nothing was sent: the last flush at stop writes them
-                raise
-            try:
-                await self._write(parts)
+                await self._write(await pack(pending))
             except Exception:
                 metrics.sampler_errors_total.labels(stage="store").inc()
                 self._outcome["dropped"].inc(sum(len(b) for b in pending))
@@ -267,7 +279,7 @@ class SamplingService:
     async def _write(self, parts: list[bytes]) -> None:
         """Pin changes first (so events precede their rows), then the rows — serialised and inserted
         by a teacher process, off this process's GIL — then eval-set freezing until it is frozen."""
-        assert self.pins is not None and self.daemon is not None
+        assert self.pins is not None
         if self.pins.pending:
             await asyncio.to_thread(self.pins.persist)
         await self._processes.store_rows(self.settings.store_url, parts)
