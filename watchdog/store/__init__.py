@@ -8,7 +8,7 @@ from __future__ import annotations
 from .db import SCHEMA_VERSION, Database
 from .models import ModelStore
 from .runs import LeaderLock, RunStore
-from .samples import SampleBatch, SampleRecord, SampleStore, TeacherColumn
+from .samples import SampleBatch, SampleColumns, SampleRecord, SampleStore, TeacherColumn
 from .tables import Activation, AuditEvent, ModelVersion
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "LeaderLock",
     "ModelVersion",
     "SampleBatch",
+    "SampleColumns",
     "SampleRecord",
     "Store",
     "TeacherColumn",

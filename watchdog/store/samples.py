@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -20,6 +20,21 @@ _CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's par
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+@dataclass
+class SampleColumns:
+    """Sampled rows as the store holds them, newest first, one list per column (JSON as text)."""
+
+    ids: list[str] = field(default_factory=list)
+    at: list[float] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    student_probs: list[str] = field(default_factory=list)
+    student_versions: list[str] = field(default_factory=list)
+    slices: list[str] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+    # (row index, teacher, version, quarantined, probs JSON or None when the teacher failed)
+    outputs: list[tuple[int, str, str, bool, str | None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -246,6 +261,40 @@ class SampleStore:
             return list(by_id.values())
 
         return self.db.retry("recent_samples", op)
+
+    def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
+        """The newest `limit` unquarantined rows (at or after `since`), as columns of stored text.
+
+        For the monitor window and a run's training set: tens of thousands of rows, where a
+        dict per row with its JSON parsed one by one was most of a cycle (window.py parses
+        each column in one call).
+        """
+        s, t = Sample.__table__.c, TeacherOutput.__table__.c
+
+        def op(session: Session) -> SampleColumns:
+            query = sa_select(
+                s.id, s.at, s.features_json, s.student_probs_json, s.student_version, s.slice_json, s.label
+            ).where(s.quarantined.is_(False))
+            if since is not None:
+                query = query.where(s.at >= since)
+            rows = session.execute(query.order_by(s.at.desc()).limit(limit)).all()
+            cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True))) if rows else SampleColumns()
+            if not rows:
+                return cols
+            index = {sid: i for i, sid in enumerate(cols.ids)}
+            # One join over the window's time range; rows stored since the first read are skipped.
+            outputs = (
+                sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs_json)
+                .join(Sample.__table__, t.sample_id == s.id)
+                .where(s.at >= min(cols.at), s.at <= max(cols.at))
+            )
+            for sid, teacher, version, quarantined, probs in session.execute(outputs).all():
+                i = index.get(sid)
+                if i is not None:
+                    cols.outputs.append((i, teacher, version, bool(quarantined), probs))
+            return cols
+
+        return self.db.retry("sample_columns", op)
 
     def add_labels(self, labels: list[tuple[str, int]]) -> tuple[int, list[str]]:
         """Joins true labels to sampled rows by request id: (rows labelled, ids not found)."""
