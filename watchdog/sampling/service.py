@@ -23,7 +23,7 @@ from .. import metrics
 from ..config import Settings, TeacherConfig
 from ..store import SampleBatch, TeacherColumn
 from ..teachers import CallFailed, GuardedTeacher, Pins, TeacherState
-from ..teachers.child import pack
+from ..teachers.child import TeacherProcesses, pack
 from .slices import SliceRules
 from .waiting import Rows, WaitingRows
 
@@ -114,8 +114,6 @@ class SamplingService:
 
     async def _boot(self) -> bool:
         """Starts the teacher processes before readiness: the engine imports torch there, not here."""
-        from ..teachers.child import TeacherProcesses
-
         self._processes = TeacherProcesses(
             self.settings.teachers, self.cfg.concurrency, self.settings.server.background_cpus
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,18 @@ class SampleColumns:
     labels: list[int | None] = field(default_factory=list)
     # (row index, teacher, version, quarantined, probs JSON or None when the teacher failed)
     outputs: list[tuple[int, str, str, bool, str | None]] = field(default_factory=list)
+
+
+def _outputs_between(session: Session, first: float, last: float) -> Sequence[Any]:
+    """(sample id, teacher, version, quarantined, probs JSON) of the samples stored from `first`
+    to `last`: one join over a window's time range; callers skip rows stored since they read."""
+    s, t = Sample.__table__.c, TeacherOutput.__table__.c
+    query = (
+        sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs_json)
+        .join(Sample.__table__, t.sample_id == s.id)
+        .where(s.at >= first, s.at <= last)
+    )
+    return session.execute(query).all()
 
 
 @dataclass(slots=True)
@@ -207,7 +220,7 @@ class SampleStore:
         Selects columns, not ORM entities: a monitor window is tens of thousands of rows, and
         building an instance per row was most of a cycle's time.
         """
-        s, t = Sample.__table__.c, TeacherOutput.__table__.c
+        s = Sample.__table__.c
 
         def op(session: Session) -> list[dict[str, Any]]:
             query = sa_select(
@@ -245,13 +258,9 @@ class SampleStore:
             if not by_id:
                 return []
             times = [row["at"] for row in by_id.values()]
-            # One join over the window's time range; rows stored since the first read are skipped.
-            outputs = (
-                sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs_json)
-                .join(Sample.__table__, t.sample_id == s.id)
-                .where(s.at >= min(times), s.at <= max(times))
-            )
-            for sid, teacher, version, quarantined, probs in session.execute(outputs).all():
+            for sid, teacher, version, quarantined, probs in _outputs_between(
+                session, min(times), max(times)
+            ):
                 if sid in by_id:
                     by_id[sid]["teachers"][teacher] = {
                         "version": version,
@@ -269,7 +278,7 @@ class SampleStore:
         dict per row with its JSON parsed one by one was most of a cycle (window.py parses
         each column in one call).
         """
-        s, t = Sample.__table__.c, TeacherOutput.__table__.c
+        s = Sample.__table__.c
 
         def op(session: Session) -> SampleColumns:
             query = sa_select(
@@ -278,17 +287,13 @@ class SampleStore:
             if since is not None:
                 query = query.where(s.at >= since)
             rows = session.execute(query.order_by(s.at.desc()).limit(limit)).all()
-            cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True))) if rows else SampleColumns()
             if not rows:
-                return cols
+                return SampleColumns()
+            cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
             index = {sid: i for i, sid in enumerate(cols.ids)}
-            # One join over the window's time range; rows stored since the first read are skipped.
-            outputs = (
-                sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs_json)
-                .join(Sample.__table__, t.sample_id == s.id)
-                .where(s.at >= min(cols.at), s.at <= max(cols.at))
-            )
-            for sid, teacher, version, quarantined, probs in session.execute(outputs).all():
+            for sid, teacher, version, quarantined, probs in _outputs_between(
+                session, min(cols.at), max(cols.at)
+            ):
                 i = index.get(sid)
                 if i is not None:
                     cols.outputs.append((i, teacher, version, bool(quarantined), probs))
