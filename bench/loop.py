@@ -37,6 +37,7 @@ from common import (
     VENV_BIN,
     Child,
     append_section,
+    client_note,
     command_line,
     free_port,
     warm,
@@ -291,7 +292,9 @@ def main() -> None:
         f"Latency: wrk -c8, {args.pairs} pairs of {args.seconds}-s windows alternating the monitor process "
         "stopped (SIGSTOP) and cycling back to back (SIGCONT); medians of the windows. The daemon runs "
         "monitor-only (`policy.max_runs_per_day: 0`). With `background_cpus` the daemon pins serving "
-        f"to CPU {SERVER_CPUS} itself, and wrk runs on the background CPU {LOAD_CPUS} beside the monitor."
+        f"to CPU {SERVER_CPUS} itself, and wrk runs on the background CPU {LOAD_CPUS} beside the monitor. "
+        + client_note()
+        + "."
     )
     table = "| figure | value | target |\n|---|---|---|\n" + "\n".join(rows)
     print(table)

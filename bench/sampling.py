@@ -37,6 +37,7 @@ from common import (
     Child,
     Load,
     append_section,
+    client_note,
     command_line,
     free_port,
     mlp_onnx_bytes,
@@ -251,7 +252,7 @@ def main() -> None:
              f"(teacher processes and the stand-in teacher, median {share:.1%}): what background work of "
              f"that size costs serving on this machine, sampling or not. The first table shows each mode's "
              f"best run (highest req/s); the targets are judged on the median over rounds of each round's "
-             f"ratio to its own 'off' run. Every run: {each}.")  # fmt: skip
+             f"ratio to its own 'off' run. {client_note()}. Every run: {each}.")  # fmt: skip
     table = "\n".join(lines)
     print(table)
     print(notes)
