@@ -47,6 +47,26 @@ def _cpu_split() -> tuple[list[int], list[int]]:
 SERVER_CPUS, LOAD_CPUS = _cpu_split()
 
 
+def _background_split() -> tuple[list[int], list[int]]:
+    """(daemon CPUs, background CPUs) for a daemon that sets `server.background_cpus`.
+
+    Three CPUs or more: wrk keeps the last one to itself, the daemon gets the others and puts
+    its background processes on the last of those, as a client on another machine would leave
+    it. Two: wrk shares the background CPU (daemon CPUs: unpinned). There the serving CPU pays
+    an inter-processor interrupt each time it wakes wrk while background work runs beside it,
+    a cost a remote client would not bring (docs/sampling.md).
+    """
+    if not LOAD_CPUS:
+        return [], []
+    daemon = [c for c in sorted(os.sched_getaffinity(0)) if c not in LOAD_CPUS]
+    if len(daemon) >= 2:
+        return daemon, daemon[-1:]
+    return [], LOAD_CPUS
+
+
+DAEMON_CPUS, BACKGROUND_CPUS = _background_split()
+
+
 def _client_priority() -> list[str]:
     """`chrt -f 1` for wrk where the machine allows it (root or CAP_SYS_NICE); else nothing.
 
@@ -65,6 +85,27 @@ def _client_priority() -> list[str]:
 
 
 CLIENT_PRIORITY = _client_priority()
+
+
+def wake_interrupts(cpus: list[int]) -> int:
+    """Rescheduling and function-call interrupts received so far by `cpus` (/proc/interrupts).
+
+    On Linux these are the inter-processor interrupts by which one CPU wakes a task on another:
+    here, mostly the serving CPU waking wrk when a response is ready. The serving CPU pays for
+    each one it sends (in a VM, an exit to the hypervisor), so more of them per request is a cost
+    that clients on other machines would not impose. 0 where the file cannot be read.
+    """
+    try:
+        lines = Path("/proc/interrupts").read_text().splitlines()
+    except OSError:
+        return 0
+    columns = {int(name[3:]): i for i, name in enumerate(lines[0].split()) if name.startswith("CPU")}
+    total = 0
+    for line in lines[1:]:
+        parts = line.split()
+        if parts and parts[0] in ("RES:", "CAL:"):
+            total += sum(int(parts[1 + columns[c]]) for c in cpus if c in columns)
+    return total
 
 
 def pinned(argv: list[str], cpus: list[int]) -> list[str]:

@@ -31,6 +31,8 @@ import common
 import httpx
 import numpy as np
 from common import (
+    BACKGROUND_CPUS,
+    DAEMON_CPUS,
     LOAD_CPUS,
     ROOT,
     VENV_BIN,
@@ -42,6 +44,7 @@ from common import (
     free_port,
     mlp_onnx_bytes,
     pinned,
+    wake_interrupts,
     warm,
 )
 
@@ -80,7 +83,8 @@ def stand_in_load(mode: str, share: float, port: int) -> Iterator[None]:
         return
     argv = ["chrt", "-i", "0", str(VENV_BIN / "python"), str(ROOT / "bench" / "background_load.py"),
             "--share", f"{share:.4f}", "--db", str(OUT / f"load-{port}.db")]  # fmt: skip
-    proc = subprocess.Popen(pinned(argv, LOAD_CPUS), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    quiet = subprocess.DEVNULL
+    proc = subprocess.Popen(pinned(argv, BACKGROUND_CPUS), stdout=quiet, stderr=quiet)
     try:
         yield
     finally:
@@ -116,7 +120,7 @@ def daemon_config(mode: str, port: int, model: Path, card: Path, teacher_url: st
         "data_dir": str(OUT / f"data-{mode}-{port}"),
         # Serving keeps its own CPU; shadow work, like the load generator, gets the other one (the
         # layout deploy.md recommends). Both modes, so that only sampling differs.
-        "server": {"port": port, "log_format": "json", "background_cpus": LOAD_CPUS or None},
+        "server": {"port": port, "log_format": "json", "background_cpus": BACKGROUND_CPUS or None},
         "student": {"model": str(model), "card": str(card)},
         "sampling": {"rate": 0.0},
     }
@@ -153,25 +157,29 @@ def main() -> None:
                     "--port", str(teacher_port), "--delay", str(args.delay)]  # fmt: skip
 
     load_before = os.getloadavg()[0]
-    serving_cpus = sorted(set(os.sched_getaffinity(0)) - set(LOAD_CPUS))
+    serving_cpus = sorted(set(os.sched_getaffinity(0)) - set(LOAD_CPUS) - set(BACKGROUND_CPUS))
     runs: dict[str, list[tuple[Load, float]]] = {"off": [], "on": [], "control": []}
+    wakes: dict[str, list[float]] = {"off": [], "on": [], "control": []}  # IPIs to wrk's CPU per request
     fates: list[dict[str, float]] = []
     shares: list[float] = []  # background CPU share (teacher processes + stand-in teacher) in 'on' runs
-    # The teacher stands in for a remote service: it runs beside the load generator, off serving's CPU.
-    with Child(teacher_argv, teacher_port, cpus=LOAD_CPUS) as teacher:
+    # The teacher stands in for a remote service: it runs on the background CPU, off serving's.
+    with Child(teacher_argv, teacher_port, cpus=BACKGROUND_CPUS) as teacher:
         for round_ in range(args.rounds):
             for mode in ("off", "on", "control"):
                 port = free_port()
                 config = daemon_config("on" if mode == "on" else "off", port, model, card, teacher.url)
                 argv = [str(VENV_BIN / "distill-watchdog"), "serve", "--config", str(config)]
                 share = float(np.median(shares)) if shares else 0.0
-                with Child(argv, port, ready="/v2/health/ready") as daemon, stand_in_load(mode, share, port):
+                child = Child(argv, port, ready="/v2/health/ready", cpus=DAEMON_CPUS)
+                with child as daemon, stand_in_load(mode, share, port):
                     url = daemon.url + "/v1/predict"
                     warm(url, body)
                     wrk(url, body, 32, 3)  # unmeasured: start-up transients (first batches, eval set)
                     before, cpu0 = samples(daemon.url), cpu_seconds(daemon.proc.pid)
                     own0, peer0 = own_cpu_seconds(daemon.proc.pid), cpu_seconds(teacher.proc.pid)
+                    ipi0 = wake_interrupts(LOAD_CPUS)
                     result = wrk(url, body, 32, args.seconds)
+                    wakes[mode].append((wake_interrupts(LOAD_CPUS) - ipi0) / max(1, result.requests))
                     cpu_us = 1e6 * (cpu_seconds(daemon.proc.pid) - cpu0) / max(1, result.requests)
                     if mode == "on":
                         children = (
@@ -184,7 +192,8 @@ def main() -> None:
                         fates.append({o: after[o] - before[o] for o in OUTCOMES})
                 extra = f", stand-in load {share:.1%} of a CPU" if mode == "control" else ""
                 print(f"round {round_} {mode}: {result.rps:.0f} req/s, p99 {result.p99_ms:.2f} ms, "
-                      f"failed {result.failed}, {cpu_us:.0f} us CPU/request{extra}", flush=True)  # fmt: skip
+                      f"failed {result.failed}, {cpu_us:.0f} us CPU/request, "
+                      f"{wakes[mode][-1]:.2f} IPIs to wrk's CPU/request{extra}", flush=True)  # fmt: skip
 
     (off, off_cpu), (on, on_cpu), (ctl, ctl_cpu) = (
         max(runs[m], key=lambda r: r[0].rps) for m in ("off", "on", "control")
@@ -221,10 +230,13 @@ def main() -> None:
         f"| {ctl.p50_ms:.2f} | {ctl.p99_ms:.2f} | {ctl.failed} | {ctl_cpu:.0f} | {ctl.rps / off.rps:.3f} "
         f"| {ctl.p99_ms / off.p99_ms:.3f} |",
         "",
-        "| per-round ratios, median of rounds | throughput vs off | p99 vs off |",
-        "|---|---|---|",
-        f"| {label} | {thr_med:.3f} | {p99_med:.3f} |",
-        f"| control | {paired['control'][0]:.3f} | {paired['control'][1]:.3f} |",
+        "| per-round ratios, median of rounds | throughput vs off | p99 vs off | wake-up IPIs to wrk's CPU "
+        "per request (median) |",
+        "|---|---|---|---|",
+        f"| off | 1.000 | 1.000 | {np.median(wakes['off']):.2f} |",
+        f"| {label} | {thr_med:.3f} | {p99_med:.3f} | {np.median(wakes['on']):.2f} |",
+        f"| control | {paired['control'][0]:.3f} | {paired['control'][1]:.3f} | "
+        f"{np.median(wakes['control']):.2f} |",
         "",
         "| target (median of per-round ratios) | value | |",
         "|---|---|---|",
@@ -244,13 +256,19 @@ def main() -> None:
              f"unmeasured "
              f"warm-up, wrk -t1 -c32, one row per request. CPU µs/request counts the daemon and its teacher "
              f"processes. Load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work "
-             f"shares this machine). Layout: serving on CPU {serving_cpus}, "
-             f"and on CPU {LOAD_CPUS} wrk, the stand-in teacher and the daemon's shadow work "
-             f"(`server.background_cpus: {LOAD_CPUS}`, in every mode). The control row samples nothing: "
+             f"shares this machine). Layout: serving on CPU {serving_cpus}; the stand-in teacher and the "
+             f"daemon's shadow work on CPU {BACKGROUND_CPUS} (`server.background_cpus`, in every mode); "
+             f"wrk on CPU {LOAD_CPUS}"
+             f"{', beside the background work (a 2-CPU machine)' if BACKGROUND_CPUS == LOAD_CPUS else ''}. "
+             f"The control row samples nothing: "
              f"it is 'off' with bench/background_load.py (JSON and SQLite work at idle priority, on CPU "
-             f"{LOAD_CPUS}) busy for the CPU share that sampling's background work used in the 'on' runs "
+             f"{BACKGROUND_CPUS}) busy for the CPU share that sampling's background work used in the 'on' "
+             f"runs "
              f"(teacher processes and the stand-in teacher, median {share:.1%}): what background work of "
-             f"that size costs serving on this machine, sampling or not. The first table shows each mode's "
+             f"that size costs serving on this machine, sampling or not. Wake-up IPIs: rescheduling and "
+             f"function-call interrupts received by wrk's CPU (/proc/interrupts), nearly all the serving "
+             f"CPU waking wrk; the serving CPU pays for each, a cost remote clients would not bring "
+             f"(docs/sampling.md). The first table shows each mode's "
              f"best run (highest req/s); the targets are judged on the median over rounds of each round's "
              f"ratio to its own 'off' run. {client_note()}. Every run: {each}.")  # fmt: skip
     table = "\n".join(lines)

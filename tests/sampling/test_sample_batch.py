@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 
 import numpy as np
 import orjson
@@ -38,6 +39,7 @@ def test_outcomes_and_rows_follow_the_settled_quarantine():
     ids = [row[0] for row in samples]
     assert [row[1] for row in samples] == ["r0", "r1", "r2", "r3"]
     assert len(set(ids)) == 4 and all(len(i) == 32 for i in ids)
+    assert ids == sorted(ids)  # in creation order: appended at the end of the indexes
     assert all(row[7] is True for row in samples)  # every row has a quarantined answer
     by_row = {(sample_id, teacher): rest for sample_id, teacher, *rest in outputs}
     assert by_row[ids[0], "expert"] == ["", None, False]  # a failure is never quarantined
@@ -113,3 +115,12 @@ def test_a_flush_whose_caller_is_cancelled_still_writes_its_rows(make_settings):
     assert store.count_samples() == 8
     counted = {o: sample_count(o) - before[o] for o in outcomes}
     assert counted["dropped"] == 0 and sum(counted.values()) == 8  # each row counted once, as written
+
+
+def test_later_inserts_get_later_ids():
+    """Ids rise with time, so bulk inserts append to the id indexes instead of touching a page per row."""
+    first = [row[0] for row in _batch().rows()[0]]
+    time.sleep(0.002)
+    second = [row[0] for row in _batch().rows()[0]]
+    assert max(first) < min(second)
+    assert len(set(first + second)) == 8

@@ -139,9 +139,18 @@ class SampleBatch:
 
 
 def _new_ids(n: int) -> list[str]:
-    """`n` random 32-hex-digit ids (what uuid4().hex gives, without an object per id)."""
-    raw = os.urandom(16 * n).hex()
-    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
+    """`n` 32-hex-digit ids in creation order: a millisecond clock (12 digits), the row's place
+    in this insert (5) and random bits (15), in the manner of a UUIDv7.
+
+    The sample id is the primary key of `samples` and is indexed in `teacher_outputs`. Random
+    ids (uuid4's) put every row of a bulk insert on its own page of both indexes, so the bytes
+    written per row grew with the table: on SQLite, 30 µs of CPU and 17 KB written per row once
+    it held 200k rows, against 13 µs and 2.3 KB in time order, at any size
+    (bench/sample_store.py).
+    """
+    head = f"{time.time_ns() // 1_000_000:012x}"
+    raw = os.urandom(8 * n).hex()
+    return [f"{head}{k & 0xFFFFF:05x}{raw[16 * k : 16 * k + 15]}" for k in range(n)]
 
 
 class SampleStore:
