@@ -31,10 +31,13 @@ from common import ROOT, append_section, command_line
 from distill_watchdog.store import SampleBatch, Store, TeacherColumn
 from distill_watchdog.store import samples as sample_sql
 
+from support import Postgres
+
 OUT = ROOT / "bench" / "out" / "sample_store"
 BATCH, BATCHES_PER_INSERT, MEASURED = 256, 8, 20
 WIDTH, CLASSES = 40, 10
 REQUEST_IDS = itertools.count()
+ORDERED_IDS = sample_sql._new_ids  # the ids the store makes now
 
 
 def random_ids(n: int) -> list[str]:
@@ -116,17 +119,6 @@ def measure(url: str, size: int, new_ids: Callable[[int], list[str]]) -> tuple[f
     return 1e6 * (c1 - c0) / n, 1e6 * (t1 - t0) / n, (b1 - b0) / n
 
 
-def postgres_database(base: str, name: str, create: bool) -> str:
-    """Creates (or drops) database `name` on the server of `base`; returns its URL."""
-    engine = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        if create:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    engine.dispose()
-    return base.rsplit("/", 1)[0] + f"/{name}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="0,50000,200000", help="rows in the store before measuring")
@@ -137,7 +129,11 @@ def main() -> None:
 
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir(parents=True)
-    backends = ["sqlite"] + (["postgresql"] if args.postgres else [])
+    postgres = None
+    if args.postgres:
+        os.environ["WATCHDOG_TEST_POSTGRES_URL"] = args.postgres  # the server Postgres() hands out from
+        postgres = Postgres()
+    backends = ["sqlite"] + (["postgresql"] if postgres else [])
     lines = [
         "| store | rows before | ids | CPU µs/row | wall µs/row | KB written/row | CPU vs random |",
         "|---|---|---|---|---|---|---|",
@@ -145,15 +141,16 @@ def main() -> None:
     for backend in backends:
         for size in sizes:
             results = {}
-            for label, new_ids in (("random (earlier)", random_ids), ("time-ordered (now)", original_ids())):
-                case = f"{backend}_{size}_{label.split()[0].replace('-', '_')}"
-                if backend == "sqlite":
-                    url = f"sqlite:///{OUT / (case + '.db')}"
+            for label, new_ids in (("random (earlier)", random_ids), ("time-ordered (now)", ORDERED_IDS)):
+                if postgres is None or backend == "sqlite":
+                    url = f"sqlite:///{OUT / f'{size}-{label.split()[0]}.db'}"
+                    results[label] = measure(url, size, new_ids)
                 else:
-                    url = postgres_database(args.postgres, f"wd_bench_{case}", create=True)
-                results[label] = measure(url, size, new_ids)
-                if backend == "postgresql":
-                    postgres_database(args.postgres, f"wd_bench_{case}", create=False)
+                    url = postgres.create_database()
+                    try:
+                        results[label] = measure(url, size, new_ids)
+                    finally:
+                        postgres.drop_database(url)
                 cpu, wall, written = results[label]
                 ratio = cpu / results["random (earlier)"][0]
                 lines.append(
@@ -173,10 +170,6 @@ def main() -> None:
     print(notes)
     if not args.no_append:
         append_section("Sample store: bulk insert cost per row by id order", command_line(), table, notes)
-
-
-def original_ids() -> Callable[[int], list[str]]:
-    return sample_sql._new_ids
 
 
 if __name__ == "__main__":
