@@ -6,8 +6,8 @@ process: each row is a one-row request's own arrays (separate allocations, as th
 path has them). Medians over many 256-row batches (`sampling.batch_size`):
 
 - gather: the batch's feature and probability arrays. Earlier: `np.stack` of per-row views
-  at batch time. Now: a copy into ring buffers as each row is sampled (paid per sampled row,
-  on its request), and two slices at batch time.
+  at batch time. Now: the row's bytes appended to two buffers as it is sampled (paid per
+  sampled row, on its request), and one conversion of each buffer's front at batch time.
 - slice labels: earlier a call per row; now `SliceRules.batch_slices`.
 - store pickling: earlier one pickle of everything answered since the last flush (five
   batches at 2,500 sampled rows/s and `flush_s: 0.5`); now one batch per event-loop step.
@@ -33,8 +33,8 @@ BATCH = 256
 FLUSH_BATCHES = 5
 WIDTH, CLASSES = 40, 10
 EARLIER_GATHER = "gather at batch time, earlier (np.stack)"
-NOW_GATHER = "gather at batch time, now (ring slices)"
-PER_ROW = "per sampled row, on its request: copy into the rings (now)"
+NOW_GATHER = "gather at batch time, now (byte buffers to arrays)"
+PER_ROW = "per sampled row, on its request: bytes appended (now)"
 
 
 def requests(n: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -79,7 +79,7 @@ def main() -> None:
         t = time.perf_counter()
         np.stack([v[0] for v in views]).astype(np.float32), np.stack([v[1] for v in views])
         record(EARLIER_GATHER, t)
-        waiting = WaitingRows(10_000)  # now: each sampled row copied into the rings
+        waiting = WaitingRows(10_000)  # now: each sampled row's bytes appended
         t = time.perf_counter()
         for k, (x, p) in enumerate(rows):
             waiting.add(x, p, ids[k], 0.0, "v1", given[k])
@@ -114,9 +114,7 @@ def main() -> None:
     earlier_step = (
         med["gather at batch time, earlier (np.stack)"] + med["slice labels (no rules), earlier (per row)"]
     )
-    now_step = (
-        med["gather at batch time, now (ring slices)"] + med["slice labels (no rules), now (batch_slices)"]
-    )
+    now_step = med[NOW_GATHER] + med["slice labels (no rules), now (batch_slices)"]
     lines += [
         "",
         "| the batch step (gather + labels, no rules) | µs | vs earlier |",

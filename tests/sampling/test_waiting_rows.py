@@ -49,9 +49,10 @@ def test_a_waiting_worker_wakes_on_the_first_row_and_waits_again_once_drained() 
 
 
 def test_rows_keep_their_order_and_values_through_wrap_around_and_growth() -> None:
-    """Random adds and takes against a plain list: the rings wrap, grow while wrapped, and lose nothing."""
+    """Random adds and takes against a plain list: rows of both dtypes and layouts keep their order
+    and values while the buffers fill, refuse, and drain."""
     rng = np.random.default_rng(3)
-    rows = WaitingRows(capacity=700)  # starts at 512 rows, grows to 700 while wrapped
+    rows = WaitingRows(capacity=700)
     expected: list[int] = []
     k = fullest = 0
     for _ in range(400):
@@ -73,7 +74,7 @@ def test_rows_keep_their_order_and_values_through_wrap_around_and_growth() -> No
         np.testing.assert_array_equal(batch.probs[:, 1], want)
         assert batch.ids == [f"r{j}" for j in want] and batch.x.dtype == np.float32
         assert len(rows) == len(expected)
-    assert fullest == 700 and k > 2000  # it filled up, refused rows, and wrapped around
+    assert fullest == 700 and k > 2000  # it filled up and refused rows
 
 
 def test_rows_of_another_width_wait_until_the_old_ones_are_taken() -> None:
