@@ -88,3 +88,20 @@ def test_rows_of_another_width_wait_until_the_old_ones_are_taken() -> None:
     assert rows.add(wider, np.zeros((1, 2)), "w2", 0.0, "v2", None)
     new = rows.take(5)
     assert new is not None and new.x.shape == (1, 5) and new.ids == ["w2"]
+
+
+def test_a_waiting_row_is_a_copy_of_the_request_arrays() -> None:
+    """The request's own arrays are offered; changing them later must not change the queued row."""
+    rows = WaitingRows(capacity=4)
+    x, probs = np.array([[1.5, -2.0, 3.0]]), np.array([[0.25, 0.75]], dtype=np.float32)
+    assert rows.add(x, probs, "r1", 0.0, "v1", None)
+    x[:] = 9.0
+    probs[:] = 0.0
+    batch = rows.take(1)
+    assert batch is not None
+    np.testing.assert_array_equal(batch.x, [[1.5, -2.0, 3.0]])
+    np.testing.assert_array_equal(batch.probs, [[0.25, 0.75]])
+    batch.x[0, 0] = 7.0  # the batch's arrays are its own (writable), not views of the buffers
+    assert rows.add(x, probs, "r2", 0.0, "v1", None)
+    later = rows.take(1)
+    assert later is not None and later.x[0, 0] == 9.0
