@@ -152,6 +152,8 @@ def layouts(serving_cpus: list[int]) -> dict[str, list[int]]:
     serving CPU, which dilutes the req/s ratio, so the throughput target is judged there on the
     serving process's CPU time per request (its capacity), not on req/s.
     """
+    if not LOAD_CPUS:  # no pinning (BENCH_NO_PIN, or no taskset): one layout, the kernel's
+        return {"unpinned": []}
     if BACKGROUND_CPUS != LOAD_CPUS or not serving_cpus:
         return {"client apart": LOAD_CPUS}
     return {"client beside serving": serving_cpus, "client beside background": LOAD_CPUS}
