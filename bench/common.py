@@ -52,9 +52,10 @@ def _background_split() -> tuple[list[int], list[int]]:
 
     Three CPUs or more: wrk keeps the last one to itself, the daemon gets the others and puts
     its background processes on the last of those, as a client on another machine would leave
-    it. Two: wrk shares the background CPU (daemon CPUs: unpinned). There the serving CPU pays
+    it. Two: wrk's CPU is the background CPU (daemon CPUs: unpinned). There the serving CPU pays
     an inter-processor interrupt each time it wakes wrk while background work runs beside it,
-    a cost a remote client would not bring (docs/sampling.md).
+    a cost a remote client would not bring (docs/sampling.md); bench/sampling.py also runs wrk
+    beside serving on such machines.
     """
     if not LOAD_CPUS:
         return [], []

@@ -8,8 +8,10 @@ requests. Also reports what became of the sampled rows (stored vs dropped), and 
 sampling off, with bench/background_load.py on the background CPU for the CPU share that
 sampling's background work took (what any background work of that size costs serving on the
 machine). Rounds are interleaved (off, on, control, off, ...); the targets are judged on the
-median over rounds of each round's ratio to its own 'off' run. Appends its table to
-docs/BENCHMARKS.md.
+median over rounds of each round's ratio to its own 'off' run. On a 2-CPU machine every
+round runs in two layouts, wrk beside serving (where the targets are judged, throughput as the
+serving process's CPU per request) and wrk beside the background work (see `layouts`).
+Appends its table to docs/BENCHMARKS.md.
 
     .venv/bin/python bench/sampling.py [--seconds 10] [--rounds 4] [--no-append]
 """

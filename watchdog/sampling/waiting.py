@@ -8,7 +8,7 @@ step. Gathering 256 separate rows into arrays at batch time (np.stack, even np.c
 held the event loop for 0.2 to 0.5 ms at once, several times a second. Writing each row into
 a float32 ring instead (numpy item assignment, with its cast) cost a sampled request 5 µs in
 the running server, where a tight loop measures 0.4 µs: that path runs one request in ten,
-with its code out of the caches. The byte append costs it about 2 µs there
+with its code out of the caches. The byte append costs it 2.8 µs there
 (bench/sampler_steps.py for the loop figures; docs/sampling.md for the server's).
 """
 
