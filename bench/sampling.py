@@ -7,13 +7,14 @@ child process (`distill-watchdog serve`, SQLite store) once with no teacher, onc
 requests. Also reports what became of the sampled rows (stored vs dropped), and a control run:
 sampling off, with bench/background_load.py on the background CPU for the CPU share that
 sampling's background work took (what any background work of that size costs serving on the
-machine). Rounds are interleaved (off, on, control, off, ...); the targets are judged on the
-median over rounds of each round's ratio to its own 'off' run. On a 2-CPU machine every
-round runs in two layouts, wrk beside serving (where the targets are judged, throughput as the
-serving process's CPU per request) and wrk beside the background work (see `layouts`).
+machine). Rounds are interleaved (off, on, control; then control, on, off; and so on); the
+targets are judged on the median over rounds of each round's ratio to its own 'off' run. On a
+2-CPU machine every round runs in two layouts, wrk beside serving (where the targets are
+judged, throughput as the serving process's CPU per request) and wrk beside the background
+work (see `layouts`).
 Appends its table to docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/sampling.py [--seconds 10] [--rounds 4] [--no-append]
+    .venv/bin/python bench/sampling.py [--seconds 10] [--rounds 6] [--no-append]
 """
 
 from __future__ import annotations
@@ -161,6 +162,14 @@ def layouts(serving_cpus: list[int]) -> dict[str, list[int]]:
     return {"client beside serving": serving_cpus, "client beside background": LOAD_CPUS}
 
 
+def order(round_: int) -> tuple[str, ...]:
+    """The modes of one round: 'on' in the middle, 'off' first in even rounds and last in odd ones,
+    so that a drift of the machine over the run (the host's other load, caches, the store's file
+    system) favours neither mode."""
+    modes = ("off", "on", "control")
+    return modes if round_ % 2 == 0 else modes[::-1]
+
+
 def ratios(runs: dict[str, list[Run]], mode: str) -> tuple[float, float, float]:
     """Median over rounds of (req/s, serving capacity, p99) against the same round's 'off' run."""
     pairs = list(zip(runs[mode], runs["off"], strict=True))
@@ -175,7 +184,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument(
-        "--rounds", type=int, default=4, help="off/on/control rounds, interleaved; judged on the median"
+        "--rounds",
+        type=int,
+        default=6,
+        help="off/on/control rounds, interleaved, the order reversed every other round; judged on the median",
     )
     parser.add_argument("--delay", type=float, default=0.2, help="teacher seconds per call")
     parser.add_argument("--no-append", action="store_true")
@@ -206,7 +218,7 @@ def main() -> None:
     with Child(teacher_argv, teacher_port, cpus=BACKGROUND_CPUS) as teacher:
         for round_ in range(args.rounds):
             for place, client in places.items():
-                for mode in ("off", "on", "control"):
+                for mode in order(round_):
                     port = free_port()
                     config = daemon_config("on" if mode == "on" else "off", port, model, card, teacher.url)
                     argv = [str(VENV_BIN / "distill-watchdog"), "serve", "--config", str(config)]
@@ -292,7 +304,8 @@ def main() -> None:
         for m, rs in modes.items()
     )
     where = "; ".join(f"{place}: wrk on CPU {cpus}" for place, cpus in places.items())
-    notes = (f"{args.rounds} interleaved rounds of off/on/control in each layout, {args.seconds} s per "
+    notes = (f"{args.rounds} interleaved rounds of off/on/control in each layout (the order reversed "
+             f"every other round), {args.seconds} s per "
              f"run after a 3 s unmeasured warm-up, wrk -t1 -c32, one row per request. Serving on CPU "
              f"{serving_cpus}; the stand-in teacher and the daemon's shadow work on CPU {BACKGROUND_CPUS} "
              f"(`server.background_cpus`, in every mode); {where}. Targets are judged {judged}. "
