@@ -172,3 +172,26 @@ def test_a_stored_pin_read_before_a_local_change_does_not_undo_it(store_url) -> 
     state = pins.teachers["big"]
     assert (state.pinned, state.candidate, state.state) == ("v1", "v2", "quarantine")
     assert not pins.adopt(pins.read_stored())  # a fresh read agrees
+
+
+def test_paused_follows_every_change_of_state(store_url) -> None:
+    """`offer` reads `paused` on every sampled row; each way a state changes must update it."""
+    from distill_watchdog.store import Store
+    from distill_watchdog.teachers.pinning import Pins
+
+    one, two = Pins(Store(store_url), "pause"), Pins(Store(store_url), "pause")
+    for pins in (one, two):
+        pins.load({"big": None})
+        assert not pins.paused
+    one.observe("big", "v1")
+    assert not one.paused
+    assert one.observe("big", "v2").quarantined and one.paused  # a change under the pause policy
+    one.persist()
+    assert two.refresh() and two.paused  # adopted from another replica
+    restarted = Pins(Store(store_url), "pause")
+    restarted.load({"big": None})
+    assert restarted.paused  # read back at start
+    one.accept("big", "v2", actor="operator")
+    assert not one.paused
+    one.persist()
+    assert two.refresh() and not two.paused
