@@ -68,39 +68,33 @@ class SamplingService:
         """Bernoulli sampling per row; never blocks, never raises."""
         try:
             x = request.x
-            rate = self.rules.constant
+            rates = self.rules.constant
+            if rates is None:
+                rates = self.rules.rates(x, request.slice)
             # Python's `random` holds the GIL; numpy's Generator drops and re-takes it on every
             # call, which costs the event loop a GIL hand-off (up to 5 ms) under load.
-            if rate is not None and len(x) == 1:
-                # The common case, and nine times in ten the whole cost: one draw. A sampled
-                # row goes straight to the waiting rows, with no list of hits to build.
-                if self.draw() >= rate or not self.running:
-                    return
-                if self.pins is not None and self.pins.paused:
-                    return
-                if not self.waiting.add(x, probs, request.ids[0], time.time(), version, request.slice):
-                    self._outcome["dropped"].inc()
+            draw = self.draw
+            if isinstance(rates, float):
+                if len(x) == 1:  # the common case, and nine times in ten the whole cost
+                    if draw() >= rates:
+                        return
+                    hits = [0]
+                else:
+                    hits = [i for i in range(len(x)) if draw() < rates]
+            else:
+                hits = [i for i, rate in enumerate(rates.tolist()) if draw() < rate]
+            if not hits or not self.running or (self.pins is not None and self.pins.paused):
                 return
-            self._offer_rows(request, probs, version, rate)
+            now = time.time()
+            waiting = self.waiting
+            one = len(x) == 1  # the request's own arrays are the row: no view to make
+            for i in hits:
+                row, row_probs = (x, probs) if one else (x[i], probs[i])
+                if not waiting.add(row, row_probs, request.ids[i], now, version, request.slice):
+                    self._outcome["dropped"].inc()
         except Exception:
             metrics.sampler_errors_total.labels(stage="offer").inc()
             log.exception("sampling: offer failed (request unaffected)")
-
-    def _offer_rows(self, request: Any, probs: np.ndarray, version: str, rate: float | None) -> None:
-        """Requests of several rows, and per-slice rates: a draw per row."""
-        x, draw = request.x, self.draw
-        rates = self.rules.rates(x, request.slice) if rate is None else rate
-        if isinstance(rates, float):
-            hits = [i for i in range(len(x)) if draw() < rates]
-        else:
-            hits = [i for i, r in enumerate(rates.tolist()) if draw() < r]
-        if not hits or not self.running or (self.pins is not None and self.pins.paused):
-            return
-        now = time.time()
-        for i in hits:  # a one-row request's own arrays are the row: no view to make
-            row, row_probs = (x, probs) if len(x) == 1 else (x[i], probs[i])
-            if not self.waiting.add(row, row_probs, request.ids[i], now, version, request.slice):
-                self._outcome["dropped"].inc()
 
     # --- component -------------------------------------------------------------------------------
 

@@ -69,9 +69,6 @@ class Pins:
         self.pending: list[tuple[TeacherPin, TeacherEvent]] = []
         self._lock = threading.Lock()  # persist runs in worker threads
         self._persisted = 0  # local changes written so far (see adopt)
-        # Read by `offer` on every sampled row: kept up to date on each change (_recount) rather
-        # than worked out from the teachers there.
-        self.paused = False
 
     def load(self, configured: dict[str, str | None]) -> None:
         """Reads pins from the store (blocking; call from a thread at start)."""
@@ -88,7 +85,6 @@ class Pins:
             self.teachers[name] = state
             for version in filter(None, (state.pinned, state.candidate)):
                 self._seen(state, version)
-        self._recount()
 
     def refresh(self) -> bool:
         """Adopts pin changes another replica stored (accept, re-evaluation); blocking.
@@ -123,11 +119,11 @@ class Pins:
                 )
                 self._seen(state, pin.pinned_version)
                 changed = True
-        self._recount()
         return changed
 
-    def _recount(self) -> None:
-        self.paused = any(t.state == "paused" for t in self.teachers.values())
+    @property
+    def paused(self) -> bool:
+        return any(t.state == "paused" for t in self.teachers.values())
 
     def trusted(self, teacher: str, version: str) -> bool:
         """A version that is or was pinned in this process: its rows are not quarantined."""
@@ -149,8 +145,6 @@ class Pins:
     def _record(
         self, state: TeacherState, kind: str, before: str | None, after: str | None, **detail: object
     ) -> None:
-        """Every change of a pin or state passes here: queued for `persist`, and `paused` redone."""
-        self._recount()
         pin = TeacherPin(
             teacher=state.name,
             pinned_version=state.pinned,
