@@ -6,6 +6,7 @@ figures measured minutes apart on the same machine by the same load generator.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "docs" / "BENCHMARKS.md"
@@ -277,3 +279,24 @@ def command_line() -> str:
 
 def since(start: float) -> float:
     return time.perf_counter() - start
+
+
+def fresh_files(out: Path) -> tuple[Path, Path, bytes]:
+    """For the sampling benches: an empty `out` with the student (a 40-feature MLP and its card),
+    and one request's body."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    model, card = out / "mlp.onnx", out / "card.json"
+    model.write_bytes(mlp_onnx_bytes(40, 10, hidden=64))
+    card.write_text(
+        json.dumps({"name": "bench-mlp", "input_name": "x", "output_name": "logits", "num_features": 40,
+                    "classes": list(range(10))})
+    )  # fmt: skip
+    body = json.dumps({"inputs": np.random.default_rng(0).normal(size=(1, 40)).round(4).tolist()}).encode()
+    return model, card, body
+
+
+def stand_in_teacher(port: int, delay: float) -> list[str]:
+    """The OIP v2 teacher the tests use, taking `delay` seconds per call."""
+    return [str(VENV_BIN / "python"), str(ROOT / "tests" / "teachers" / "fake_teacher.py"),
+            "--port", str(port), "--delay", str(delay)]  # fmt: skip

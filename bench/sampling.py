@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -46,7 +45,6 @@ from common import (
     client_note,
     command_line,
     free_port,
-    mlp_onnx_bytes,
     pinned,
     wake_interrupts,
     warm,
@@ -193,18 +191,9 @@ def main() -> None:
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
 
-    shutil.rmtree(OUT, ignore_errors=True)
-    OUT.mkdir(parents=True)
-    model, card = OUT / "mlp.onnx", OUT / "card.json"
-    model.write_bytes(mlp_onnx_bytes(40, 10, hidden=64))
-    card.write_text(
-        json.dumps({"name": "bench-mlp", "input_name": "x", "output_name": "logits", "num_features": 40,
-                    "classes": list(range(10))})
-    )  # fmt: skip
-    body = json.dumps({"inputs": np.random.default_rng(0).normal(size=(1, 40)).round(4).tolist()}).encode()
+    model, card, body = common.fresh_files(OUT)
     teacher_port = free_port()
-    teacher_argv = [str(VENV_BIN / "python"), str(ROOT / "tests" / "teachers" / "fake_teacher.py"),
-                    "--port", str(teacher_port), "--delay", str(args.delay)]  # fmt: skip
+    teacher_argv = common.stand_in_teacher(teacher_port, args.delay)
 
     load_before = os.getloadavg()[0]
     serving_cpus = sorted(set(os.sched_getaffinity(0)) - set(LOAD_CPUS) - set(BACKGROUND_CPUS))

@@ -62,6 +62,14 @@ class Daemon:
     components: list[Component] = field(default_factory=list)
     draining: bool = False
     started_at: float = field(default_factory=time.time)
+    # The hot routes' limits as plain ints: a pydantic model's attribute goes through its
+    # __getattr__ hook (about four times a plain attribute's cost), several times a request.
+    max_body_bytes: int = field(init=False)
+    max_rows_per_request: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.max_body_bytes = self.settings.server.max_body_bytes
+        self.max_rows_per_request = self.settings.server.max_rows_per_request
 
 
 # Route templates bound the `route` label of the request metrics.

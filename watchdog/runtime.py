@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,17 @@ class LoadedModel:
     session: ort.InferenceSession
     single_row_seconds: float = 0.0  # measured at warm-up; guides the batcher's inline choice
     threads: int = 1
+    # The card's, as plain attributes for the request path (see app.Daemon.max_body_bytes).
+    input_name: str = field(init=False)
+    num_features: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_name", self.card.input_name)
+        object.__setattr__(self, "num_features", self.card.num_features)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Probabilities [N, C], temperature applied (logits / T, or log-probabilities / T)."""
-        return self.session.run([CALIBRATED_OUTPUT], {self.card.input_name: x})[0]
+        return self.session.run([CALIBRATED_OUTPUT], {self.input_name: x})[0]
 
     def timed_proba(self, x: np.ndarray) -> tuple[np.ndarray, float, float]:
         """(probabilities, wall seconds, cost seconds) of one run.
@@ -58,7 +65,7 @@ class LoadedModel:
         otherwise.
         """
         wall, cpu = time.perf_counter(), time.thread_time()
-        probs = self.session.run([CALIBRATED_OUTPUT], {self.card.input_name: x})[0]
+        probs = self.session.run([CALIBRATED_OUTPUT], {self.input_name: x})[0]
         wall = time.perf_counter() - wall
         return probs, wall, (time.thread_time() - cpu if self.threads == 1 else wall)
 

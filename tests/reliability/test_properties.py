@@ -2,9 +2,10 @@
 
 Metrics: bounds (ECE and adaptive ECE in [0, 1], Brier in [0, 2], NLL >= 0, agreement in
 [0, 1]), invariance under a permutation of rows, and zero error for perfectly calibrated
-one-hot predictions. Sampling: the request path's Bernoulli draw (`SamplingService.offer`)
+one-hot predictions. Sampling: the request path's Bernoulli sampling (`SamplingService.offer`)
 samples nothing at rate 0, everything at rate 1, and otherwise a share within a binomial
-interval of the configured (per-slice, per-bin) rate.
+interval of the configured (per-slice, per-bin) rate; at one rate, counted down, its gaps are
+geometric whatever the request sizes.
 """
 
 from __future__ import annotations
@@ -284,3 +285,63 @@ def test_row_rate_is_the_largest_matching_slice_rate_else_the_base(
                 if k == "region" and f"region={v}" in per_slice]  # fmt: skip
     expected = max(matching) if matching else base
     assert service.rules.rates(x, given_slice) == expected
+
+
+def _sampled_rows(service: Any, sizes: list[int], seed: int) -> list[int]:
+    """Offers requests of `sizes` rows in turn; the sampled rows' positions in the whole stream."""
+    service.draw = random.Random(seed).random
+    start = 0
+    for n in sizes:
+        ids = [str(start + i) for i in range(n)]
+        service.offer(_Request(np.zeros((n, 3), dtype=np.float32), None, ids), np.full((n, 2), 0.5), "v1")
+        start += n
+    waiting = service.waiting.take(len(service.waiting))
+    return [] if waiting is None else [int(i) for i in waiting.ids]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.floats(0.002, 0.9), st.lists(st.integers(1, 40), min_size=1, max_size=3), permutation_seeds)
+def test_rows_at_one_rate_are_sampled_independently_whatever_the_request_sizes(
+    rate: float, pattern: list[int], seed: int
+) -> None:
+    """At one rate for every row `offer` counts down the rows between two sampled ones instead of
+    drawing for each. The sample must still be Bernoulli per row, across requests of any size:
+    the share within a binomial interval, and the gaps between sampled rows geometric (a
+    chi-square test over the gap lengths)."""
+    from scipy import stats
+
+    sizes = pattern * (20_000 // sum(pattern))  # about 20,000 rows
+    n = sum(sizes)
+    rows = _sampled_rows(_service(rate, rows=n), sizes, seed)
+    assert rows == sorted(set(rows)) and all(0 <= r < n for r in rows)
+    assert _within_binomial(len(rows), n, rate), (len(rows), n, rate)
+    gaps = np.diff([-1, *rows]) - 1  # rows passed over before each sampled one
+    assume(len(gaps) >= 200)
+    top = int(stats.geom.ppf(0.99, rate))  # gap classes 0..top-1 and the tail, each likely enough
+    observed = np.bincount(np.minimum(gaps, top), minlength=top + 1)
+    probs = stats.geom.pmf(np.arange(1, top + 1), rate)
+    expected = len(gaps) * np.append(probs, 1.0 - probs.sum())
+    keep = expected >= 5  # chi-square needs enough rows per class: merge the thin ones into the tail
+    observed = np.append(observed[keep], observed[~keep].sum())
+    expected = np.append(expected[keep], expected[~keep].sum())
+    if expected[-1] < 5:
+        observed, expected = observed[:-1], expected[:-1]
+        observed[-1] += len(gaps) - observed.sum()
+        expected[-1] += len(gaps) - expected.sum()
+    assert stats.chisquare(observed, expected).pvalue > 1e-6, (observed, expected.round(1))
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_one_row_requests_at_rate_0_give_nothing_at_rate_1_every_row(rate: float) -> None:
+    rows = _sampled_rows(_service(rate, rows=3000), [1] * 1000 + [7] * 100 + [1] * 1000, seed=11)
+    assert rows == (list(range(2700)) if rate else [])
+
+
+def test_the_count_down_carries_over_from_one_request_to_the_next() -> None:
+    """The same stream of draws gives the same sampled rows however the rows are split into
+    requests: what is left of a gap passes to the next request."""
+    sizes = np.random.default_rng(5).integers(1, 9, 3000).tolist()
+    n = sum(sizes)
+    whole = _sampled_rows(_service(0.05, rows=n), [n], seed=3)
+    split = _sampled_rows(_service(0.05, rows=n), sizes, seed=3)
+    assert whole == split and len(whole) > 100

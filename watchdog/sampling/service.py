@@ -1,8 +1,10 @@
 """Shadow traffic: `offer` on the request path, a teacher worker off it.
 
-`offer` is called by `/v1/predict` after the student answered. It costs one random draw per
-row and, per sampled row, an append to the waiting rows' columns (waiting.py); it never
-awaits, never raises, and when the buffer is full the row is dropped and counted. Worker
+`offer` is called by `/v1/predict` after the student answered. At one rate for every row it
+costs a subtraction per request (the rows up to the next sampled one are counted down), with
+per-slice rates one random draw per row; per sampled row, an append to the waiting rows'
+columns (waiting.py). It never awaits, never raises, and when the buffer is full the row is
+dropped and counted. Worker
 tasks take batches, ask every teacher (guarded: see teachers/guard.py), apply version
 pinning, and hand the rows to a teacher process for the bulk write.
 """
@@ -13,7 +15,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import random
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,7 @@ _OUTCOMES = ("stored", "dropped", "quarantined", "teacher_error")
 FLUSH_ROWS = 2000  # write at once past this many answered rows, whatever the flush interval
 MIN_EVAL_ROWS = 10  # fewest rows worth re-evaluating on when a change comes before the set is full
 STOP_WRITE_TIMEOUT_S = 30.0  # how long shutdown waits for bulk writes already under way
+NEVER = 2**30 - 1  # the rows `offer` passes at rate 0 before it looks again (a one-digit int)
 
 
 class SamplingService:
@@ -47,6 +52,9 @@ class SamplingService:
         self.waiting = WaitingRows(self.cfg.queue_size)
         self.rules = SliceRules(settings.slices, self.cfg)
         self.draw = random.Random().random
+        # Rows still to pass before the next sampled one, at a constant rate; -1: none drawn yet,
+        # or per-slice rates (each row draws).
+        self._left = -1
         self.teachers: dict[str, GuardedTeacher] = {}
         self.pins: Pins | None = None
         self.daemon: Daemon | None = None
@@ -67,26 +75,16 @@ class SamplingService:
     def offer(self, request: Any, probs: np.ndarray, version: str) -> None:
         """Bernoulli sampling per row; never blocks, never raises."""
         try:
-            x = request.x
-            rates = self.rules.constant
-            if rates is None:
-                rates = self.rules.rates(x, request.slice)
-            # Python's `random` holds the GIL; numpy's Generator drops and re-takes it on every
-            # call, which costs the event loop a GIL hand-off (up to 5 ms) under load.
-            draw = self.draw
-            if isinstance(rates, float):
-                if len(x) == 1:  # the common case, and nine times in ten the whole cost
-                    if draw() >= rates:
-                        return
-                    hits = [0]
-                else:
-                    hits = [i for i in range(len(x)) if draw() < rates]
-            else:
-                hits = [i for i, rate in enumerate(rates.tolist()) if draw() < rate]
+            left = self._left - len(probs)
+            if left >= 0:  # one rate for all rows, and the next sampled row is further on: most requests
+                self._left = left
+                return
+            hits = self._hits(request, len(probs))
             if not hits or not self.running or (self.pins is not None and self.pins.paused):
                 return
             now = time.time()
             waiting = self.waiting
+            x = request.x
             one = len(x) == 1  # the request's own arrays are the row: no view to make
             for i in hits:
                 row, row_probs = (x, probs) if one else (x[i], probs[i])
@@ -95,6 +93,37 @@ class SamplingService:
         except Exception:
             metrics.sampler_errors_total.labels(stage="offer").inc()
             log.exception("sampling: offer failed (request unaffected)")
+
+    def _hits(self, request: Any, n: int) -> list[int]:
+        """The request's rows to sample.
+
+        At one rate for every row, the rows between two sampled ones are counted down rather than
+        drawn one by one: Bernoulli sampling's gaps are geometric, so one draw per sampled row
+        gives the same sample, and a row that is not sampled costs `offer` a subtraction.
+        """
+        # Python's `random` holds the GIL; numpy's Generator drops and re-takes it on every
+        # call, which costs the event loop a GIL hand-off (up to 5 ms) under load.
+        rate = self.rules.constant
+        if rate is None:  # per-slice rates: each row draws at its own
+            rates = self.rules.rates(request.x, request.slice)
+            each = rates.tolist() if isinstance(rates, np.ndarray) else [rates] * n
+            draw = self.draw
+            return [i for i, r in enumerate(each) if draw() < r]
+        hits = []
+        i = self._left if self._left >= 0 else self._gap(rate)
+        while i < n:
+            hits.append(i)
+            i += 1 + self._gap(rate)
+        self._left = i - n
+        return hits
+
+    def _gap(self, rate: float) -> int:
+        """Rows before the next sampled one, at `rate` per row (geometric)."""
+        if rate >= 1.0:
+            return 0
+        if rate <= 0.0:  # none: look again after this many rows, an int small enough for fast arithmetic
+            return NEVER
+        return min(sys.maxsize, int(math.log(1.0 - self.draw()) / math.log1p(-rate)))
 
     # --- component -------------------------------------------------------------------------------
 
@@ -107,6 +136,7 @@ class SamplingService:
         model = daemon.models.current
         if model is not None and self.settings.slices.bins:
             self.rules = SliceRules(self.settings.slices, self.cfg, model.card.feature_names)
+            self._left = -1
         self.pins = Pins(daemon.store, self.cfg.on_teacher_change, self._on_pin_event)
         configured = {t.name: t.pinned_version for t in self.settings.teachers}
         await asyncio.to_thread(self.pins.load, configured)

@@ -68,14 +68,14 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
     batcher.arriving += 1
     try:
         message = await receive()
-        limit = daemon.settings.server.max_body_bytes
+        limit = daemon.max_body_bytes
         body = whole_body(message, limit)
         if body is None:
             body = await read_rest(scope, receive, message, limit)
         model = daemon.models.current
         if model is None:
             raise BadRequest(503, "no student model is loaded yet")
-        request = parse_predict(body, model.card.num_features, daemon.settings.server.max_rows_per_request)
+        request = parse_predict(body, model.num_features, daemon.max_rows_per_request)
     finally:
         batcher.arriving -= 1
     try:
@@ -97,7 +97,7 @@ async def predict(daemon: Daemon, scope: Scope, receive: Any, send: Any) -> None
 async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any) -> None:
     if name != daemon.settings.student.name:
         raise BadRequest(404, f"model: unknown model {name[:64]!r}")
-    body = await read_body(scope, receive, daemon.settings.server.max_body_bytes)
+    body = await read_body(scope, receive, daemon.max_body_bytes)
     model = daemon.models.current
     if model is None:
         raise BadRequest(503, "no student model is loaded yet")
@@ -109,9 +109,9 @@ async def infer(daemon: Daemon, name: str, scope: Scope, receive: Any, send: Any
     request = parse_infer(
         body,
         header_length,
-        model.card.input_name,
-        model.card.num_features,
-        daemon.settings.server.max_rows_per_request,
+        model.input_name,
+        model.num_features,
+        daemon.max_rows_per_request,
     )
     try:
         probs, _, version = await daemon.batcher.submit(request.x)
