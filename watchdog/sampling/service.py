@@ -4,9 +4,9 @@
 costs a subtraction per request (the rows up to the next sampled one are counted down), with
 per-slice rates one random draw per row; per sampled row, an append to the waiting rows'
 columns (waiting.py). It never awaits, never raises, and when the buffer is full the row is
-dropped and counted. Worker
-tasks take batches, ask every teacher (guarded: see teachers/guard.py), apply version
-pinning, and hand the rows to a teacher process for the bulk write.
+dropped and counted. Worker tasks take batches, ask every teacher (guarded: see
+teachers/guard.py), apply version pinning, and hand the rows to a teacher process for the
+bulk write.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class SamplingService:
             each = rates.tolist() if isinstance(rates, np.ndarray) else [rates] * n
             draw = self.draw
             return [i for i, r in enumerate(each) if draw() < r]
-        hits = []
+        hits: list[int] = []
         i = self._left if self._left >= 0 else self._gap(rate)
         while i < n:
             hits.append(i)
