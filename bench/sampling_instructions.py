@@ -3,7 +3,7 @@
 Wall-clock ratios on a shared 2-vCPU guest move by a few percent from one run to the next
 (bench/sampling.py judges them on medians over rounds for that reason). Instructions executed
 do not: valgrind's callgrind counts them, and the same daemon under the same load gives the
-same count per request to about 0.1%. This runs the daemon (`distill-watchdog serve`, SQLite
+same count per request to within 0.1–0.3%. This runs the daemon (`distill-watchdog serve`, SQLite
 store) under callgrind with wrk at concurrency 32, one row per request, in three modes:
 
 - off: no teacher (bench/sampling.py's 'off');
@@ -13,13 +13,13 @@ store) under callgrind with wrk at concurrency 32, one row per request, in three
   per call), as in bench/sampling.py.
 
 It counts every thread of the serving process, not its teacher processes (they run apart,
-on the background CPU). Under callgrind the daemon serves about 40 times fewer requests a
+on the background CPU). Under callgrind the daemon serves about 45 times fewer requests a
 second, so every interval is stretched by the measured slowdown (batch wait, flush, store
-and scheduler polls): otherwise the work done once per interval would weigh 40 times more per
+and scheduler polls): otherwise the work done once per interval would weigh 45 times more per
 request than it does at full speed. What this cannot show is time that is not instructions
 (cache misses, the other CPU's load): bench/sampling.py measures that.
 
-    .venv/bin/python bench/sampling_instructions.py [--seconds 40] [--rounds 2] [--no-append]
+    .venv/bin/python bench/sampling_instructions.py [--seconds 60] [--warm 60] [--rounds 2] [--no-append]
 """
 
 from __future__ import annotations

@@ -315,19 +315,11 @@ def test_rows_at_one_rate_are_sampled_independently_whatever_the_request_sizes(
     rows = _sampled_rows(_service(rate, rows=n), sizes, seed)
     assert rows == sorted(set(rows)) and all(0 <= r < n for r in rows)
     assert _within_binomial(len(rows), n, rate), (len(rows), n, rate)
-    gaps = np.diff([-1, *rows]) - 1  # rows passed over before each sampled one
+    gaps = np.diff([-1, *rows])  # rows from one sampled row to the next: geometric, from 1
     assume(len(gaps) >= 200)
-    top = int(stats.geom.ppf(0.99, rate))  # gap classes 0..top-1 and the tail, each likely enough
-    observed = np.bincount(np.minimum(gaps, top), minlength=top + 1)
-    probs = stats.geom.pmf(np.arange(1, top + 1), rate)
-    expected = len(gaps) * np.append(probs, 1.0 - probs.sum())
-    keep = expected >= 5  # chi-square needs enough rows per class: merge the thin ones into the tail
-    observed = np.append(observed[keep], observed[~keep].sum())
-    expected = np.append(expected[keep], expected[~keep].sum())
-    if expected[-1] < 5:
-        observed, expected = observed[:-1], expected[:-1]
-        observed[-1] += len(gaps) - observed.sum()
-        expected[-1] += len(gaps) - expected.sum()
+    edges = np.unique(stats.geom.ppf(np.arange(1, 10) / 10, rate))  # up to ten classes of about equal mass
+    observed = np.bincount(np.searchsorted(edges, gaps), minlength=len(edges) + 1)
+    expected = len(gaps) * np.diff([0.0, *stats.geom.cdf(edges, rate), 1.0])
     assert stats.chisquare(observed, expected).pvalue > 1e-6, (observed, expected.round(1))
 
 
