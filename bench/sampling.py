@@ -8,11 +8,12 @@ requests. Also reports what became of the sampled rows (stored vs dropped), and 
 the sampling-off daemon with bench/background_load.py on the background CPU for the CPU share
 that sampling's background work took (what any background work of that size costs serving on
 the machine). Both daemons stay up; the load comes in short bursts, interleaved (off, on,
-control; then control, on, off; and so on: see `Bench`), and the targets are judged on the
-median over rounds of each round's ratio to its own 'off' burst, with a bootstrap interval. On
-a 2-CPU machine every round runs in two layouts, wrk beside serving (where the targets are
-judged, throughput as the serving process's CPU per request) and wrk beside the background
-work (see `layouts`).
+control; then control, on, off; and so on: see `Bench`), and each round ends with a burst to
+both daemons at once (`Bench.at_once`). The targets are judged on the median over rounds of
+each round's ratio to its own 'off' burst, with a bootstrap interval: throughput as the serving
+process's CPU per request in the bursts to both at once, p99 in the bursts to one daemon at a
+time with wrk beside serving. On a 2-CPU machine those single-daemon bursts run in two layouts,
+wrk beside serving and wrk beside the background work (see `layouts`).
 Appends its table to docs/BENCHMARKS.md.
 
     .venv/bin/python bench/sampling.py [--seconds 2] [--rounds 30] [--no-append]
@@ -91,7 +92,6 @@ class StandInLoad:
         argv = ["chrt", "-i", "0", str(VENV_BIN / "python"), str(ROOT / "bench" / "background_load.py"),
                 "--share", f"{share:.4f}", "--db", str(OUT / "load.db")]  # fmt: skip
         quiet = subprocess.DEVNULL
-        self.share = share
         self.proc = subprocess.Popen(pinned(argv, BACKGROUND_CPUS), stdout=quiet, stderr=quiet)
         self.pause()
 
@@ -156,14 +156,14 @@ class Run:
 
 
 def layouts(serving_cpus: list[int]) -> dict[str, list[int]]:
-    """Where wrk runs: {layout: wrk's CPUs}. The first is the one the targets are judged in.
+    """Where wrk runs for the bursts to one daemon: {layout: wrk's CPUs}. p99 is judged in the first.
 
     With 3 or more CPUs wrk has a CPU of its own. With 2 it must share one, and both choices are
     measured: beside the background work, the serving CPU sends an interrupt each time it wakes
     wrk, and background work on wrk's CPU makes those wake-ups more frequent, a cost a remote
     client would not bring; beside serving, wrk's wake-ups are local but wrk takes part of the
-    serving CPU, which dilutes the req/s ratio, so the throughput target is judged there on the
-    serving process's CPU time per request (its capacity), not on req/s.
+    serving CPU, which dilutes the req/s ratio, so throughput is read there as the serving
+    process's CPU time per request (its capacity), not as req/s.
     """
     if not LOAD_CPUS:  # no pinning (BENCH_NO_PIN, or no taskset): one layout, the kernel's
         return {"unpinned": []}
