@@ -226,6 +226,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, teacher: Child, stack: contextlib.ExitStack) -> None:
         self.args, self.teacher = args, teacher
         self.model, self.card, self.body = common.fresh_files(OUT)
+        self.stack = stack
         self.daemons = {mode: self._start(mode, stack) for mode in ("off", "on")}
         self.load: StandInLoad | None = None  # started once sampling's background share is known
         self.shares: list[float] = []  # background CPU share (teacher processes + stand-in) per 'on' burst
@@ -251,6 +252,7 @@ class Bench:
                 for mode in ("off", "on"):
                     self.burst(mode, client)
         self.load = StandInLoad(float(np.median(self.shares)))
+        self.stack.callback(self.load.close)  # killed with the daemons, even if the run fails
         self.shares.clear()
 
     def burst(self, mode: str, client: list[int]) -> Run:
@@ -337,8 +339,6 @@ def main() -> None:
         bench = Bench(args, teacher, stack)
         on_url = bench.daemons["on"].child.url
         bench.warm_up(places)
-        assert bench.load is not None
-        stack.callback(bench.load.close)
         before = samples(on_url)
         for round_ in range(args.rounds):
             for place, client in places.items():
