@@ -6,6 +6,7 @@ figures measured minutes apart on the same machine by the same load generator.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -262,6 +263,7 @@ def append_section(title: str, command: str, table: str, notes: str = "") -> Non
     """Appends one dated section to docs/BENCHMARKS.md (never rewrites earlier ones)."""
     machine = (
         f"{platform.uname().system} {platform.uname().release} {platform.machine()}, {os.cpu_count()} CPUs"
+        f" ({cpu_model()})"
     )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
@@ -271,6 +273,16 @@ def append_section(title: str, command: str, table: str, notes: str = "") -> Non
         fh.write(f"\n## {title} — {stamp}\n\nMachine: {machine}. Command: `{command}`\n\n{table}\n")
         if notes:
             fh.write(f"\n{notes}\n")
+
+
+def cpu_model() -> str:
+    """The processor's name: guests of one size run the same code at different speeds (and the
+    sampling bench's ratios differ between an AMD and an Intel guest)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown processor"
 
 
 def command_line() -> str:
