@@ -261,23 +261,25 @@ def pinning_note() -> str:
 
 def append_section(title: str, command: str, table: str, notes: str = "") -> None:
     """Appends one dated section to docs/BENCHMARKS.md (never rewrites earlier ones)."""
-    machine = (
-        f"{platform.uname().system} {platform.uname().release} {platform.machine()}, {os.cpu_count()} CPUs"
-        f" ({cpu_model()})"
-    )
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
     if not BENCHMARKS.exists():
         BENCHMARKS.write_text("# Benchmarks\n\nEach section is appended by a script under `bench/`.\n")
     with BENCHMARKS.open("a") as fh:
-        fh.write(f"\n## {title} — {stamp}\n\nMachine: {machine}. Command: `{command}`\n\n{table}\n")
+        fh.write(f"\n## {title} — {stamp}\n\nMachine: {machine()}. Command: `{command}`\n\n{table}\n")
         if notes:
             fh.write(f"\n{notes}\n")
 
 
+def machine() -> str:
+    """The machine line of a BENCHMARKS.md entry. It names the processor: guests of one size run
+    the same code at different speeds, and the sampling bench's ratios differ between an AMD and
+    an Intel guest."""
+    uname = platform.uname()
+    return f"{uname.system} {uname.release} {uname.machine}, {os.cpu_count()} CPUs ({cpu_model()})"
+
+
 def cpu_model() -> str:
-    """The processor's name: guests of one size run the same code at different speeds (and the
-    sampling bench's ratios differ between an AMD and an Intel guest)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

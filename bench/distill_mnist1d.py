@@ -10,10 +10,8 @@ teachers label (no true labels). Every row is one `distill_engine.run` on the sa
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import machine
 
 from distill_engine import parse_job, run
 from distill_engine.dist import DistContext
@@ -238,13 +237,12 @@ def main() -> None:
     table = "\n".join(lines + summary)
     print(table)
     if not args.no_append:
-        uname = subprocess.run(["uname", "-srm"], capture_output=True, text=True).stdout.strip()
         cmd = " ".join(
             shlex.quote(a) for a in [".venv/bin/python", "bench/distill_mnist1d.py", *sys.argv[1:]]
         )
         section = (
             f"\n## distill_engine on MNIST-1D — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-            f"Machine: `{uname}`, {os.cpu_count()} cores ({platform.python_version()}, torch "
+            f"Machine: {machine()} (Python {platform.python_version()}, torch "
             f"{torch.__version__}, {torch.get_num_threads()} threads). Command: `{cmd}`\n\n"
             f"Labelled split {len(x)} rows, frozen eval {len(xe)} rows, traffic {len(xp)} rows "
             f"(teacher-labelled, no labels), recent production window {len(xr)} rows.\n\n{table}\n"

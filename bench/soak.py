@@ -39,7 +39,7 @@ from typing import Any
 
 import httpx
 import numpy as np
-from common import ROOT, VENV_BIN, Child, _ms, command_line, free_port, mlp_onnx_bytes, warm
+from common import ROOT, VENV_BIN, Child, _ms, command_line, free_port, machine, mlp_onnx_bytes, warm
 
 OUT = ROOT / "bench" / "out" / "soak"
 RELIABILITY = ROOT / "docs" / "RELIABILITY.md"
@@ -294,8 +294,7 @@ def append(text: str, minutes: float, argv: str) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with RELIABILITY.open("a") as fh:
         fh.write(
-            f"\n### Soak, {minutes:g} min — {stamp}\n\nMachine: {os.cpu_count()} CPUs. "
-            f"Command: `{argv}`\n\n{text}\n"
+            f"\n### Soak, {minutes:g} min — {stamp}\n\nMachine: {machine()}. Command: `{argv}`\n\n{text}\n"
         )
 
 
