@@ -272,9 +272,9 @@ def append_section(title: str, command: str, table: str, notes: str = "") -> Non
 
 
 def machine() -> str:
-    """The machine line of a BENCHMARKS.md entry. It names the processor: guests of one size run
-    the same code at different speeds, and the sampling bench's ratios differ between an AMD and
-    an Intel guest."""
+    """The machine line of a bench's entry (BENCHMARKS.md; the soak's in RELIABILITY.md). It names
+    the processor: guests of one size run the same code at different speeds, and the sampling
+    bench's ratios differ between an AMD and an Intel guest."""
     uname = platform.uname()
     return f"{uname.system} {uname.release} {uname.machine}, {os.cpu_count()} CPUs ({cpu_model()})"
 
