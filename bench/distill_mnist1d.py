@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import machine
+from common import command_line, machine
 
 from distill_engine import parse_job, run
 from distill_engine.dist import DistContext
@@ -237,13 +236,10 @@ def main() -> None:
     table = "\n".join(lines + summary)
     print(table)
     if not args.no_append:
-        cmd = " ".join(
-            shlex.quote(a) for a in [".venv/bin/python", "bench/distill_mnist1d.py", *sys.argv[1:]]
-        )
         section = (
             f"\n## distill_engine on MNIST-1D — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
             f"Machine: {machine()} (Python {platform.python_version()}, torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads). Command: `{cmd}`\n\n"
+            f"{torch.__version__}, {torch.get_num_threads()} threads). Command: `{command_line()}`\n\n"
             f"Labelled split {len(x)} rows, frozen eval {len(xe)} rows, traffic {len(xp)} rows "
             f"(teacher-labelled, no labels), recent production window {len(xr)} rows.\n\n{table}\n"
         )
