@@ -16,6 +16,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -147,6 +148,15 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Writes `path` whole or not at all. Loads to several daemons at once start a wrk each, and
+    each writes the same script and body: written in place, one wrk could read the body while
+    another had just emptied the file, and send an empty body (400) for its whole burst."""
+    part = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    part.write_bytes(data)
+    os.replace(part, path)
+
+
 def wrk(
     url: str,
     body: bytes,
@@ -161,11 +171,12 @@ def wrk(
         raise SystemExit("wrk not found: apt-get install wrk")
     script = (workdir or ROOT / "bench" / "out") / "post.lua"
     script.parent.mkdir(parents=True, exist_ok=True)
-    (script.parent / "body.json").write_bytes(body)
-    script.write_text(
+    replace_file(script.parent / "body.json", body)
+    lua = (
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
         f'local f = io.open("{script.parent / "body.json"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
     )
+    replace_file(script, lua.encode())
     out = subprocess.run(
         pinned(
             [
