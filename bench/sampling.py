@@ -13,10 +13,13 @@ both daemons at once (`Bench.at_once`). The targets are judged on the median ove
 each round's ratio to its own 'off' burst, with a bootstrap interval: throughput as the serving
 process's CPU per request in the bursts to both at once, p99 in the bursts to one daemon at a
 time with wrk beside serving. On a 2-CPU machine those single-daemon bursts run in two layouts,
-wrk beside serving and wrk beside the background work (see `layouts`).
+wrk beside serving and wrk beside the background work (see `layouts`). The rounds are split
+between several pairs of daemons, each pair started afresh (`--pairs`): two daemons of the same
+code and configuration serve up to 3% apart for their whole life (docs/sampling.md), so one
+pair alone can decide a verdict that is within a few percent of the line.
 Appends its table to docs/BENCHMARKS.md.
 
-    .venv/bin/python bench/sampling.py [--seconds 2] [--rounds 30] [--no-append]
+    .venv/bin/python bench/sampling.py [--seconds 2] [--rounds 30] [--pairs 3] [--no-append]
 """
 
 from __future__ import annotations
@@ -172,6 +175,18 @@ def layouts(serving_cpus: list[int]) -> dict[str, list[int]]:
     return {"client beside serving": serving_cpus, "client beside background": LOAD_CPUS}
 
 
+def add_fate(fate: dict[str, float], before: dict[str, float], after: dict[str, float]) -> None:
+    """Adds what became of one 'on' daemon's sampled rows over its rounds."""
+    for outcome in OUTCOMES:
+        fate[outcome] += after[outcome] - before[outcome]
+
+
+def by_pair(runs: dict[str, list[Run]], pair_of: list[int], pair: int) -> tuple[float, float, float]:
+    """`ratios` over the rounds of one pair of daemons."""
+    keep = [i for i, p in enumerate(pair_of) if p == pair]
+    return ratios({mode: [rs[i] for i in keep] for mode, rs in runs.items()}, "on")
+
+
 def order(round_: int) -> tuple[str, ...]:
     """The modes of one round: 'on' in the middle, 'off' first in even rounds and last in odd ones,
     so that a drift of the machine over the run (the host's other load, caches, the store's file
@@ -190,8 +205,14 @@ def ratios(runs: dict[str, list[Run]], mode: str) -> tuple[float, float, float]:
     )
 
 
-def interval(runs: dict[str, list[Run]], mode: str, draws: int = 2000) -> tuple[tuple[float, float], ...]:
-    """95% bootstrap intervals (over rounds) of the three medians `ratios` gives."""
+def interval(
+    runs: dict[str, list[Run]], mode: str, pair_of: list[int], draws: int = 2000
+) -> tuple[tuple[float, float], ...]:
+    """95% bootstrap intervals of the three medians `ratios` gives.
+
+    Rounds of one pair of daemons are not independent of each other (a daemon's speed holds for
+    its life), so each draw picks pairs with replacement, then rounds within each picked pair.
+    """
     pairs = list(zip(runs[mode], runs["off"], strict=True))
     each = np.array(
         [
@@ -199,8 +220,13 @@ def interval(runs: dict[str, list[Run]], mode: str, draws: int = 2000) -> tuple[
             for r, o in pairs
         ]
     )
-    picks = np.random.default_rng(0).integers(0, len(each), size=(draws, len(each)))
-    medians = np.median(each[picks], axis=1)  # [draws, 3]
+    groups = [np.flatnonzero(np.asarray(pair_of) == p) for p in sorted(set(pair_of))]
+    rng = np.random.default_rng(0)
+    medians = np.empty((draws, each.shape[1]))
+    for d in range(draws):
+        picked = [groups[g] for g in rng.integers(0, len(groups), size=len(groups))]
+        rows = np.concatenate([rng.choice(g, size=len(g)) for g in picked])
+        medians[d] = np.median(each[rows], axis=0)
     low, high = np.percentile(medians, [2.5, 97.5], axis=0)
     return tuple((float(lo), float(hi)) for lo, hi in zip(low, high, strict=True))
 
@@ -213,7 +239,7 @@ class Daemon:
 
 
 class Bench:
-    """The daemons stay up for the whole run; each burst of load goes to one of them in turn.
+    """A pair's daemons stay up for all its rounds; each burst of load goes to one of them in turn.
 
     The host's other tenants change this guest's speed by up to half within seconds (a timed
     loop, 2026-12-05), so runs of 10 s each minutes apart compared different machines. Bursts of
@@ -227,7 +253,8 @@ class Bench:
         self.args, self.teacher = args, teacher
         self.model, self.card, self.body = common.fresh_files(OUT)
         self.stack = stack
-        self.daemons = {mode: self._start(mode, stack) for mode in ("off", "on")}
+        self.pair = stack.enter_context(contextlib.ExitStack())  # the daemons of the current pair
+        self.daemons: dict[str, Daemon] = {}
         self.load: StandInLoad | None = None  # started once sampling's background share is known
         self.shares: list[float] = []  # background CPU share (teacher processes + stand-in) per 'on' burst
         self.loads: list[float] = []  # the stand-in load's CPU share, as it ran, per 'control' burst
@@ -235,25 +262,34 @@ class Bench:
         shadow_s = cfg.batch_wait_s + args.delay + cfg.flush_s + GAP_MARGIN_S
         self.gap = args.gap if args.gap is not None else shadow_s
 
-    def _start(self, mode: str, stack: contextlib.ExitStack) -> Daemon:
+    def new_pair(self, places: dict[str, list[int]]) -> None:
+        """Stops the current daemons (if any) and starts and warms up a fresh 'off' and 'on' pair."""
+        self.pair.close()
+        self.daemons = {mode: self._start(mode) for mode in ("off", "on")}
+        self.warm_up(places)
+
+    def _start(self, mode: str) -> Daemon:
         port = free_port()
         config = daemon_config(mode, port, self.model, self.card, self.teacher.url)
         argv = [str(VENV_BIN / "distill-watchdog"), "serve", "--config", str(config)]
-        child = stack.enter_context(Child(argv, port, ready="/v2/health/ready", cpus=DAEMON_CPUS))
+        child = self.pair.enter_context(Child(argv, port, ready="/v2/health/ready", cpus=DAEMON_CPUS))
         assert child.proc is not None
         return Daemon(child, child.proc.pid, child.url + "/v1/predict")
 
     def warm_up(self, places: dict[str, list[int]]) -> None:
-        """Unmeasured: start-up transients, and the share of a CPU the control's load should take."""
+        """Unmeasured: start-up transients, and (first pair) the share of a CPU the control's load
+        should take."""
         for daemon in self.daemons.values():
             warm(daemon.url, self.body)
+        measured = len(self.shares)
         for _ in range(2):
             for client in places.values():
                 for mode in ("off", "on"):
                     self.burst(mode, client)
-        self.load = StandInLoad(float(np.median(self.shares)))
-        self.stack.callback(self.load.close)  # killed with the daemons, even if the run fails
-        self.shares.clear()
+        if self.load is None:
+            self.load = StandInLoad(float(np.median(self.shares[measured:])))
+            self.stack.callback(self.load.close)  # killed with the daemons, even if the run fails
+        del self.shares[measured:]
 
     def burst(self, mode: str, client: list[int]) -> Run:
         daemon = self.daemons["on" if mode == "on" else "off"]
@@ -316,12 +352,17 @@ def main() -> None:
         default=30,
         help="off/on/control rounds of bursts, the order reversed every other round; judged on the median",
     )
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="fresh 'off'/'on' daemon pairs the rounds are split between"
+    )
     parser.add_argument("--delay", type=float, default=0.2, help="teacher seconds per call")
     parser.add_argument(
         "--gap", type=float, default=None, help="seconds after an 'on' burst for its shadow work to finish"
     )
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
+    if not 1 <= args.pairs <= args.rounds:
+        raise SystemExit("error: --pairs must be between 1 and --rounds")
 
     OUT.mkdir(parents=True, exist_ok=True)
     teacher_port = free_port()
@@ -331,16 +372,24 @@ def main() -> None:
     judged = next(iter(places))
     runs = {place: {"off": [], "on": [], "control": []} for place in places}
     runs[AT_ONCE] = {"off": [], "on": []}
+    pair_of: list[int] = []  # the pair of daemons each round ran on
+    fate = dict.fromkeys(OUTCOMES, 0.0)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         # The teacher stands in for a remote service: it runs on the background CPU, off serving's.
         argv = common.stand_in_teacher(teacher_port, args.delay)
         teacher = stack.enter_context(Child(argv, teacher_port, cpus=BACKGROUND_CPUS))
         bench = Bench(args, teacher, stack)
-        on_url = bench.daemons["on"].child.url
-        bench.warm_up(places)
-        before = samples(on_url)
+        on_url, before = "", {}
         for round_ in range(args.rounds):
+            pair = round_ * args.pairs // args.rounds
+            if not pair_of or pair != pair_of[-1]:
+                if pair_of:
+                    add_fate(fate, before, drain(on_url))
+                bench.new_pair(places)
+                on_url = bench.daemons["on"].child.url
+                before = samples(on_url)
+            pair_of.append(pair)
             for place, client in places.items():
                 for mode in order(round_):
                     run = bench.burst(mode, client)
@@ -361,8 +410,7 @@ def main() -> None:
                     f"{run.serving_us:.1f} us serving CPU/request",
                     flush=True,
                 )
-        after = drain(on_url)
-        fate = {o: after[o] - before[o] for o in OUTCOMES}
+        add_fate(fate, before, drain(on_url))
         shares, loads = bench.shares, bench.loads
     minutes = (time.monotonic() - started) / 60
 
@@ -396,9 +444,14 @@ def main() -> None:
     # burst); p99 on the bursts to one daemon at a time (what callers of one daemon wait), in the
     # first layout.
     _, capacity, _ = ratios(runs[AT_ONCE], "on")
-    _, capacity_ci, _ = interval(runs[AT_ONCE], "on")
+    _, capacity_ci, _ = interval(runs[AT_ONCE], "on", pair_of)
     _, apart, p99 = ratios(runs[judged], "on")
-    _, apart_ci, p99_ci = interval(runs[judged], "on")
+    _, apart_ci, p99_ci = interval(runs[judged], "on", pair_of)
+    each_pair = "; ".join(
+        f"pair {p + 1}: capacity {by_pair(runs[AT_ONCE], pair_of, p)[1]:.3f}, "
+        f"p99 {by_pair(runs[judged], pair_of, p)[2]:.3f}"
+        for p in sorted(set(pair_of))
+    )
     span = lambda ci: f"{ci[0]:.3f}–{ci[1]:.3f}"  # noqa: E731
     lines += [
         "",
@@ -421,18 +474,21 @@ def main() -> None:
         for m, rs in modes.items()
     )
     where = "; ".join(f"{place}: wrk on CPU {cpus}" for place, cpus in places.items())
-    notes = (f"{args.rounds} rounds. Each has off/on/control bursts to one daemon at a time in each "
-             f"layout (the order reversed every other round), then one burst to the 'off' and 'on' "
+    notes = (f"{args.rounds} rounds on {args.pairs} pairs of daemons, each pair started afresh and "
+             f"warmed up, then given its share of the rounds ({each_pair}). Each round has "
+             f"off/on/control bursts to one daemon at a time in each layout (the order reversed "
+             f"every other round), then one burst to the 'off' and 'on' "
              f"daemons at once (a wrk -t1 -c32 each, on CPU {LOAD_CPUS}; their serving processes "
              f"share CPU {serving_cpus}): {args.seconds} s per burst, wrk -t1 -c32, one row per "
-             f"request, {minutes:.0f} min in all. The daemons stay up for the whole run (after an "
-             f"unmeasured warm-up); after each burst to the 'on' daemon no load runs for "
+             f"request, {minutes:.0f} min in all. The daemons of a pair stay up for all its rounds (after "
+             f"an unmeasured warm-up); after each burst to the 'on' daemon no load runs for "
              f"{bench.gap:.2f} s while its shadow work finishes, and that work counts toward the "
              f"burst. Serving on CPU "
              f"{serving_cpus}; the stand-in teacher and the daemon's shadow work on CPU {BACKGROUND_CPUS} "
              f"(`server.background_cpus`, in every mode); {where}. Targets are judged on the median "
              f"over rounds of each round's ratio to its own 'off' burst, the interval a bootstrap "
-             f"over rounds: throughput on the bursts to both daemons at once, where a change of the "
+             f"over pairs, then rounds within them: throughput on the bursts to both daemons at "
+             f"once, where a change of the "
              f"guest's speed during a burst reaches both (bursts to one daemon at a time, seconds "
              f"apart, differ by up to 2x on a shared host); p99 on the bursts to one daemon at a time "
              f"({judged}), the latency callers of one daemon see. "
