@@ -3,20 +3,21 @@
 Same run, same machine, same wrk load (concurrency 32, one row per request): the daemon as a
 child process (`distill-watchdog serve`, SQLite store) with no teacher, and another sampling
 10% of rows to an OIP v2 teacher (tests/teachers/fake_teacher.py, its own process) that takes
-200 ms per call. Targets: throughput >= 95% of sampling-off, p99 <= 1.1x, zero failed
-requests. Also reports what became of the sampled rows (stored vs dropped), and a control:
-the sampling-off daemon with bench/background_load.py on the background CPU for the CPU share
-that sampling's background work took (what any background work of that size costs serving on
-the machine). Both daemons stay up; the load comes in short bursts, interleaved (off, on,
-control; then control, on, off; and so on: see `Bench`), and each round ends with a burst to
-both daemons at once (`Bench.at_once`). The targets are judged on the median over rounds of
-each round's ratio to its own 'off' burst, with a bootstrap interval: throughput as the serving
-process's CPU per request in the bursts to both at once, p99 in the bursts to one daemon at a
-time with wrk beside serving. On a 2-CPU machine those single-daemon bursts run in two layouts,
-wrk beside serving and wrk beside the background work (see `layouts`). The rounds are split
-between several pairs of daemons, each pair started afresh (`--pairs`): two daemons of the same
-code and configuration serve up to 3% apart for their whole life (docs/sampling.md), so one
-pair alone can decide a verdict that is within a few percent of the line.
+200 ms per call. Targets: throughput >= 95% of sampling-off, p99 <= 1.1x, zero failed requests.
+Also reports what became of the sampled rows (stored vs dropped), and a control: the
+sampling-off daemon with bench/background_load.py on the background CPU for the CPU share that
+sampling's background work took (what any background work of that size costs serving on the
+machine). A pair's daemons stay up for its rounds; the load comes in short bursts, interleaved
+(off, on, control; then control, on, off; and so on: see `Bench`), and each round ends with a
+burst to both daemons at once (`Bench.at_once`). The targets are judged on the median over
+rounds of each round's ratio to its own 'off' burst, with a bootstrap interval: throughput as
+the serving process's CPU per request in the bursts to both at once, p99 in the bursts to one
+daemon at a time with wrk beside serving. On a 2-CPU machine those single-daemon bursts run in
+two layouts, wrk beside serving and wrk beside the background work (see `layouts`). The rounds
+are split between several pairs of daemons, each pair started afresh (`--pairs`): two daemons
+of the same code and configuration serve up to 3% apart for their whole life
+(docs/sampling.md), so one pair alone can decide a verdict that is within a few percent of the
+line.
 Appends its table to docs/BENCHMARKS.md.
 
     .venv/bin/python bench/sampling.py [--seconds 2] [--rounds 30] [--pairs 3] [--no-append]
