@@ -6,8 +6,11 @@ process: each row is a one-row request's own arrays (separate allocations, as th
 path has them). Medians over many 256-row batches (`sampling.batch_size`):
 
 - gather: the batch's feature and probability arrays. Earlier: `np.stack` of per-row views
-  at batch time. Now: the row's bytes appended to two buffers as it is sampled (paid per
-  sampled row, on its request), and one conversion of each buffer's front at batch time.
+  at batch time. Now: the rows' bytes appended to two buffers when a worker admits the
+  requests `offer` kept (`SamplingService.admit`, 64 requests per event-loop step), and one
+  conversion of each buffer's front at batch time.
+- per sampled request, on the request path: earlier (until 2026-12-05) each row's bytes were
+  appended there (`WaitingRows.add`); now the request is kept in a list as it is.
 - slice labels: earlier a call per row; now `SliceRules.batch_slices`.
 - store pickling: earlier one pickle of everything answered since the last flush (five
   batches at 2,500 sampled rows/s and `flush_s: 0.5`); now one batch per event-loop step.
@@ -20,11 +23,14 @@ from __future__ import annotations
 import argparse
 import pickle
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from common import append_section, command_line
 
-from distill_watchdog.config import BinRule, SamplingConfig, SlicesConfig
+from distill_watchdog.config import BinRule, SamplingConfig, SlicesConfig, load_settings
+from distill_watchdog.sampling import SamplingService
+from distill_watchdog.sampling.service import ADMIT_CHUNK
 from distill_watchdog.sampling.slices import SliceRules
 from distill_watchdog.sampling.waiting import WaitingRows
 from distill_watchdog.store import SampleBatch, TeacherColumn
@@ -34,7 +40,9 @@ FLUSH_BATCHES = 5
 WIDTH, CLASSES = 40, 10
 EARLIER_GATHER = "gather at batch time, earlier (np.stack)"
 NOW_GATHER = "gather at batch time, now (byte buffers to arrays)"
-PER_ROW = "per sampled row, on its request: bytes appended (now)"
+PER_ROW = "per sampled row, on its request, earlier: bytes appended (WaitingRows.add)"
+PER_REQUEST = "per sampled request, on its request, now: the request kept (list append)"
+ADMIT = f"admission of {ADMIT_CHUNK} offered requests, now (one step)"
 
 
 def requests(n: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -46,6 +54,15 @@ def requests(n: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndar
         probs = rng.random((12, CLASSES), dtype=np.float32)[3:4]  # a slice of a micro-batch's output
         out.append((x, probs))
     return out
+
+
+@dataclass
+class Request:
+    """What `offer` keeps of a request (validation.PredictInput's fields)."""
+
+    x: np.ndarray
+    slice: dict[str, str] | None
+    ids: list[str]
 
 
 def earlier_row_slices(rules: SliceRules, row: np.ndarray, given: dict[str, str] | None) -> dict[str, str]:
@@ -70,6 +87,9 @@ def main() -> None:
     times: dict[str, list[float]] = {}
     ids = [f"{k:024x}" for k in range(BATCH)]
 
+    service = SamplingService(load_settings(None, sampling={"rate": 0.1, "queue_size": 10_000}))
+    service.running = True  # what start() sets
+
     def record(name: str, start: float) -> None:
         times.setdefault(name, []).append((time.perf_counter() - start) * 1e6)
 
@@ -79,13 +99,23 @@ def main() -> None:
         t = time.perf_counter()
         np.stack([v[0] for v in views]).astype(np.float32), np.stack([v[1] for v in views])
         record(EARLIER_GATHER, t)
-        waiting = WaitingRows(10_000)  # now: each sampled row's bytes appended
+        waiting = WaitingRows(10_000)  # earlier: each sampled row's bytes appended on its request
         t = time.perf_counter()
         for k, (x, p) in enumerate(rows):
             waiting.add(x, p, ids[k], 0.0, "v1", given[k])
         times.setdefault(PER_ROW, []).append((time.perf_counter() - t) * 1e6 / BATCH)
+        offered = service._offered  # now: `offer` keeps the request, a worker admits its rows
+        kept = [(Request(x, given[k], [ids[k]]), p) for k, (x, p) in enumerate(rows)]
         t = time.perf_counter()
-        batch = waiting.take(BATCH)
+        for request, p in kept:
+            offered.append((request, p, [0], "v1", time.time()))
+        times.setdefault(PER_REQUEST, []).append((time.perf_counter() - t) * 1e6 / BATCH)
+        while offered:
+            t = time.perf_counter()
+            service.admit(ADMIT_CHUNK)
+            record(ADMIT, t)
+        t = time.perf_counter()
+        batch = service.waiting.take(BATCH)
         record(NOW_GATHER, t)
         assert batch is not None
         for label, rules in (("no rules", plain), ("one bin rule", binned)):
@@ -121,7 +151,12 @@ def main() -> None:
         "|---|---|---|",
         f"| earlier | {earlier_step:,.1f} | 1.00 |",
         f"| now | {now_step:,.1f} | {now_step / earlier_step:.2f} |",
-        f"| added to each sampled request instead | {med[PER_ROW]:,.1f} | |",
+        "",
+        "| on each sampled request | µs |",
+        "|---|---|",
+        f"| earlier: its rows' bytes appended | {med[PER_ROW]:,.1f} |",
+        f"| now: the request kept; its rows admitted later, {ADMIT_CHUNK} requests per step | "
+        f"{med[PER_REQUEST]:,.1f} |",
     ]
     table = "\n".join(lines)
     print(table)
@@ -129,7 +164,9 @@ def main() -> None:
         notes = (
             f"Medians over {args.batches} batches of {BATCH} one-row requests ({WIDTH} features, {CLASSES} "
             "classes), in one process; the earlier ways are reproduced in the script as the baseline. In the "
-            "daemon under wrk load each step took 2 to 4 times longer than here (caches shared with serving)."
+            "daemon under wrk load each step took 2 to 4 times longer than here (caches shared with "
+            "serving), and the steps on the request path, which run one request in ten, 5 to 10 times longer "
+            "(docs/sampling.md)."
         )
         append_section("Shadow sampler: event-loop time per step", command_line(), table, notes)
 

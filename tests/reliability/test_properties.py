@@ -203,6 +203,7 @@ def _service(rate: float, per_slice: dict[str, float] | None = None, bins: list[
 def _offer(service: Any, x: np.ndarray, slice_: dict[str, str] | None, seed: int) -> int:
     service.draw = random.Random(seed).random  # offer's own draw, seeded: a failure replays
     service.offer(_Request(x, slice_, [str(i) for i in range(len(x))]), np.full((len(x), 2), 0.5), "v1")
+    service.admit()  # what a worker does
     return len(service.waiting)
 
 
@@ -288,12 +289,15 @@ def test_row_rate_is_the_largest_matching_slice_rate_else_the_base(
 
 
 def _sampled_rows(service: Any, sizes: list[int], seed: int) -> list[int]:
-    """Offers requests of `sizes` rows in turn; the sampled rows' positions in the whole stream."""
+    """Offers requests of `sizes` rows in turn, each admitted as a worker would (from the second
+    request on, `offer` takes the gaps the admissions drew ahead); the sampled rows' positions in
+    the whole stream."""
     service.draw = random.Random(seed).random
     start = 0
     for n in sizes:
         ids = [str(start + i) for i in range(n)]
         service.offer(_Request(np.zeros((n, 3), dtype=np.float32), None, ids), np.full((n, 2), 0.5), "v1")
+        service.admit()
         start += n
     waiting = service.waiting.take(len(service.waiting))
     return [] if waiting is None else [int(i) for i in waiting.ids]
@@ -331,7 +335,8 @@ def test_one_row_requests_at_rate_0_give_nothing_at_rate_1_every_row(rate: float
 
 def test_the_count_down_carries_over_from_one_request_to_the_next() -> None:
     """The same stream of draws gives the same sampled rows however the rows are split into
-    requests: what is left of a gap passes to the next request."""
+    requests: what is left of a gap passes to the next request, and gaps drawn ahead are used
+    in the order drawn."""
     sizes = np.random.default_rng(5).integers(1, 9, 3000).tolist()
     n = sum(sizes)
     whole = _sampled_rows(_service(0.05, rows=n), [n], seed=3)

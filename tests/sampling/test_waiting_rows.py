@@ -1,8 +1,6 @@
-"""The waiting rows: bounded, first in first out, batches as columns; workers wake when rows arrive."""
+"""The waiting rows: bounded, first in first out, batches as columns."""
 
 from __future__ import annotations
-
-import asyncio
 
 import numpy as np
 
@@ -29,23 +27,6 @@ def test_rows_come_out_oldest_first_as_columns_and_a_full_buffer_refuses() -> No
     assert _add(rows, 6) and len(rows) == 3
     rest = rows.take(10)
     assert rest is not None and rest.ids == ["r3", "r4", "r6"] and len(rows) == 0
-
-
-def test_a_waiting_worker_wakes_on_the_first_row_and_waits_again_once_drained() -> None:
-    async def scenario() -> None:
-        rows = WaitingRows(capacity=10)
-        waiter = asyncio.create_task(rows.wait())
-        await asyncio.sleep(0.01)
-        assert not waiter.done()
-        _add(rows, 1)
-        await asyncio.wait_for(waiter, 1)
-        assert rows.take(5) is not None
-        again = asyncio.create_task(rows.wait())
-        await asyncio.sleep(0.01)
-        assert not again.done()  # drained: the next wait blocks until a row comes
-        again.cancel()
-
-    asyncio.run(scenario())
 
 
 def test_rows_keep_their_order_and_values_through_wrap_around_and_growth() -> None:
@@ -105,3 +86,18 @@ def test_a_waiting_row_is_a_copy_of_the_request_arrays() -> None:
     assert rows.add(x, probs, "r2", 0.0, "v1", None)
     later = rows.take(1)
     assert later is not None and later.x[0, 0] == 9.0
+
+
+def test_rows_in_bulk_keep_what_fits_and_refuse_another_width_while_old_rows_wait() -> None:
+    rows = WaitingRows(capacity=4)
+    x, probs = np.arange(9.0).reshape(3, 3), np.full((3, 2), 0.5, dtype=np.float32)
+    assert rows.extend(x, probs, ["a", "b", "c"], [1.0, 2.0, 3.0], ["v"] * 3, [None] * 3) == 3
+    assert rows.extend(x, probs, ["d", "e", "f"], [4.0, 5.0, 6.0], ["v"] * 3, [None] * 3) == 1  # room for one
+    wide = np.zeros((1, 5))
+    assert rows.take(1) is not None
+    assert rows.extend(wide, probs[:1], ["g"], [7.0], ["w"], [None]) == 0  # three old rows still wait
+    batch = rows.take(10)
+    assert batch is not None and batch.ids == ["b", "c", "d"] and batch.x.shape == (3, 3)
+    np.testing.assert_array_equal(batch.x[2], [0.0, 1.0, 2.0])
+    assert rows.extend(wide, probs[:1], ["g"], [7.0], ["w"], [None]) == 1  # drained: the new width is taken
+    assert rows.take(1).x.shape == (1, 5)  # type: ignore[union-attr]

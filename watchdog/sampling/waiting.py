@@ -1,20 +1,20 @@
-"""Sampled rows waiting for a teacher batch, kept as columns from the moment they are offered.
+"""Sampled rows waiting for a teacher batch, kept as columns from the moment a worker admits them.
 
 Each part of a row (features, student probabilities, id, time, version, the request's own
-slice) goes into its column when the row is sampled; everything derived from them (slice
-labels from binning rules) is left to the worker. Features and probabilities are appended as
-raw bytes (`tobytes`, a memcpy) to two byte buffers, and a batch turns them into arrays in one
+slice) goes into its column when a worker admits the rows `offer` kept (`extend`, a chunk of
+requests at a time; sampling/service.py); everything derived from them (slice labels from
+binning rules) is left to the worker too. Features and probabilities are appended as raw
+bytes (`tobytes`, a memcpy) to two byte buffers, and a batch turns them into arrays in one
 step. Gathering 256 separate rows into arrays at batch time (np.stack, even np.concatenate)
 held the event loop for 0.2 to 0.5 ms at once, several times a second. Writing each row into
 a float32 ring instead (numpy item assignment, with its cast) cost a sampled request 5 µs in
-the running server, where a tight loop measures 0.4 µs: that path runs one request in ten,
-with its code out of the caches. The byte append costs it 2.8 µs there
-(bench/sampler_steps.py for the loop figures; docs/sampling.md for the server's).
+the running server, where a tight loop measures 0.4 µs: that path ran one request in ten,
+with its code out of the caches (bench/sampler_steps.py for the loop figures;
+docs/sampling.md for the server's).
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +49,6 @@ class WaitingRows:
         self._at: list[float] = []
         self._versions: list[str] = []
         self._given: list[dict[str, str] | None] = []
-        self._ready = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -85,12 +84,34 @@ class WaitingRows:
         self._at.append(at)
         self._versions.append(version)
         self._given.append(given)
-        self._ready.set()
         return True
 
-    async def wait(self) -> None:
-        """Until at least one row waits."""
-        await self._ready.wait()
+    def extend(
+        self,
+        x: np.ndarray,
+        probs: np.ndarray,
+        ids: list[str],
+        at: list[float],
+        versions: list[str],
+        given: list[dict[str, str] | None],
+    ) -> int:
+        """Rows in bulk (`x`: [k, D], `probs`: [k, C]); how many were kept, the first ones: as many
+        as there is room for, none when their width differs from the rows still waiting."""
+        k = min(len(ids), self.capacity - len(self._ids))
+        if k <= 0:
+            return 0
+        width, classes = x.shape[1], probs.shape[1]
+        if width != self._width or classes != self._classes:
+            if self._ids:
+                return 0
+            self._width, self._classes = width, classes
+        self._x += np.ascontiguousarray(x[:k], FEATURES).tobytes()
+        self._probs += np.ascontiguousarray(probs[:k], PROBS).tobytes()
+        self._ids += ids[:k]
+        self._at += at[:k]
+        self._versions += versions[:k]
+        self._given += given[:k]
+        return k
 
     def take(self, n: int) -> Rows | None:
         """The oldest `n` rows (fewer if fewer wait), removed; None when none wait."""
@@ -107,8 +128,6 @@ class WaitingRows:
         )
         for column in (self._ids, self._at, self._versions, self._given):
             del column[:n]
-        if not self._ids:
-            self._ready.clear()
         return rows
 
 
