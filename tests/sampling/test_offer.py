@@ -86,9 +86,11 @@ def test_rows_offered_while_stopped_or_paused_are_let_go_uncounted() -> None:
     _offer(service, 0)
     service.admit()
     service.pins = SimpleNamespace(paused=False)  # type: ignore[assignment]
-    service.running = False
     _offer(service, 1)
+    service.running = False  # kept while running, admitted after sampling stopped
     service.admit()
+    _offer(service, 2)
+    assert not service._offered  # a stopped sampler keeps nothing
     assert len(service.waiting) == 0 and sample_count("dropped") == before
 
 

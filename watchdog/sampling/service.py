@@ -96,7 +96,7 @@ class SamplingService:
                 self._left = left
                 return
             hits = self._hits(request, len(probs))
-            if not hits:
+            if not hits or not self.running:
                 return
             offered = self._offered
             if not offered:
@@ -111,8 +111,8 @@ class SamplingService:
 
     def admit(self, most: int | None = None) -> None:
         """Moves the rows of the oldest `most` offered requests (all by default) into the waiting
-        rows; a row that finds them full is dropped and counted. Requests offered while sampling
-        stops or a teacher change has paused it are not sampled: they are let go uncounted."""
+        rows; a row that finds them full is dropped and counted. Requests offered while a teacher
+        change has paused sampling are not sampled: they are let go uncounted."""
         offered = self._offered
         chunk = offered[:most] if most is not None else offered[:]
         del offered[: len(chunk)]
