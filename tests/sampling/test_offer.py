@@ -64,19 +64,22 @@ def test_a_worker_waiting_for_rows_wakes_on_the_first_offer() -> None:
     asyncio.run(scenario())
 
 
-def test_rows_beyond_the_bounds_are_dropped_and_counted() -> None:
+def test_kept_and_waiting_rows_stay_within_the_queue_size_the_rest_dropped_and_counted() -> None:
     service = _service(queue_size=3)
     before = sample_count("dropped")
-    for k in range(5):  # the offered list holds queue_size requests; the rest are dropped at once
+    for k in range(5):  # rows kept and waiting stay within queue_size; the rest are dropped at once
         _offer(service, k)
     assert sample_count("dropped") - before == 2
     _offer(service, 10, rows=2)  # still full
     assert sample_count("dropped") - before == 4
     service.admit()
-    assert len(service.waiting) == 3
-    _offer(service, 20, rows=2)
-    service.admit()  # the waiting rows are full: both rows dropped on admission
-    assert sample_count("dropped") - before == 6 and len(service.waiting) == 3
+    assert len(service.waiting) == 3 and service._kept == 0
+    _offer(service, 20, rows=2)  # the waiting rows fill the buffer
+    assert sample_count("dropped") - before == 6 and not service._offered
+    service.waiting.take(2)
+    service.admit()  # a worker notes the room a batch left
+    _offer(service, 30, rows=2)
+    assert sample_count("dropped") - before == 6 and service._kept == 2
 
 
 def test_rows_offered_while_stopped_or_paused_are_let_go_uncounted() -> None:

@@ -60,8 +60,12 @@ class SamplingService:
         self.cfg = settings.sampling
         self.waiting = WaitingRows(self.cfg.queue_size)
         # Sampled requests as `offer` left them, (request, probs, row indexes, version, time),
-        # until a worker admits their rows into `waiting`; at most queue_size of them.
+        # until a worker admits their rows into `waiting`. `_kept` counts their rows; `_room` is
+        # queue_size less the rows waiting, as the workers last saw it: kept and waiting rows
+        # together stay within queue_size.
         self._offered: list[tuple[Any, np.ndarray, list[int], str, float]] = []
+        self._kept = 0
+        self._room = self.cfg.queue_size
         self._ready = asyncio.Event()  # set when a request is offered to an empty list
         self.rules = SliceRules(settings.slices, self.cfg)
         self.draw = random.Random().random
@@ -101,9 +105,11 @@ class SamplingService:
             offered = self._offered
             if not offered:
                 self._ready.set()
-            elif len(offered) >= self.cfg.queue_size:  # the workers are far behind: bound the memory
+            kept = self._kept + len(hits)
+            if kept > self._room:  # the buffer is full
                 self._outcome["dropped"].inc(len(hits))
                 return
+            self._kept = kept
             offered.append((request, probs, hits, version, time.time()))
         except Exception:
             metrics.sampler_errors_total.labels(stage="offer").inc()
@@ -116,6 +122,7 @@ class SamplingService:
         offered = self._offered
         chunk = offered[:most] if most is not None else offered[:]
         del offered[: len(chunk)]
+        self._kept -= sum(len(hits) for _, _, hits, _, _ in chunk)
         try:
             self._draw_ahead()
             if chunk and self.running and not (self.pins is not None and self.pins.paused):
@@ -124,6 +131,7 @@ class SamplingService:
             metrics.sampler_errors_total.labels(stage="offer").inc()
             self._outcome["dropped"].inc(sum(len(hits) for _, _, hits, _, _ in chunk))
             log.exception("sampling: could not admit %d sampled requests", len(chunk))
+        self._room = self.cfg.queue_size - len(self.waiting)
 
     def _admit_rows(self, chunk: list[tuple[Any, np.ndarray, list[int], str, float]]) -> None:
         xs, ps, ids, at, versions, given = [], [], [], [], [], []
@@ -149,9 +157,6 @@ class SamplingService:
                     kept += self.waiting.add(x[r], p[r], *next(rest))
         if kept < len(ids):
             self._outcome["dropped"].inc(len(ids) - kept)
-
-    def _offered_rows(self) -> int:
-        return sum(len(hits) for _, _, hits, _, _ in self._offered)
 
     def _hits(self, request: Any, n: int) -> list[int]:
         """The request's rows to sample.
@@ -210,7 +215,7 @@ class SamplingService:
         self.daemon = daemon
         daemon.sampler = self
         # Read at scrape time: a locked gauge set on every sampled row cost the event loop more.
-        metrics.sample_queue_depth.set_function(lambda: len(self.waiting) + self._offered_rows())
+        metrics.sample_queue_depth.set_function(lambda: len(self.waiting) + self._kept)
         daemon.teachers = self
         model = daemon.models.current
         if model is not None and self.settings.slices.bins:
@@ -257,8 +262,9 @@ class SamplingService:
             _, unfinished = await asyncio.wait(self._writes, timeout=STOP_WRITE_TIMEOUT_S)
             if unfinished:
                 log.warning("sampling: %d sample writes still running at shutdown", len(unfinished))
-        left = len(self.waiting) + self._offered_rows()
+        left = len(self.waiting) + self._kept
         self._offered.clear()
+        self._kept = 0
         if left:
             self._outcome["dropped"].inc(left)
             log.warning("sampling: %d queued rows dropped at shutdown", left)
@@ -281,6 +287,7 @@ class SamplingService:
                 await asyncio.sleep(self.cfg.batch_wait_s)
                 await self._admit()
             batch = self.waiting.take(self.cfg.batch_size)
+            self._room = self.cfg.queue_size - len(self.waiting)
             if not self.waiting and not self._offered:
                 self._ready.clear()  # the next offer sets it again
             if batch is None:  # the other worker took them
