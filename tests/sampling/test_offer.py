@@ -107,7 +107,7 @@ def test_stop_counts_rows_not_yet_admitted_as_dropped() -> None:
     assert sample_count("dropped") - before == 3
 
 
-def test_some_rows_of_a_request_and_rows_of_another_width_are_admitted_row_by_row() -> None:
+def test_some_rows_of_a_request_and_rows_of_another_width_are_admitted_request_by_request() -> None:
     service = _service()
     x = np.arange(12, dtype=np.float64).reshape(4, 3)
     request = _Request(x, None, ["a", "b", "c", "d"])

@@ -151,10 +151,12 @@ class SamplingService:
         try:
             kept = self.waiting.extend(np.concatenate(xs), np.concatenate(ps), ids, at, versions, given)
         except ValueError:  # rows of two widths: a student with other inputs was just activated
-            kept, rest = 0, zip(ids, at, versions, given, strict=True)
-            for x, p in zip(xs, ps, strict=True):
-                for r in range(len(x)):
-                    kept += self.waiting.add(x[r], p[r], *next(rest))
+            kept = start = 0
+            for x, p in zip(xs, ps, strict=True):  # request by request; the old width goes first
+                end = start + len(x)
+                part = ids[start:end], at[start:end], versions[start:end], given[start:end]
+                kept += self.waiting.extend(x, p, *part)
+                start = end
         if kept < len(ids):
             self._outcome["dropped"].inc(len(ids) - kept)
 

@@ -62,29 +62,10 @@ class WaitingRows:
         version: str,
         given: dict[str, str] | None,
     ) -> bool:
-        """`x` and `probs`: one row each ([D] or [1, D]); False (nothing kept) when it cannot wait.
-
-        A row is refused when the buffer is full, and when its width differs from the rows
-        still waiting (a student with other inputs or classes was just activated): the old
-        rows go first.
-        """
-        if len(self._ids) >= self.capacity:
-            return False
-        if x.dtype is not FEATURES:
-            x = x.astype(FEATURES)
-        if probs.dtype is not PROBS:
-            probs = probs.astype(PROBS)
-        if x.size != self._width or probs.size != self._classes:
-            if self._ids:
-                return False
-            self._width, self._classes = x.size, probs.size
-        self._x += x.tobytes()
-        self._probs += probs.tobytes()
-        self._ids.append(row_id)
-        self._at.append(at)
-        self._versions.append(version)
-        self._given.append(given)
-        return True
+        """`x` and `probs`: one row each ([D] or [1, D]); False (nothing kept) when it cannot wait
+        (see `extend`)."""
+        one = (x.reshape(1, -1), probs.reshape(1, -1), [row_id], [at], [version], [given])
+        return self.extend(*one) == 1
 
     def extend(
         self,
@@ -96,7 +77,8 @@ class WaitingRows:
         given: list[dict[str, str] | None],
     ) -> int:
         """Rows in bulk (`x`: [k, D], `probs`: [k, C]); how many were kept, the first ones: as many
-        as there is room for, none when their width differs from the rows still waiting."""
+        as there is room for, none when their width differs from the rows still waiting (a
+        student with other inputs or classes was just activated: the old rows go first)."""
         k = min(len(ids), self.capacity - len(self._ids))
         if k <= 0:
             return 0
