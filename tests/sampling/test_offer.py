@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -82,13 +81,20 @@ def test_kept_and_waiting_rows_stay_within_the_queue_size_the_rest_dropped_and_c
     assert sample_count("dropped") - before == 6 and service._kept == 2
 
 
-def test_rows_offered_while_stopped_or_paused_are_let_go_uncounted() -> None:
+def test_rows_offered_while_stopped_or_paused_are_let_go_uncounted(store_url: str) -> None:
+    from distill_watchdog.store import Store
+    from distill_watchdog.teachers import Pins
+
     service = _service()
     before = sample_count("dropped")
-    service.pins = SimpleNamespace(paused=True)  # type: ignore[assignment]
+    service.pins = Pins(Store(store_url), "pause")
+    service.pins.observe("big", "v1")
+    service.pins.observe("big", "v2")  # a new version under policy `pause`
+    assert service.pins.paused
     _offer(service, 0)
     service.admit()
-    service.pins = SimpleNamespace(paused=False)  # type: ignore[assignment]
+    service.pins.accept("big", "v2")
+    assert not service.pins.paused
     _offer(service, 1)
     service.running = False  # kept while running, admitted after sampling stopped
     service.admit()

@@ -175,7 +175,7 @@ def test_a_stored_pin_read_before_a_local_change_does_not_undo_it(store_url) -> 
 
 
 def test_paused_follows_every_change_of_state(store_url) -> None:
-    """`offer` reads `paused` on every sampled row; each way a state changes must update it."""
+    """Admission reads `paused` for each chunk of sampled requests; every change of state updates it."""
     from distill_watchdog.store import Store
     from distill_watchdog.teachers.pinning import Pins
 
