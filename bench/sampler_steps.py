@@ -7,7 +7,7 @@ path has them). Medians over many 256-row batches (`sampling.batch_size`):
 
 - gather: the batch's feature and probability arrays. Earlier: `np.stack` of per-row views
   at batch time. Now: the rows' bytes appended to two buffers when a worker admits the
-  requests `offer` kept (`SamplingService.admit`, 64 requests per event-loop step), and one
+  requests `offer` kept (`RequestSampler.admit`, 64 requests per event-loop step), and one
   conversion of each buffer's front at batch time.
 - per sampled request, on the request path: earlier (until 2026-12-05) each row's bytes were
   appended there (`WaitingRows.add`); now the request is kept in a list as it is.
@@ -29,8 +29,8 @@ import numpy as np
 from common import append_section, command_line
 
 from distill_watchdog.config import BinRule, SamplingConfig, SlicesConfig, load_settings
-from distill_watchdog.sampling import SamplingService
-from distill_watchdog.sampling.service import ADMIT_CHUNK
+from distill_watchdog.sampling import RequestSampler
+from distill_watchdog.sampling.offer import ADMIT_CHUNK
 from distill_watchdog.sampling.slices import SliceRules
 from distill_watchdog.sampling.waiting import WaitingRows
 from distill_watchdog.store import SampleBatch, TeacherColumn
@@ -87,7 +87,8 @@ def main() -> None:
     times: dict[str, list[float]] = {}
     ids = [f"{k:024x}" for k in range(BATCH)]
 
-    service = SamplingService(load_settings(None, sampling={"rate": 0.1, "queue_size": 10_000}))
+    settings = load_settings(None, sampling={"rate": 0.1, "queue_size": 10_000})
+    service = RequestSampler(settings, WaitingRows(10_000))  # in the daemon, the shadow process
     service.running = True  # what start() sets
 
     def record(name: str, start: float) -> None:
@@ -104,7 +105,7 @@ def main() -> None:
         for k, (x, p) in enumerate(rows):
             waiting.add(x, p, ids[k], 0.0, "v1", given[k])
         times.setdefault(PER_ROW, []).append((time.perf_counter() - t) * 1e6 / BATCH)
-        offered = service._offered  # now: `offer` keeps the request, a worker admits its rows
+        offered = service._offered  # now: `offer` keeps the request, admission hands its rows on
         kept = [(Request(x, given[k], [ids[k]]), p) for k, (x, p) in enumerate(rows)]
         t = time.perf_counter()
         for request, p in kept:
@@ -115,7 +116,7 @@ def main() -> None:
             service.admit(ADMIT_CHUNK)
             record(ADMIT, t)
         t = time.perf_counter()
-        batch = service.waiting.take(BATCH)
+        batch = service.sink.take(BATCH)
         record(NOW_GATHER, t)
         assert batch is not None
         for label, rules in (("no rules", plain), ("one bin rule", binned)):

@@ -239,6 +239,24 @@ def _pg_bindir() -> Path | None:
 # --- servers --------------------------------------------------------------------------------
 
 
+def descendants(pid: int) -> list[int]:
+    """The process's children, theirs, and so on (Linux /proc)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    out: list[int] = []
+    for child in children.read_text().split() if children.exists() else []:
+        out += [int(child), *descendants(int(child))]
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return status != "Z"
+
+
 def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Polls until `check()` is truthy (background work finishes on its own schedule)."""
     deadline = time.monotonic() + timeout

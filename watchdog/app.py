@@ -56,7 +56,7 @@ class Daemon:
     batcher: MicroBatcher = field(init=False)
     sampler: Sampler | None = None
     alerts: Any = None  # alerts.Alerter once started (fire/resolve never block)
-    teachers: Any = None  # sampling.SamplingService once started (pins, admin accept)
+    teachers: Any = None  # sampling.SamplingService once started (teacher states, admin accept)
     scheduler: Any = None  # jobs.scheduler.Scheduler once started (leader, last cycle)
     runs: Any = None  # jobs.runs.RunManager once started (trigger, approve, reject)
     components: list[Component] = field(default_factory=list)

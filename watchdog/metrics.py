@@ -346,8 +346,109 @@ scheduler_errors_total = Counter(
 )
 
 
+# --- series counted in the shadow process ------------------------------------------------
+# The teacher worker runs in a process of its own (sampling/shadow.py). It counts into these
+# metrics there and sends their samples here; /metrics adds them to this process's own.
+SHADOW = (
+    samples_total,
+    teacher_requests_total,
+    teacher_latency_seconds,
+    teacher_version_info,
+    teacher_version_changes_total,
+    teacher_circuit_open,
+    teacher_reevaluations_total,
+    sampler_errors_total,
+    store_errors_total,
+)
+_SHADOW_FAMILIES = frozenset(m._name for m in SHADOW)
+_ADDITIVE = ("counter", "histogram")  # kept when a shadow process ends; gauges end with it
+
+SampleKey = tuple[str, str, tuple[tuple[str, str], ...]]  # (family, sample name, labels)
+
+
+def shadow_snapshot() -> dict[SampleKey, tuple[str, float]]:
+    """This process's samples of the shadow-counted metrics: {key: (type, value)}."""
+    out: dict[SampleKey, tuple[str, float]] = {}
+    for metric in SHADOW:
+        for family in metric.collect():
+            for sample in family.samples:
+                if not sample.name.endswith("_created"):
+                    key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                    out[key] = (family.type, sample.value)
+    return out
+
+
+class Remote:
+    """The latest samples of each running shadow process, and the counts of those that ended
+    (a replaced one starts again from zero; the counters shown here must not go back)."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, dict[SampleKey, tuple[str, float]]] = {}
+        self.ended: dict[SampleKey, float] = {}
+
+    def update(self, source: int, snapshot: dict[SampleKey, tuple[str, float]]) -> None:
+        self.live[source] = snapshot
+
+    def end(self, source: int) -> None:
+        for key, (kind, value) in self.live.pop(source, {}).items():
+            if kind in _ADDITIVE:
+                self.ended[key] = self.ended.get(key, 0.0) + value
+
+    def values(self) -> dict[SampleKey, float]:
+        out = dict(self.ended)
+        for snapshot in list(self.live.values()):
+            for key, (_, value) in snapshot.items():
+                out[key] = out.get(key, 0.0) + value
+        return out
+
+
+remote = Remote()
+
+
+class _Merged:
+    """REGISTRY with the shadow process's samples added to the same series (or as their own)."""
+
+    def collect(self) -> Iterator[Metric]:
+        extra = remote.values()
+        if not extra:
+            yield from REGISTRY.collect()
+            return
+        for family in REGISTRY.collect():
+            if family.name not in _SHADOW_FAMILIES:
+                yield family
+                continue
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            mine = {(family.name, s.name, tuple(sorted(s.labels.items()))) for s in family.samples}
+            for sample in family.samples:
+                key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                if key not in extra:
+                    value = sample.value
+                elif family.type in _ADDITIVE:
+                    value = sample.value + extra[key]
+                else:  # a gauge: the shadow process's is the one it sets
+                    value = extra[key]
+                merged.add_sample(sample.name, sample.labels, value, sample.timestamp, sample.exemplar)
+            for (name, sample_name, labels), value in extra.items():
+                if name == family.name and (name, sample_name, labels) not in mine:
+                    merged.add_sample(sample_name, dict(labels), value)
+            yield merged
+
+
+MERGED = _Merged()
+
+
 def exposition() -> bytes:
-    return generate_latest(REGISTRY)
+    return generate_latest(MERGED)
+
+
+def sample_value(name: str, labels: dict[str, str] | None = None) -> float | None:
+    """One sample as /metrics shows it (this process's and the shadow process's together)."""
+    wanted = labels or {}
+    for family in MERGED.collect():
+        for sample in family.samples:
+            if sample.name == name and sample.labels == wanted:
+                return sample.value
+    return None
 
 
 def set_active_model(version: str) -> None:

@@ -1,4 +1,5 @@
-"""kill -9 of the daemon while it serves and writes samples: nothing acknowledged is lost."""
+"""kill -9 of the daemon while it serves and writes samples: nothing acknowledged is lost, and
+its shadow and teacher processes end with it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,7 +16,7 @@ import sqlalchemy as sa
 
 from distill_watchdog.store import Store
 
-from support import DaemonProcess, free_port, write_model
+from support import DaemonProcess, alive, descendants, eventually, free_port, write_model
 
 pytestmark = pytest.mark.slow
 X = np.random.default_rng(5).normal(size=(4, 40)).astype(np.float32).tolist()
@@ -61,16 +63,21 @@ def test_kill_9_while_writing_samples(store_url, tmp_path, model_files, write_co
     stop = threading.Event()
     load = threading.Thread(target=hammer, args=(daemon.url, stop))
     load.start()
+    assert daemon.proc is not None
     try:
         deadline = time.monotonic() + 60
         while stored_count(daemon.url) < 200 and time.monotonic() < deadline:
             time.sleep(0.1)
         acknowledged = stored_count(daemon.url)
         assert acknowledged >= 200, daemon.log()[-2000:]
+        family = descendants(daemon.proc.pid)
+        spawned = [p for p in family if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(spawned) == 3  # the shadow process and its two teacher processes (concurrency 2)
     finally:
         daemon.stop(sig=signal.SIGKILL)  # also when the wait above failed: never leak a daemon
         stop.set()
         load.join()
+    eventually(lambda: not any(alive(p) for p in family), timeout=15, what="the daemon's processes to end")
 
     store = Store(store_url)
     with store.db.engine.connect() as conn:

@@ -2,7 +2,7 @@
 
 Metrics: bounds (ECE and adaptive ECE in [0, 1], Brier in [0, 2], NLL >= 0, agreement in
 [0, 1]), invariance under a permutation of rows, and zero error for perfectly calibrated
-one-hot predictions. Sampling: the request path's Bernoulli sampling (`SamplingService.offer`)
+one-hot predictions. Sampling: the request path's Bernoulli sampling (`RequestSampler.offer`)
 samples nothing at rate 0, everything at rate 1, and otherwise a share within a binomial
 interval of the configured (per-slice, per-bin) rate; at one rate, counted down, its gaps are
 geometric whatever the request sizes.
@@ -188,22 +188,24 @@ class _Request:
 def _service(rate: float, per_slice: dict[str, float] | None = None, bins: list[dict[str, Any]] | None = None,
              rows: int = 1) -> Any:  # fmt: skip
     from distill_watchdog.config import load_settings
-    from distill_watchdog.sampling import SamplingService
+    from distill_watchdog.sampling import RequestSampler
+    from distill_watchdog.sampling.waiting import WaitingRows
 
     settings_ = load_settings(
         None,
         sampling={"rate": rate, "per_slice": per_slice or {}, "queue_size": max(rows, 1)},
         slices={"keys": ["region"], "bins": bins or []},
     )
-    service = SamplingService(settings_)
-    service.running = True  # what start() sets; no worker drains the queue here
+    service = RequestSampler(settings_, WaitingRows(max(rows, 1)))
+    service.running = True  # what start() sets; nothing drains the rows here
+    service.waiting = service.sink
     return service
 
 
 def _offer(service: Any, x: np.ndarray, slice_: dict[str, str] | None, seed: int) -> int:
     service.draw = random.Random(seed).random  # offer's own draw, seeded: a failure replays
     service.offer(_Request(x, slice_, [str(i) for i in range(len(x))]), np.full((len(x), 2), 0.5), "v1")
-    service.admit()  # what a worker does
+    service.admit()  # what admission does
     return len(service.waiting)
 
 
@@ -289,7 +291,7 @@ def test_row_rate_is_the_largest_matching_slice_rate_else_the_base(
 
 
 def _sampled_rows(service: Any, sizes: list[int], seed: int) -> list[int]:
-    """Offers requests of `sizes` rows in turn, each admitted as a worker would (from the second
+    """Offers requests of `sizes` rows in turn, each admitted as admission would (from the second
     request on, `offer` takes the gaps the admissions drew ahead); the sampled rows' positions in
     the whole stream."""
     service.draw = random.Random(seed).random

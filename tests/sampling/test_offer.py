@@ -1,16 +1,19 @@
-"""`offer` keeps a sampled request as it is; the workers admit its rows. Every row is stored,
-dropped and counted, or (sampling stopped or paused) let go before it was ever sampled."""
+"""`offer` keeps a sampled request as it is; admission hands its rows to the sink (the shadow
+process's worker; here, the waiting rows themselves). Every row is stored, dropped and counted,
+or (sampling stopped or paused) let go before it was ever sampled."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from distill_watchdog.config import load_settings
-from distill_watchdog.sampling import SamplingService
+from distill_watchdog.sampling import RequestSampler, TeacherWorker
+from distill_watchdog.sampling.waiting import Rows, WaitingRows
 
 from .helpers import sample_count
 
@@ -22,20 +25,21 @@ class _Request:
     ids: list[str]
 
 
-def _service(queue_size: int = 100) -> SamplingService:
+def _service(queue_size: int = 100) -> RequestSampler:
     settings = load_settings(None, sampling={"rate": 1.0, "queue_size": queue_size})
-    service = SamplingService(settings)
-    service.running = True  # what start() sets; no worker runs here
+    service = RequestSampler(settings, WaitingRows(queue_size))
+    service.running = True  # what start() sets; no admission task runs here
+    service.waiting = service.sink  # type: ignore[attr-defined]
     return service
 
 
-def _offer(service: SamplingService, first: int, rows: int = 1) -> None:
+def _offer(service: RequestSampler, first: int, rows: int = 1) -> None:
     x = np.arange(first, first + rows, dtype=np.float64)[:, None].repeat(3, axis=1)
     ids = [f"r{first + i}" for i in range(rows)]
     service.offer(_Request(x, {"region": "eu"}, ids), np.full((rows, 2), 0.5, dtype=np.float32), "s1")
 
 
-def test_offer_keeps_the_request_and_wakes_the_workers_admit_moves_its_rows_in_order() -> None:
+def test_offer_keeps_the_request_and_wakes_admission_which_hands_its_rows_on_in_order() -> None:
     service = _service()
     assert not service._ready.is_set()
     _offer(service, 0)
@@ -51,7 +55,7 @@ def test_offer_keeps_the_request_and_wakes_the_workers_admit_moves_its_rows_in_o
     assert all(at > 0 for at in rows.at)
 
 
-def test_a_worker_waiting_for_rows_wakes_on_the_first_offer() -> None:
+def test_admission_waiting_for_rows_wakes_on_the_first_offer() -> None:
     async def scenario() -> None:
         service = _service()
         waiter = asyncio.create_task(service._ready.wait())
@@ -76,41 +80,76 @@ def test_kept_and_waiting_rows_stay_within_the_queue_size_the_rest_dropped_and_c
     _offer(service, 20, rows=2)  # the waiting rows fill the buffer
     assert sample_count("dropped") - before == 6 and not service._offered
     service.waiting.take(2)
-    service.admit()  # a worker notes the room a batch left
+    service.admit()  # admission notes the room a batch left
     _offer(service, 30, rows=2)
     assert sample_count("dropped") - before == 6 and service._kept == 2
 
 
-def test_rows_offered_while_stopped_or_paused_are_let_go_uncounted(store_url: str) -> None:
-    from distill_watchdog.store import Store
-    from distill_watchdog.teachers import Pins
-
+def test_rows_offered_while_stopped_are_let_go_uncounted() -> None:
     service = _service()
     before = sample_count("dropped")
-    service.pins = Pins(Store(store_url), "pause")
-    service.pins.observe("big", "v1")
-    service.pins.observe("big", "v2")  # a new version under policy `pause`
-    assert service.pins.paused
-    _offer(service, 0)
-    service.admit()
-    service.pins.accept("big", "v2")
-    assert not service.pins.paused
     _offer(service, 1)
     service.running = False  # kept while running, admitted after sampling stopped
     service.admit()
     _offer(service, 2)
     assert not service._offered  # a stopped sampler keeps nothing
-    assert len(service.waiting) == 0 and sample_count("dropped") == before
+    assert len(service.sink) == 0 and sample_count("dropped") == before
 
 
-def test_stop_counts_rows_not_yet_admitted_as_dropped() -> None:
+def _rows(first: int, n: int = 1) -> Rows:
+    x = np.arange(first, first + n, dtype=np.float64)[:, None].repeat(3, axis=1)
+    at = [time.time()] * n
+    return Rows(x, np.full((n, 2), 0.5, np.float32), [f"r{first + i}" for i in range(n)], at,
+                ["s1"] * n, [None] * n)  # fmt: skip
+
+
+def test_rows_offered_while_a_teacher_change_paused_sampling_are_let_go_uncounted(store_url: str) -> None:
+    """Judged by when they were offered: rows reach the worker a moment later."""
+    from distill_watchdog.store import Store
+    from distill_watchdog.teachers import Pins
+
+    settings = load_settings(None, sampling={"rate": 1.0, "on_teacher_change": "pause"})
+    store = Store(store_url)
+    worker = TeacherWorker(settings, store)
+    worker.running = True  # what start() sets; no batch is taken here
+    worker.pins = Pins(store, "pause", worker._on_pin_event)  # as start() wires it
+    before = sample_count("dropped")
+    worker.pins.observe("big", "v1")
+    offered_before = _rows(0)
+    time.sleep(0.01)
+    worker.pins.observe("big", "v2")  # a new version under policy `pause`
+    assert worker.pins.paused
+    offered_while = _rows(1, 2)
+    worker.receive(offered_before)  # arrives during the pause: sampled
+    worker.receive(offered_while)
+    assert len(worker.waiting) == 1
+    time.sleep(0.01)
+    worker.pins.accept("big", "v2")
+    worker.receive(offered_while)  # arrives after the pause: still not sampled
+    worker.receive(_rows(3, 2))
+    rows = worker.waiting.take(10)
+    assert rows is not None and rows.ids == ["r0", "r3", "r4"] and worker._ready.is_set()
+    assert sample_count("dropped") == before
+
+
+def test_rows_kept_at_stop_are_counted_as_dropped_by_the_sampler_and_waiting_ones_by_the_worker(
+    store_url: str,
+) -> None:
+    from distill_watchdog.store import Store
+
     service: Any = _service()
     before = sample_count("dropped")
     _offer(service, 0, rows=2)
     _offer(service, 2)
-    service.admit(1)  # two rows waiting, one still offered
-    asyncio.run(service.stop())
-    assert sample_count("dropped") - before == 3
+    service.admit(1)  # two rows handed on, one still kept
+    assert service.drop_kept() == 1 and not service._offered
+    assert sample_count("dropped") - before == 1
+
+    worker = TeacherWorker(load_settings(None, sampling={"rate": 1.0}), Store(store_url))
+    worker.running = True
+    worker.receive(_rows(0, 2))
+    asyncio.run(worker.stop())
+    assert sample_count("dropped") - before == 3 and len(worker.waiting) == 0
 
 
 def test_some_rows_of_a_request_and_rows_of_another_width_are_admitted_request_by_request() -> None:

@@ -84,7 +84,7 @@ def test_a_flush_whose_caller_is_cancelled_still_writes_its_rows(make_settings):
     before ending the teacher processes, so the answered rows are stored and counted."""
     import asyncio
 
-    from distill_watchdog.sampling.service import SamplingService
+    from distill_watchdog.sampling import TeacherWorker
     from distill_watchdog.store import Store
     from distill_watchdog.teachers.child import TeacherProcesses
     from distill_watchdog.teachers.pinning import Pins
@@ -97,7 +97,7 @@ def test_a_flush_whose_caller_is_cancelled_still_writes_its_rows(make_settings):
     before = {o: sample_count(o) for o in outcomes}
 
     async def scenario() -> None:
-        service = SamplingService(settings)
+        service = TeacherWorker(settings, store)
         service.pins = Pins(store, "quarantine")
         service.pins.load({"big": None, "expert": None})
         service._processes = TeacherProcesses([], workers=1)  # a real one: it does the insert

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill_watchdog.sampling.waiting import WaitingRows
+from distill_watchdog.sampling.waiting import Rows, WaitingRows
 
 
 def _add(rows: WaitingRows, k: int) -> bool:
@@ -91,13 +91,14 @@ def test_a_waiting_row_is_a_copy_of_the_request_arrays() -> None:
 def test_rows_in_bulk_keep_what_fits_and_refuse_another_width_while_old_rows_wait() -> None:
     rows = WaitingRows(capacity=4)
     x, probs = np.arange(9.0).reshape(3, 3), np.full((3, 2), 0.5, dtype=np.float32)
-    assert rows.extend(x, probs, ["a", "b", "c"], [1.0, 2.0, 3.0], ["v"] * 3, [None] * 3) == 3
-    assert rows.extend(x, probs, ["d", "e", "f"], [4.0, 5.0, 6.0], ["v"] * 3, [None] * 3) == 1  # room for one
-    wide = np.zeros((1, 5))
+    assert rows.extend(Rows(x, probs, ["a", "b", "c"], [1.0, 2.0, 3.0], ["v"] * 3, [None] * 3)) == 3
+    more = Rows(x, probs, ["d", "e", "f"], [4.0, 5.0, 6.0], ["v"] * 3, [None] * 3)
+    assert rows.extend(more) == 1  # room for one
+    wide = Rows(np.zeros((1, 5)), probs[:1], ["g"], [7.0], ["w"], [None])
     assert rows.take(1) is not None
-    assert rows.extend(wide, probs[:1], ["g"], [7.0], ["w"], [None]) == 0  # three old rows still wait
+    assert rows.extend(wide) == 0  # three old rows still wait
     batch = rows.take(10)
     assert batch is not None and batch.ids == ["b", "c", "d"] and batch.x.shape == (3, 3)
     np.testing.assert_array_equal(batch.x[2], [0.0, 1.0, 2.0])
-    assert rows.extend(wide, probs[:1], ["g"], [7.0], ["w"], [None]) == 1  # drained: the new width is taken
+    assert rows.extend(wide) == 1  # drained: the new width is taken
     assert rows.take(1).x.shape == (1, 5)  # type: ignore[union-attr]

@@ -245,10 +245,10 @@ class Scheduler:
     async def _reevaluate(self) -> None:
         """Retries re-evaluation of teacher versions still in quarantine (e.g. after an error)."""
         service = self.daemon.teachers if self.daemon is not None else None
-        if not self.is_leader or service is None or service.pins is None:
+        if not self.is_leader or service is None:
             return
-        for name, state in list(service.pins.teachers.items()):
-            if state.state == "quarantine" and state.candidate and name in service.teachers:
+        for name, state in list(service.states.items()):
+            if state.state == "quarantine" and state.candidate and name in service.loaded:
                 try:
                     await service.reevaluate(name, state.candidate)
                 except Exception:

@@ -64,21 +64,14 @@ class WaitingRows:
     ) -> bool:
         """`x` and `probs`: one row each ([D] or [1, D]); False (nothing kept) when it cannot wait
         (see `extend`)."""
-        one = (x.reshape(1, -1), probs.reshape(1, -1), [row_id], [at], [version], [given])
-        return self.extend(*one) == 1
+        one = Rows(x.reshape(1, -1), probs.reshape(1, -1), [row_id], [at], [version], [given])
+        return self.extend(one) == 1
 
-    def extend(
-        self,
-        x: np.ndarray,
-        probs: np.ndarray,
-        ids: list[str],
-        at: list[float],
-        versions: list[str],
-        given: list[dict[str, str] | None],
-    ) -> int:
+    def extend(self, rows: Rows) -> int:
         """Rows in bulk (`x`: [k, D], `probs`: [k, C]); how many were kept, the first ones: as many
         as there is room for, none when their width differs from the rows still waiting (a
         student with other inputs or classes was just activated: the old rows go first)."""
+        x, probs, ids, at, versions, given = rows.x, rows.probs, rows.ids, rows.at, rows.versions, rows.given
         k = min(len(ids), self.capacity - len(self._ids))
         if k <= 0:
             return 0

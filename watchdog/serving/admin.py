@@ -162,7 +162,7 @@ async def accept_teacher(request: Request) -> Response:
     daemon = _daemon(request)
     service = _teachers(daemon)
     name = request.path_params["name"]
-    if name not in service.pins.teachers:
+    if name not in service.states:
         raise BadRequest(404, f"teacher: unknown teacher {name[:64]!r}")
     data = await read_json(request, daemon.settings.server.max_body_bytes)
     if not isinstance(data, dict):
@@ -170,9 +170,6 @@ async def accept_teacher(request: Request) -> Response:
     version, reason = data.get("version"), str(data.get("reason", ""))[:500]
     if version is not None and not isinstance(version, str):
         raise BadRequest(422, "version: must be a string")
-    state = service.pins.teachers.get(name)
-    if version is None and (state is None or state.candidate is None):
-        raise BadRequest(409, f"teacher {name}: no candidate version to accept")
     state = await service.accept(name, version, actor="admin-api", reason=reason)
     return JSON(state.as_dict())
 

@@ -1,10 +1,11 @@
 """Teacher calls and sample inserts in child processes, spoken to over sockets the event loop reads.
 
-Request encoding, response decoding, local models and SQL inserts never share the serving
-process's GIL (nor load torch into it). Each child holds every configured teacher's adapter
-and answers one request at a time over its own socket pair: length-prefixed pickles, written
-and read by the serving process's event loop. No helper thread runs in the serving process
-for them (a `ProcessPoolExecutor` woke a manager and a feeder thread there on every call). A
+Request encoding, response decoding, local models and SQL inserts never share the teacher
+worker's GIL (nor load torch into its process: the shadow process, sampling/shadow.py). Each
+child holds every configured teacher's adapter and answers one request at a time over its own
+socket pair: length-prefixed pickles, written and read by the worker's event loop. No helper
+thread runs beside that loop for them (a `ProcessPoolExecutor` woke a manager and a feeder
+thread on every call). A
 child that dies is replaced; so is one that still has not answered a call some time after its
 caller gave up, so that a hung local model cannot hold a slot for ever.
 """

@@ -43,7 +43,7 @@ def _dashboard_data(daemon: Daemon) -> dict[str, Any]:
 async def dashboard(request: Request) -> Response:
     daemon: Daemon = request.app.state.daemon
     data = await asyncio.to_thread(_dashboard_data, daemon)
-    teachers = daemon.teachers.status() if daemon.teachers is not None and daemon.teachers.pins else []
+    teachers = daemon.teachers.status() if daemon.teachers is not None else []
     alerts = []
     if daemon.alerts is not None:
         alerts = [
