@@ -40,6 +40,7 @@ from .waiting import Rows
 log = logging.getLogger(__name__)
 
 PUSH_S = 0.25  # how often the shadow process sends its metrics and teacher states when they changed
+CALLS = frozenset({"accept", "reevaluate"})  # the worker's methods the daemon may call
 STOP_TIMEOUT_S = 40.0  # shutdown: its last writes (worker.STOP_WRITE_TIMEOUT_S) and its last messages
 
 
@@ -133,6 +134,8 @@ async def _run(
 
     async def answer(call_id: int, method: str, args: tuple, kwargs: dict) -> None:
         try:
+            if method not in CALLS:
+                raise ValueError(f"not a worker call: {method!r}")
             value = await getattr(worker, method)(*args, **kwargs)
             reply = ("reply", call_id, True, value)
         except WatchdogError as exc:  # the caller's error (an unknown teacher, no candidate): 4xx
