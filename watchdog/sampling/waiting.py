@@ -1,9 +1,9 @@
-"""Sampled rows waiting for a teacher batch, kept as columns from the moment a worker admits them.
+"""Sampled rows waiting for a teacher batch in the shadow process, kept as columns.
 
 Each part of a row (features, student probabilities, id, time, version, the request's own
-slice) goes into its column when a worker admits the rows `offer` kept (`extend`, a chunk of
-requests at a time; sampling/service.py); everything derived from them (slice labels from
-binning rules) is left to the worker too. Features and probabilities are appended as raw
+slice) goes into its column when the worker receives the rows admission sent (`extend`, a
+chunk at a time; sampling/offer.py, sampling/worker.py); everything derived from them (slice
+labels from binning rules) is left to the worker. Features and probabilities are appended as raw
 bytes (`tobytes`, a memcpy) to two byte buffers, and a batch turns them into arrays in one
 step. Gathering 256 separate rows into arrays at batch time (np.stack, even np.concatenate)
 held the event loop for 0.2 to 0.5 ms at once, several times a second. Writing each row into
