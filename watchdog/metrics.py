@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -360,22 +361,25 @@ SHADOW = (
     sampler_errors_total,
     store_errors_total,
 )
-_SHADOW_FAMILIES = frozenset(m._name for m in SHADOW)
+_SHADOW_FAMILIES = frozenset(family.name for metric in SHADOW for family in metric.collect())
 _ADDITIVE = ("counter", "histogram")  # kept when a shadow process ends; gauges end with it
 
 SampleKey = tuple[str, str, tuple[tuple[str, str], ...]]  # (family, sample name, labels)
 
 
+def _key(family: Metric, sample: Sample) -> SampleKey:
+    return family.name, sample.name, tuple(sorted(sample.labels.items()))
+
+
 def shadow_snapshot() -> dict[SampleKey, tuple[str, float]]:
     """This process's samples of the shadow-counted metrics: {key: (type, value)}."""
-    out: dict[SampleKey, tuple[str, float]] = {}
-    for metric in SHADOW:
-        for family in metric.collect():
-            for sample in family.samples:
-                if not sample.name.endswith("_created"):
-                    key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
-                    out[key] = (family.type, sample.value)
-    return out
+    return {
+        _key(family, sample): (family.type, sample.value)
+        for metric in SHADOW
+        for family in metric.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
 
 
 class Remote:
@@ -410,45 +414,33 @@ class _Merged:
 
     def collect(self) -> Iterator[Metric]:
         extra = remote.values()
-        if not extra:
-            yield from REGISTRY.collect()
-            return
         for family in REGISTRY.collect():
-            if family.name not in _SHADOW_FAMILIES:
+            if not extra or family.name not in _SHADOW_FAMILIES:
                 yield family
                 continue
             merged = Metric(family.name, family.documentation, family.type, family.unit)
-            mine = {(family.name, s.name, tuple(sorted(s.labels.items()))) for s in family.samples}
+            theirs = {k: v for k, v in extra.items() if k[0] == family.name}
             for sample in family.samples:
-                key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
-                if key not in extra:
+                value = theirs.pop(_key(family, sample), None)
+                if value is None:
                     value = sample.value
                 elif family.type in _ADDITIVE:
-                    value = sample.value + extra[key]
-                else:  # a gauge: the shadow process's is the one it sets
-                    value = extra[key]
+                    value += sample.value
+                # a gauge: the shadow process's value, the one it sets
                 merged.add_sample(sample.name, sample.labels, value, sample.timestamp, sample.exemplar)
-            for (name, sample_name, labels), value in extra.items():
-                if name == family.name and (name, sample_name, labels) not in mine:
-                    merged.add_sample(sample_name, dict(labels), value)
+            for (_, name, labels), value in theirs.items():  # series only the shadow process has
+                merged.add_sample(name, dict(labels), value)
             yield merged
 
 
-MERGED = _Merged()
+# What /metrics shows: this process's series and the shadow process's, one registry to read
+# (`MERGED.get_sample_value` in tests, as with any prometheus_client registry).
+MERGED = CollectorRegistry(auto_describe=False)
+MERGED.register(_Merged())
 
 
 def exposition() -> bytes:
     return generate_latest(MERGED)
-
-
-def sample_value(name: str, labels: dict[str, str] | None = None) -> float | None:
-    """One sample as /metrics shows it (this process's and the shadow process's together)."""
-    wanted = labels or {}
-    for family in MERGED.collect():
-        for sample in family.samples:
-            if sample.name == name and sample.labels == wanted:
-                return sample.value
-    return None
 
 
 def set_active_model(version: str) -> None:

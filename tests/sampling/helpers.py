@@ -52,8 +52,8 @@ def predict(url: str, rows: int = 4, seed: int = 0, **body: Any) -> dict[str, An
 
 def sample_count(outcome: str) -> float:
     """As /metrics shows it: this process's count and the shadow process's together."""
-    return metrics.sample_value("watchdog_samples_total", {"outcome": outcome}) or 0.0
+    return metrics.MERGED.get_sample_value("watchdog_samples_total", {"outcome": outcome}) or 0.0
 
 
 def counter(name: str, **labels: str) -> float:
-    return metrics.sample_value(name, labels) or 0.0
+    return metrics.MERGED.get_sample_value(name, labels) or 0.0

@@ -26,7 +26,6 @@ import itertools
 import logging
 import multiprocessing
 import os
-import pickle
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 from .. import metrics
 from ..config import Settings
 from ..errors import WatchdogError
-from ..teachers.child import HEADER, RESTART_DELAYS_S, START_TIMEOUT_S
+from ..teachers.child import RESTART_DELAYS_S, START_TIMEOUT_S, die_with, frame, receive
 from .waiting import Rows
 
 log = logging.getLogger(__name__)
@@ -42,16 +41,6 @@ log = logging.getLogger(__name__)
 PUSH_S = 0.25  # how often the shadow process sends its metrics and teacher states when they changed
 CALLS = frozenset({"accept", "reevaluate"})  # the worker's methods the daemon may call
 STOP_TIMEOUT_S = 40.0  # shutdown: its last writes (worker.STOP_WRITE_TIMEOUT_S) and its last messages
-
-
-def _frame(message: Any) -> bytes:
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(payload)) + payload
-
-
-async def _receive(reader: asyncio.StreamReader) -> Any:
-    head = await reader.readexactly(HEADER.size)
-    return pickle.loads(await reader.readexactly(HEADER.unpack(head)[0]))
 
 
 # --- the shadow process ---------------------------------------------------------------------------
@@ -75,14 +64,13 @@ def _main(
 ) -> None:
     """The process's whole life (spawned): logging as the daemon's, then `_run`."""
     from ..logs import setup_logging
-    from ..teachers.child import _die_with
 
     # The teacher processes are this one's children: a daemonic process may not start any. It
-    # still ends with the daemon (`_die_with`), and the daemon ends it on shutdown.
+    # still ends with the daemon (`die_with`), and the daemon ends it on shutdown.
     multiprocessing.current_process().daemon = False
     settings = Settings.model_validate_json(settings_json)
     setup_logging(settings.server.log_format)
-    _die_with(parent)
+    die_with(parent)
     from ..background import enter
 
     enter("low", settings.server.background_cpus)
@@ -96,7 +84,7 @@ async def _run(
     from .worker import TeacherWorker
 
     reader, writer = await asyncio.open_connection(sock=sock)
-    send = lambda message: writer.write(_frame(message))  # noqa: E731 - one line, used below
+    send = lambda message: writer.write(frame(message))  # noqa: E731 - one line, used below
     received = 0
     pushed: dict[str, Any] = {}
 
@@ -150,9 +138,9 @@ async def _run(
     try:
         while True:
             try:
-                message = await _receive(reader)
+                message = await receive(reader)
             except (asyncio.IncompleteReadError, OSError):
-                return  # the daemon is gone (its death also ends this process: _die_with)
+                return  # the daemon is gone (its death also ends this process: die_with)
             if message[0] == "rows":
                 rows: Rows = message[1]
                 received += len(rows)
@@ -217,7 +205,7 @@ class ShadowProcess:
         """Sends the rows; 0 (none taken) while no shadow process runs its worker."""
         if self._writer is None or not self.running:
             return 0
-        self._writer.write(_frame(("rows", rows)))
+        self._writer.write(frame(("rows", rows)))
         self._sent += len(rows)
         return len(rows)
 
@@ -242,7 +230,7 @@ class ShadowProcess:
         reader, writer = await asyncio.open_connection(sock=mine)
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
-                while (message := await _receive(reader))[0] != "ready":
+                while (message := await receive(reader))[0] != "ready":
                     self._dispatch(message)
         except (asyncio.IncompleteReadError, OSError, TimeoutError) as exc:
             writer.close()
@@ -259,7 +247,7 @@ class ShadowProcess:
 
     async def _listen(self, reader: asyncio.StreamReader) -> None:
         try:
-            while self._dispatch(await _receive(reader)):
+            while self._dispatch(await receive(reader)):
                 pass
         except asyncio.CancelledError:
             raise
@@ -336,7 +324,7 @@ class ShadowProcess:
             raise RuntimeError("the shadow process is not running (it is being replaced)")
         call_id = next(self._ids)
         answer = self._calls[call_id] = asyncio.get_running_loop().create_future()
-        self._writer.write(_frame(("call", call_id, method, args, kwargs)))
+        self._writer.write(frame(("call", call_id, method, args, kwargs)))
         return await answer
 
     async def stop(self) -> None:
@@ -348,7 +336,7 @@ class ShadowProcess:
         if self._writer is not None and self._listener is not None:
             self._stopped = asyncio.get_running_loop().create_future()
             with contextlib.suppress(Exception):
-                self._writer.write(_frame(("stop",)))
+                self._writer.write(frame(("stop",)))
                 await asyncio.wait_for(asyncio.shield(self._stopped), STOP_TIMEOUT_S)
         if self._listener is not None:
             self._listener.cancel()

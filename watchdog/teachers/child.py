@@ -52,7 +52,7 @@ _stores: dict[str, Any] = {}
 _writer: ThreadPoolExecutor | None = None  # the child's insert thread (see _init)
 
 
-def _die_with(parent: int) -> None:
+def die_with(parent: int) -> None:
     """Ask Linux to end this process when the daemon dies, even by SIGKILL or the OOM killer
     (a child busy with a slow call would otherwise see its socket close only after the call)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -67,7 +67,7 @@ def _init(configs: list[dict[str, Any]], parent: int, cpus: list[int] | None) ->
     from .adapters import build_adapter
 
     global _writer
-    _die_with(parent)
+    die_with(parent)
     # Inserts run on their own thread at nice 19: they hold the store's write lock, and a
     # near-zero CPU share would stretch that lock for every other writer.
     enter("low", cpus)
@@ -118,9 +118,20 @@ def _predict(name: str, x: np.ndarray) -> Result:
 _OPS = {"predict": _predict, "store": _store_rows}
 
 
-def _send(sock: socket.socket, message: Any) -> None:
+def frame(message: Any) -> bytes:
+    """One message as written on these sockets (and the shadow process's): length, then pickle."""
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(HEADER.pack(len(payload)) + payload)
+    return HEADER.pack(len(payload)) + payload
+
+
+async def receive(reader: asyncio.StreamReader) -> Any:
+    """One message written by `frame`, read on an event loop."""
+    head = await reader.readexactly(HEADER.size)
+    return pickle.loads(await reader.readexactly(HEADER.unpack(head)[0]))
+
+
+def _send(sock: socket.socket, message: Any) -> None:
+    sock.sendall(frame(message))
 
 
 def _serve(sock: socket.socket, configs: list[dict[str, Any]], parent: int, cpus: list[int] | None) -> None:
@@ -158,8 +169,7 @@ class _Child:
     listener: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def receive(self) -> tuple[str, Any]:
-        head = await self.reader.readexactly(HEADER.size)
-        return pickle.loads(await self.reader.readexactly(HEADER.unpack(head)[0]))
+        return await receive(self.reader)
 
 
 class TeacherProcesses:
@@ -205,7 +215,7 @@ class TeacherProcesses:
             raise RuntimeError(f"storing samples failed in a teacher process: {error}")
 
     async def _run(self, op: str, *args: Any) -> Any:
-        frame = pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL)
+        message = frame((op, args))
         while True:
             if self._closed:
                 raise ChildError("the teacher processes are closed")
@@ -214,7 +224,7 @@ class TeacherProcesses:
                 break
         answer = child.pending = asyncio.get_running_loop().create_future()
         try:
-            child.writer.write(HEADER.pack(len(frame)) + frame)
+            child.writer.write(message)
         except Exception as exc:  # its socket is gone: the child is
             self._retire(child, f"cannot be written to ({type(exc).__name__})")
         try:
