@@ -15,9 +15,9 @@ the serving process's CPU per request in the bursts to both at once, p99 in the 
 daemon at a time with wrk beside serving. On a 2-CPU machine those single-daemon bursts run in
 two layouts, wrk beside serving and wrk beside the background work (see `layouts`). The rounds
 are split between several pairs of daemons, each pair started afresh (`--pairs`): two daemons
-of the same code and configuration serve up to 3% apart for their whole life
-(docs/sampling.md), so one pair alone can decide a verdict that is within a few percent of the
-line.
+of the same code and configuration have served up to 3% apart for their whole life (measured
+when the wrks at once were real-time tasks; docs/sampling.md), so one pair alone could decide a
+verdict within a few percent of the line.
 Appends its table to docs/BENCHMARKS.md.
 
     .venv/bin/python bench/sampling.py [--seconds 2] [--rounds 30] [--pairs 3] [--no-append]
@@ -65,9 +65,9 @@ AT_ONCE = "both daemons at once"  # see Bench.at_once
 GAP_MARGIN_S = 0.3  # beyond gathering, the teacher call and the flush: the bulk write itself
 
 
-def wrk(url: str, body: bytes, connections: int, seconds: int, cpus: list[int]) -> Load:
+def wrk(url: str, body: bytes, connections: int, seconds: int, cpus: list[int], shared: bool = False) -> Load:
     """wrk with this script's own Lua file and body (bench/out/post.lua is shared with other scripts)."""
-    return common.wrk(url, body, connections, seconds, workdir=OUT, cpus=cpus)
+    return common.wrk(url, body, connections, seconds, workdir=OUT, cpus=cpus, shared=shared)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -247,7 +247,11 @@ class Bench:
     a few seconds, alternated, many times, compare each 'on' burst with an 'off' burst taken
     seconds before or after. The 'on' daemon's shadow work outlasts its burst (rows gather for
     `batch_wait_s`, the teacher answers, the write waits for `flush_s`): its CPU is counted
-    until the gap after its burst ends, and no other burst runs in that gap.
+    until the gap after its burst ends, and no other burst runs in that gap. Every burst is
+    followed by the same gap, whatever its mode: with the gap after 'on' bursts alone, each 'on'
+    burst began the moment the burst before it ended and every other burst after a rest, a
+    difference between the modes besides sampling that p99, set by a burst's worst moments,
+    can feel (docs/sampling.md).
     """
 
     def __init__(self, args: argparse.Namespace, teacher: Child, stack: contextlib.ExitStack) -> None:
@@ -307,8 +311,8 @@ class Bench:
         if load:
             self.loads.append((own_cpu_seconds(load.proc.pid) - load0) / took)
             load.pause()
+        time.sleep(self.gap)  # the 'on' daemon's shadow work; the same rest after every burst
         if mode == "on":
-            time.sleep(self.gap)
             children = cpu_seconds(pid) - cpu0 - (own_cpu_seconds(pid) - own0)
             peer = cpu_seconds(self.teacher.proc.pid) - peer0
             # All of it, the gap's included, as a share of the burst: the control's load runs
@@ -325,14 +329,17 @@ class Bench:
         speed meanwhile, it does to both: each daemon's serving CPU per request is compared with
         the other's measured over the same seconds. Both pay for sharing (the CPU switches
         between them, each refills its caches), so the figures per request are higher than
-        with one daemon alone; the ratio is what this part measures.
+        with one daemon alone; the ratio is what this part measures. The two wrks share their CPU
+        at nice -10, not as real-time tasks (common.SHARED_CLIENT_PRIORITY says why).
         """
         names = ("off", "on")
         pids = [self.daemons[n].pid for n in names]
         cpu0 = [(cpu_seconds(pid), own_cpu_seconds(pid)) for pid in pids]
         with ThreadPoolExecutor(len(names)) as pool:
             loads = list(
-                pool.map(lambda n: wrk(self.daemons[n].url, self.body, 32, self.args.seconds, client), names)
+                pool.map(
+                    lambda n: wrk(self.daemons[n].url, self.body, 32, self.args.seconds, client, True), names
+                )
             )
         time.sleep(self.gap)  # the 'on' daemon's shadow work
         runs = {}
@@ -358,7 +365,10 @@ def main() -> None:
     )
     parser.add_argument("--delay", type=float, default=0.2, help="teacher seconds per call")
     parser.add_argument(
-        "--gap", type=float, default=None, help="seconds after an 'on' burst for its shadow work to finish"
+        "--gap",
+        type=float,
+        default=None,
+        help="seconds after each burst (the 'on' daemon's shadow work finishes)",
     )
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args()
@@ -482,9 +492,8 @@ def main() -> None:
              f"daemons at once (a wrk -t1 -c32 each, on CPU {LOAD_CPUS}; their serving processes "
              f"share CPU {serving_cpus}): {args.seconds} s per burst, wrk -t1 -c32, one row per "
              f"request, {minutes:.0f} min in all. The daemons of a pair stay up for all its rounds (after "
-             f"an unmeasured warm-up); after each burst to the 'on' daemon no load runs for "
-             f"{bench.gap:.2f} s while its shadow work finishes, and that work counts toward the "
-             f"burst. Serving on CPU "
+             f"an unmeasured warm-up); after every burst no load runs for {bench.gap:.2f} s (the "
+             f"'on' daemon's shadow work finishes, and that work counts toward its burst). Serving on CPU "
              f"{serving_cpus}; the stand-in teacher and the daemon's shadow work on CPU {BACKGROUND_CPUS} "
              f"(`server.background_cpus`, in every mode); {where}. Targets are judged on the median "
              f"over rounds of each round's ratio to its own 'off' burst, the interval a bootstrap "
