@@ -168,9 +168,6 @@ class _Child:
     overdue: asyncio.TimerHandle | None = None  # retires it unless it answers an abandoned call
     listener: asyncio.Task[None] | None = field(default=None, repr=False)
 
-    async def receive(self) -> tuple[str, Any]:
-        return await receive(self.reader)
-
 
 class TeacherProcesses:
     """`workers` child processes holding every configured teacher's adapter; one call each at a time."""
@@ -253,7 +250,7 @@ class TeacherProcesses:
         child = _Child(process, mine, reader, writer)
         self._children.append(child)
         try:
-            status, detail = await asyncio.wait_for(child.receive(), START_TIMEOUT_S)
+            status, detail = await asyncio.wait_for(receive(child.reader), START_TIMEOUT_S)
         except (asyncio.IncompleteReadError, OSError, TimeoutError, asyncio.CancelledError) as exc:
             self._retire(child, "could not start", replace=False)
             if isinstance(exc, asyncio.CancelledError):
@@ -270,7 +267,7 @@ class TeacherProcesses:
         """Hands each answer to its caller and the child back to the idle queue; notices death."""
         try:
             while True:
-                status, value = await child.receive()
+                status, value = await receive(child.reader)
                 if child.overdue is not None:
                     child.overdue.cancel()
                     child.overdue = None
