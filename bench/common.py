@@ -297,6 +297,42 @@ def append_section(title: str, command: str, table: str, notes: str = "") -> Non
             fh.write(f"\n{notes}\n")
 
 
+RESULTS = ROOT / "bench" / "results"
+
+
+def record(bench: str, title: str, command: str, table: str, notes: str = "", data: object = None) -> Path:
+    """Keeps one run of a bench as data and shows it as the current table in docs/BENCHMARKS.md.
+
+    The run is written to `bench/results/<bench>/<UTC stamp>.json` (date, machine, command, the
+    table, the raw figures); the section `## <title>` of BENCHMARKS.md is replaced by this run's
+    table (created when missing), so the page shows the latest figures and the history stays data.
+    """
+    now = datetime.now(UTC)
+    stamp = now.strftime("%Y-%m-%d %H:%M UTC")
+    folder = RESULTS / bench
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    n = 1
+    while path.exists():
+        path, n = folder / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{n}.json", n + 1
+    entry = {"bench": bench, "title": title, "date": stamp, "machine": machine(), "command": command,
+             "table": table, "notes": notes, "data": data}  # fmt: skip
+    path.write_text(json.dumps(entry, indent=2, default=str) + "\n")
+    section = (
+        f"## {title}\n\nLast run {stamp}. Machine: {machine()}. Command: `{command}`\n"
+        f"History: `bench/results/{bench}/`.\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
+    )
+    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = (
+        pattern.sub(lambda _: section + "\n", text, count=1)
+        if pattern.search(text)
+        else (text.rstrip("\n") + "\n\n" + section)
+    )
+    BENCHMARKS.write_text(text)
+    return path
+
+
 def machine() -> str:
     """The machine line of a bench's entry (BENCHMARKS.md; the soak's in RELIABILITY.md). It names
     the processor: guests of one size run the same code at different speeds, and the sampling
