@@ -134,7 +134,7 @@ def latency_during_cycles(
         "data_dir": str(work / "data"),
         "server": {
             "port": port,
-            "admin_token": "bench",
+            "admin_token": "bench-admin-token-0001",
             "log_format": "json",
             "background_cpus": background_cpus,
         },
@@ -164,9 +164,9 @@ def latency_during_cycles(
     with Child(argv, port, ready="/v2/health/ready") as child:
         url = f"{child.url}/v1/predict"
         warm(url, body)
-        version = httpx.get(f"{child.url}/admin/models", headers={"Authorization": "Bearer bench"}).json()[
-            "active"
-        ]
+        version = httpx.get(
+            f"{child.url}/admin/models", headers={"Authorization": "Bearer bench-admin-token-0001"}
+        ).json()["active"]
         seed_store(settings.store_url, version, ROWS)
         deadline = time.monotonic() + 300
         while _cycles(child.url) < 1 and time.monotonic() < deadline:  # the child is warm (imports done)

@@ -6,8 +6,10 @@ Relative paths in a job file resolve against the file's folder, so a job folder 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,7 +75,16 @@ class TeacherSpec(_Spec):
             raise ValueError(f"kind {self.kind} needs 'path'")
         if self.kind in ("http-v2", "http-json") and not self.url:
             raise ValueError(f"kind {self.kind} needs 'url'")
+        if self.kind == "http-v2" and not self.model_name and not _OIP_INFER.search(urlsplit(self.url).path):
+            # Every call would go to the base URL, fail, and open the circuit without saying why.
+            raise ValueError(
+                "kind http-v2 needs 'model_name' when the URL is a base URL "
+                "(or give the whole URL, ending in /v2/models/<name>/infer)"
+            )
         return self
+
+
+_OIP_INFER = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer/?$")
 
 
 class DataSpec(_Spec):

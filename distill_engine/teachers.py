@@ -41,18 +41,33 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _as_probs(out: np.ndarray, kind: str, who: str) -> np.ndarray:
+def _as_probs(out: np.ndarray, kind: str, who: str, named_logits: bool = False) -> np.ndarray:
+    """`out` as probabilities. With `kind` probabilities, rows that are not probabilities are
+    read as logits when `named_logits` (the output's name says so and no kind was given), else
+    refused with the likely fix: most often they are logits under the default output_kind."""
     a = np.asarray(out, dtype=np.float64)
     if a.ndim != 2:
         raise TeacherError(f"teacher {who}: expected [N, C] output, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise TeacherError(f"teacher {who}: outputs must be finite (got NaN or infinity)")
     if kind == "logits":
         return _softmax(a)
-    if not np.all(np.isfinite(a)) or (a < -1e-6).any():
-        raise TeacherError(f"teacher {who}: probabilities must be finite and non-negative")
     s = a.sum(axis=1, keepdims=True)
-    if np.any(np.abs(s - 1.0) > 1e-3):
-        raise TeacherError(f"teacher {who}: probability rows must sum to 1 (got {float(s.min()):.4f})")
+    negative = bool((a < -1e-6).any())
+    if negative or np.any(np.abs(s - 1.0) > 1e-3):
+        if named_logits:
+            return _softmax(a)
+        seen = "negative values" if negative else f"rows summing to {float(s[np.argmax(np.abs(s - 1))]):.4g}"
+        raise TeacherError(
+            f"teacher {who}: its outputs are not probabilities ({seen}); "
+            "if the model outputs logits, set `output_kind: logits`"
+        )
     return np.clip(a, 0.0, None) / s
+
+
+def named_logits(spec: TeacherSpec, output_name: str) -> bool:
+    """No `output_kind` given and the output is named as logits (`logits`, `output_logits`...)."""
+    return "output_kind" not in spec.model_fields_set and "logit" in output_name.lower()
 
 
 class Teacher(ABC):
@@ -130,7 +145,7 @@ class OnnxTeacher(Teacher):
         out_name = self.spec.output_name or sess.get_outputs()[0].name
         names = [out_name, *intermediates]
         res = sess.run(names, {inp: np.asarray(x, dtype=np.float32)})
-        probs = _as_probs(res[0], self.spec.output_kind, self.name)
+        probs = _as_probs(res[0], self.spec.output_kind, self.name, named_logits(self.spec, out_name))
         inter = {
             n: np.asarray(r, dtype=np.float32).reshape(len(x), -1)
             for n, r in zip(intermediates, res[1:], strict=True)

@@ -58,7 +58,7 @@ def make_settings(tmp_path: Path, store_url: str) -> Callable[..., Any]:
     def make(**overrides: Any) -> Any:
         base: dict[str, Any] = {
             "data_dir": str(tmp_path / "data"),
-            "server": {"port": free_port(), "admin_token": "s3cret-token"},
+            "server": {"port": free_port(), "admin_token": "s3cret-token-for-tests"},
             "store": {"url": store_url, "poll_interval_s": 0.2},
         }
         for key, value in overrides.items():

@@ -4,6 +4,11 @@
 the request path) may call them; a sender task delivers with retries and backoff. A firing
 alert is re-sent every `alerts.repeat_s` (Alertmanager expires alerts that are not
 refreshed); the same alert fired again within that time is suppressed and counted.
+
+No alert ends sooner than `notice_s` = max(`repeat_s`, `min_notice_s`) after it started: one
+resolved earlier is sent at once with that end time (Alertmanager keeps it active until then)
+and its resolution follows at that time. Alertmanager holds a new alert for its `group_wait`
+before notifying; an alert resolved within it would reach nobody.
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ class Alerter:
         self._client: httpx.AsyncClient | None = None
 
     @property
+    def notice_s(self) -> float:
+        """The shortest life of an alert: long enough to be delivered."""
+        return max(self.cfg.repeat_s, self.cfg.min_notice_s)
+
+    @property
     def receivers(self) -> list[tuple[str, str]]:
         out = [("webhook", url) for url in self.cfg.webhook_urls]
         if self.cfg.alertmanager_url:
@@ -108,6 +118,7 @@ class Alerter:
         current = self.active.get(key)
         if (
             current is not None
+            and current.ends_at is None
             and current.annotations == annotations
             and now - current.last_sent < self.cfg.repeat_s
         ):
@@ -115,18 +126,35 @@ class Alerter:
             return
         alert = Alert(full, dict(annotations), current.starts_at if current else now)
         if ttl_s is not None:
-            alert.ends_at = now + ttl_s
+            alert.ends_at = max(now + ttl_s, alert.starts_at + self.notice_s)
             self.active.pop(key, None)
         else:
             self.active[key] = alert
         self._enqueue(alert)
 
     def resolve(self, name: str, labels: dict[str, str]) -> None:
-        """Ends a firing alert (no-op when it is not firing)."""
+        """Ends a firing alert (no-op when it is not firing), not before `notice_s` after it started."""
         key: Key = tuple(sorted(self._labels(name, labels).items()))
-        alert = self.active.pop(key, None)
-        if alert is not None:
-            self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=time.time()))
+        alert = self.active.get(key)
+        if alert is None or alert.ends_at is not None:
+            return
+        now = time.time()
+        ends = alert.starts_at + self.notice_s
+        if ends <= now:
+            del self.active[key]
+            self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=now))
+            return
+        # Still active here until then (`_refresh_forever` ends it). A new object: the one being
+        # replaced may still wait in the queue, to be sent as it was.
+        self.active[key] = Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=ends)
+        self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=ends))
+
+    def _end_due(self, now: float) -> None:
+        """Sends the resolution of alerts whose end, held back by `notice_s`, has come."""
+        for key, alert in list(self.active.items()):
+            if alert.ends_at is not None and alert.ends_at <= now:
+                del self.active[key]
+                self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=alert.ends_at))
 
     def _enqueue(self, alert: Alert) -> None:
         alert.last_sent = time.time()
@@ -169,8 +197,9 @@ class Alerter:
 
     async def _refresh_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.cfg.repeat_s / 2)
+            await asyncio.sleep(min(self.cfg.repeat_s / 2, 1.0))
             now = time.time()
+            self._end_due(now)
             for alert in list(self.active.values()):
-                if now - alert.last_sent >= self.cfg.repeat_s:
+                if alert.ends_at is None and now - alert.last_sent >= self.cfg.repeat_s:
                     self._enqueue(alert)

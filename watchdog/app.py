@@ -263,6 +263,8 @@ def create_app(
             # which sampled rows (held for a batch) set off every few seconds (docs/sampling.md).
             gc.collect()
             gc.freeze()
+        if settings.server.admin_token is None:
+            log.warning("daemon: admin API disabled (server.admin_token is not set): /admin/* answers 401")
         log.info(
             "daemon: ready, serving %s", daemon.models.current.version if daemon.models.current else "nothing"
         )

@@ -48,8 +48,16 @@ def serve(config: ConfigOpt = None) -> None:
 
 
 @app.command("check-config")
-def check_config(file: Annotated[Path, typer.Argument(help="YAML config file")]) -> None:
-    """Validate a config file; exit 2 with one line per bad key."""
+def check_config(
+    file: Annotated[Path, typer.Argument(help="YAML config file")],
+    probe: Annotated[
+        bool, typer.Option("--probe", help="also call each teacher once (metadata, a row of zeros)")
+    ] = False,
+    width: Annotated[
+        int | None, typer.Option("--width", min=1, help="features per row for --probe (default: the card's)")
+    ] = None,
+) -> None:
+    """Validate a config file; exit 2 with one line per bad key (or, with --probe, failing teacher)."""
     from .teachers.adapters import spec_for
 
     settings = load_settings(file)
@@ -61,6 +69,16 @@ def check_config(file: Annotated[Path, typer.Argument(help="YAML config file")])
             faults.extend(exc.lines)
     if faults:
         raise ConfigError(faults)
+    if probe:
+        from .teachers.probe import probe_all
+
+        results = probe_all(settings, width)
+        for result in results:
+            if result.error is None:
+                typer.echo(result.line())
+        failed = [r.line() for r in results if r.error is not None]
+        if failed:
+            raise ConfigError(failed)
     typer.echo(f"{file}: ok")
 
 
@@ -146,13 +164,13 @@ def report(
 ) -> None:
     """Print where a run's report is (HTML and JSON)."""
     from .reports.render import render_run
-    from .store import Store
+    from .store import Store, masked_url
 
     settings = _settings(config)
     store = Store(settings.store_url)
     row = store.get_run(run_id)
     if row is None:
-        raise WatchdogError(f"no run {run_id!r} in {settings.store_url}")
+        raise WatchdogError(f"no run {run_id!r} in {masked_url(settings.store_url)}")
     html = Path(row.run_dir) / "report.html"
     if not html.exists():
         render_run(store, run_id)

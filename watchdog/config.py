@@ -6,6 +6,7 @@ so `check-config` can print one line per fault.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,6 +42,18 @@ def _positive(value: float) -> float:
     return value
 
 
+MIN_ADMIN_TOKEN = 16
+
+
+def _admin_token(value: SecretStr | None) -> SecretStr | None:
+    """An empty or short token would open model upload and activation to a guess."""
+    if value is not None and len(value.get_secret_value().strip()) < MIN_ADMIN_TOKEN:
+        raise ValueError(
+            f"must be at least {MIN_ADMIN_TOKEN} characters (leave it unset to disable the admin API)"
+        )
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -49,10 +62,11 @@ class ServerConfig(Section):
     host: str = "127.0.0.1"
     port: Port = 8080
     workers: PositiveInt = 1
-    admin_token: SecretStr | None = None
+    admin_token: Annotated[SecretStr | None, AfterValidator(_admin_token)] = None
     max_body_bytes: PositiveInt = 1_048_576
     max_upload_bytes: PositiveInt = 256 * 1_048_576
     max_rows_per_request: PositiveInt = 1024
+    max_feedback_labels: PositiveInt = 10_000  # labels in one POST /v1/feedback; 413 beyond
     drain_timeout_s: Positive = 30.0
     log_format: Literal["auto", "json", "text"] = "auto"
     # How long a background thread (store, teacher hand-offs) may keep the GIL from the event
@@ -113,7 +127,9 @@ class SamplingConfig(Section):
     # A batch smaller than batch_size gathers this long before its teacher call.
     batch_wait_s: Annotated[float, _within(0)] = 0.25
     flush_s: Positive = 0.5  # answered rows are bulk-written this often
-    on_teacher_change: Literal["quarantine", "accept", "pause"] = "quarantine"
+    # quarantine: a new teacher version waits for a person (re-evaluation is shown, not acted on);
+    # reevaluate: a passing re-evaluation accepts it; accept: at once; pause: sampling stops.
+    on_teacher_change: Literal["quarantine", "reevaluate", "accept", "pause"] = "quarantine"
     # Frozen evaluation set: an npz file (x, optional y and slice), else the first
     # `eval_set_size` teacher-labelled samples. A new teacher version passes re-evaluation
     # with agreement >= reeval_min_agreement against the pinned version's stored outputs.
@@ -161,6 +177,9 @@ class DistillConfig(Section):
     nproc_per_node: PositiveInt = 1
     timeout_s: Positive = 3600.0
     job: dict[str, Any] = Field(default_factory=dict)
+    # Student factories a stored card may name (`module:function`, or `module:*`), besides
+    # `distill_engine.zoo:*`: a card arrives by upload, and its factory is imported and called.
+    allowed_factories: list[str] = Field(default_factory=list)
 
 
 class AlertsConfig(Section):
@@ -170,21 +189,46 @@ class AlertsConfig(Section):
     retries: Annotated[int, _within(0, 10)] = 3
     backoff_s: Annotated[float, _within(0)] = 0.5
     repeat_s: Positive = 60.0  # a firing alert is re-sent this often (and duplicates within it suppressed)
+    # No alert ends sooner than max(repeat_s, min_notice_s) after it started, so that one that
+    # is resolved at once (a teacher change accepted automatically) still outlives
+    # Alertmanager's group_wait (30 s by default) and reaches a person.
+    min_notice_s: Annotated[float, _within(0)] = 60.0
     queue_size: PositiveInt = 1000
+
+
+def _slice_key(value: str) -> str:
+    """A slice label is `key=value` and a row's labels are joined by `,` (gates, training data)."""
+    if not value or "=" in value or "," in value:
+        raise ValueError("must be non-empty, without '=' or ','")
+    return value
+
+
+def _slice_value(value: str) -> str:
+    if "," in value:
+        raise ValueError("must not contain ','")
+    return value
+
+
+SliceKey = Annotated[str, AfterValidator(_slice_key)]
+SliceValue = Annotated[str, AfterValidator(_slice_value)]
 
 
 class BinRule(Section):
     """Puts a row into a slice by the value of one feature: `name=<label of the bin>`."""
 
-    name: str
+    name: SliceKey
     feature: int | str
     edges: list[float]
-    labels: list[str] | None = None
+    labels: list[SliceValue] | None = None
 
 
 class SlicesConfig(Section):
-    keys: list[str] = Field(default_factory=list)
+    keys: list[SliceKey] = Field(default_factory=list)
     bins: list[BinRule] = Field(default_factory=list)
+    # A monitor cycle keeps its own metrics for at most this many values of one key (the
+    # largest by rows; the rest of the key's rows form `key=(other)`) and this many labels in all.
+    max_values_per_key: PositiveInt = 50
+    max_slices: PositiveInt = 200
 
 
 class Settings(BaseSettings):
@@ -220,6 +264,13 @@ class Settings(BaseSettings):
         if len(names) != len(set(names)):
             raise ValueError("teacher names must be unique")
         return self
+
+    def child_json(self) -> str:
+        """These settings for a child process: the admin token left out (children never serve
+        the admin API). The store URL stays: children connect to the store."""
+        data = self.model_dump(mode="json")
+        data["server"]["admin_token"] = None
+        return json.dumps(data)
 
     @property
     def store_url(self) -> str:

@@ -34,7 +34,7 @@ EDITION = "cnn-shear2"
 SENSORS = ("a", "b", "c")
 JITTER = 0.05  # sensor noise, as a share of the features' standard deviation
 SHIFTED = "c"
-TOKEN = "demo-token"
+TOKEN = "demo-admin-token-0001"
 
 
 @dataclass

@@ -8,8 +8,10 @@ daemon serves, five numpy calls on a [1, 10] array cost as much as the model its
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +134,7 @@ def load_model(
     faster on one thread (a tiny one, where waking the pool costs more than the work) gets one.
     """
     model_bytes = source if isinstance(source, bytes) else Path(source).read_bytes()
+    _refuse_external_data(model_bytes)
     _check_against_card(_session(model_bytes, 1, optimize=False), card)
     try:
         calibrated = calibration_head(model_bytes, card)
@@ -152,6 +155,44 @@ def load_model(
             break  # a model this size needs the threads; no point timing one
     assert best is not None
     return best
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.TensorProto]:
+    for node in nodes:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for graph in [attr.g] if attr.HasField("g") else []:
+                yield from _graph_tensors(graph)
+            for graph in attr.graphs:
+                yield from _graph_tensors(graph)
+
+
+def _refuse_external_data(model_bytes: bytes) -> None:
+    """A model from bytes resolves a tensor's external-data `location` against the working
+    directory: an uploaded model could read any file there (settings, the database) into its
+    weights. Such models are refused; every tensor must be inside the file."""
+    try:
+        proto = onnx.load_from_string(model_bytes)  # parses only: external data is not followed
+    except Exception:
+        return  # not a model: ONNX Runtime refuses it below with its own reason
+    tensors = itertools.chain(_graph_tensors(proto.graph), *(_node_tensors(f.node) for f in proto.functions))
+    for tensor in tensors:
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data):
+            where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+            raise ModelRejectedError(
+                f"model: tensor {tensor.name!r} keeps its data in an external file ({where[:100]!r}); "
+                "external data is not accepted: save the model with every tensor inside the file"
+            )
 
 
 def _session(model_bytes: bytes, threads: int | None, optimize: bool = True) -> ort.InferenceSession:
@@ -210,8 +251,21 @@ def _warm(model: LoadedModel, rows_list: list[int]) -> list[float]:
             )
         if not np.all(np.isfinite(probs)):
             raise ModelRejectedError("model: warm-up produced non-finite outputs")
+        _check_probabilities(probs, card)
         timings.append(best)
     return timings
+
+
+def _check_probabilities(probs: np.ndarray, card: ModelCard) -> None:
+    """The served output must be probabilities. Only a card saying `probabilities` (temperature
+    1: no softmax appended) can fail this, when the model outputs something else (logits)."""
+    sums = probs.sum(axis=1)
+    worst = float(sums[np.argmax(np.abs(sums - 1.0))])
+    if (probs < -1e-6).any() or (probs > 1 + 1e-6).any() or abs(worst - 1.0) > 1e-3:
+        raise ModelRejectedError(
+            f"card.output_kind: the model's outputs are not probabilities (a row of the warm-up "
+            f"sums to {worst:.4g}); if the model outputs logits, set output_kind: logits"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

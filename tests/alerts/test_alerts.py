@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from distill_watchdog import metrics
 from distill_watchdog.alerts import Alerter
@@ -28,13 +30,22 @@ ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertman
 
 
 class Alertmanager:
-    def __init__(self, folder: Path) -> None:
+    """A real Alertmanager; with `webhook_url` it notifies there (after `group_wait`)."""
+
+    def __init__(self, folder: Path, webhook_url: str | None = None, group_wait: str = "1s") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = folder / "alertmanager.yml"
-        config.write_text(
-            "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n"
-        )
+        receiver: dict[str, Any] = {"name": "blackhole"}
+        if webhook_url:
+            receiver["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
+        route = {
+            "receiver": "blackhole",
+            "group_wait": group_wait,
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        }
+        config.write_text(yaml.safe_dump({"route": route, "receivers": [receiver]}))
         self.log = open(folder / "alertmanager.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
@@ -65,10 +76,14 @@ class Alertmanager:
         self.log.close()
 
 
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+def _need_alertmanager() -> None:
     if ALERTMANAGER is None:
         pytest.skip("prometheus-alertmanager is not installed (Debian package prometheus-alertmanager)")
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    _need_alertmanager()
     am = Alertmanager(tmp_path)
     yield am
     am.stop()
@@ -115,7 +130,7 @@ def _alerts(name: str, receiver: str, outcome: str) -> float:
 def test_alertmanager_and_webhook_receive_fire_and_resolve(alertmanager: Alertmanager) -> None:
     hook = Webhook(failures=1)
     cfg = AlertsConfig(
-        alertmanager_url=alertmanager.url, webhook_urls=[hook.url], backoff_s=0.01, repeat_s=60
+        alertmanager_url=alertmanager.url, webhook_urls=[hook.url], backoff_s=0.01, repeat_s=1, min_notice_s=0
     )
     labels = {"teacher": "big", "severity": "warning"}
     suppressed_before = _alerts("", "all", "suppressed")
@@ -128,13 +143,15 @@ def test_alertmanager_and_webhook_receive_fire_and_resolve(alertmanager: Alertma
         alerter.fire("WatchdogTestAlert", labels, {"summary": "testing"})  # duplicate: suppressed
         await alerter.queue.join()
         assert await asyncio.to_thread(alertmanager.alerts, "WatchdogTestAlert")
+        await asyncio.sleep(1.1)  # past its shortest life (notice_s = repeat_s = 1 s): ends at once
         alerter.resolve("WatchdogTestAlert", labels)
         await alerter.stop()
 
     asyncio.run(scenario())
     assert _alerts("", "all", "suppressed") - suppressed_before == 1
     assert _alerts("", "webhook", "failed") == failed_before  # the 500 was retried, then delivered
-    assert [m["status"] for m in hook.received] == ["firing", "resolved"]
+    statuses = [m["status"] for m in hook.received]  # firing, re-sent while it fires, resolved
+    assert statuses[0] == "firing" and statuses[-1] == "resolved" and set(statuses[1:-1]) <= {"firing"}
     assert hook.received[0]["labels"] == {
         "alertname": "WatchdogTestAlert",
         "service": "distill-watchdog",
@@ -170,7 +187,7 @@ def test_teacher_version_change_alerts_alertmanager_and_resolves_on_accept(
             make_settings,
             model_files,
             [teacher_config(teacher.url)],
-            alerts={"alertmanager_url": alertmanager.url},
+            alerts={"alertmanager_url": alertmanager.url, "repeat_s": 1, "min_notice_s": 0},
         )
         with ServerThread(settings, default_components(settings)) as server:
             predict(server.url, rows=2)
@@ -188,3 +205,131 @@ def test_teacher_version_change_alerts_alertmanager_and_resolves_on_accept(
             eventually(
                 lambda: alertmanager.alerts("WatchdogTeacherVersionChanged") == [], what="alert resolved"
             )
+
+
+def test_an_alert_resolved_at_once_lives_its_notice(alertmanager: Alertmanager) -> None:
+    """Resolved right after it fired, an alert still lives max(repeat_s, min_notice_s): sent at
+    once with that end (Alertmanager keeps it active until then), then resolved."""
+    hook = Webhook()
+    assert Alerter(AlertsConfig(repeat_s=60, min_notice_s=3)).notice_s == 60  # the longer of the two
+    cfg = AlertsConfig(alertmanager_url=alertmanager.url, webhook_urls=[hook.url], repeat_s=1, min_notice_s=3)
+    labels = {"severity": "critical"}
+
+    async def scenario() -> None:
+        alerter = Alerter(cfg)
+        await alerter.start(None)
+        assert alerter.notice_s == 3
+        alerter.fire("WatchdogShortLived", labels, {"summary": "changed and accepted at once"})
+        alerter.resolve("WatchdogShortLived", labels)
+        await alerter.queue.join()
+        assert await asyncio.to_thread(alertmanager.alerts, "WatchdogShortLived")  # still active there
+        assert [m["status"] for m in hook.received] == ["firing", "firing"]  # the second names its end
+        alert = hook.received[1]
+        assert "endsAt" in alert and "endsAt" not in hook.received[0]
+        await asyncio.to_thread(
+            eventually, lambda: hook.received[-1]["status"] == "resolved", 10, "resolved after its notice"
+        )
+        await alerter.stop()
+
+    asyncio.run(scenario())
+    eventually(lambda: alertmanager.alerts("WatchdogShortLived") == [], what="ended in Alertmanager")
+    hook.close()
+
+
+def _notified(hook: Webhook, name: str) -> list[dict[str, Any]]:
+    """Alerts `name` in the notifications Alertmanager sent to the hook, with their status."""
+    return [
+        {"status": group["status"], **alert}
+        for group in list(hook.received)
+        for alert in group.get("alerts", [])
+        if alert["labels"].get("alertname") == name
+    ]
+
+
+@pytest.mark.slow
+def test_a_version_accepted_by_reevaluation_still_notifies_through_alertmanager(
+    tmp_path: Path, make_settings, model_files
+) -> None:
+    """`reevaluate` accepts a version with identical answers within a fraction of a second; the
+    notice must still outlive Alertmanager's group_wait and reach a receiver."""
+    _need_alertmanager()
+    hook = Webhook()
+    am = Alertmanager(tmp_path, webhook_url=hook.url, group_wait="3s")
+    try:
+        with FakeTeacher(version="v1") as teacher:
+            settings = daemon_settings(
+                make_settings,
+                model_files,
+                [teacher_config(teacher.url)],
+                sampling={"eval_set_size": 8, "on_teacher_change": "reevaluate"},
+                alerts={"alertmanager_url": am.url, "repeat_s": 2, "min_notice_s": 6},
+            )
+            with ServerThread(settings, default_components(settings)) as server:
+                store = server.daemon.store
+                predict(server.url, rows=8)
+                eventually(lambda: store.eval_count("big") == 8, what="eval set frozen")
+                teacher.version = "v2"  # identical answers: re-evaluation passes, the pin moves at once
+                predict(server.url, rows=4, seed=1)
+                eventually(lambda: store.get_pin("big").pinned_version == "v2", what="accepted automatically")
+                fired = eventually(
+                    lambda: [
+                        a for a in _notified(hook, "WatchdogTeacherVersionChanged") if a["status"] == "firing"
+                    ],
+                    timeout=20,
+                    what="a notification from Alertmanager",
+                )
+                assert fired[0]["labels"]["teacher"] == "big"
+                assert fired[0]["annotations"]["new_version"] == "v2"
+                assert fired[0]["annotations"]["policy"] == "reevaluate"
+                eventually(
+                    lambda: any(
+                        a["status"] == "resolved" for a in _notified(hook, "WatchdogTeacherVersionChanged")
+                    ),
+                    timeout=20,
+                    what="the resolution, after min_notice_s",
+                )
+    finally:
+        am.stop()
+        hook.close()
+
+
+@pytest.mark.slow
+def test_quarantined_change_keeps_firing_in_alertmanager_until_a_person_accepts(
+    alertmanager: Alertmanager, make_settings, model_files
+) -> None:
+    """The default policy: a version with identical answers passes re-evaluation, yet its alert
+    stays active in Alertmanager (re-sent every repeat_s), with the result attached, until
+    accepted; its rows stay quarantined meanwhile."""
+    with FakeTeacher(version="v1") as teacher:
+        settings = daemon_settings(
+            make_settings,
+            model_files,
+            [teacher_config(teacher.url)],
+            sampling={"eval_set_size": 8},
+            alerts={"alertmanager_url": alertmanager.url, "repeat_s": 1, "min_notice_s": 0},
+        )
+        with ServerThread(settings, default_components(settings)) as server:
+            store = server.daemon.store
+            predict(server.url, rows=8)
+            eventually(lambda: store.eval_count("big") == 8, what="eval set frozen")
+            teacher.version = "v2"
+            predict(server.url, rows=4, seed=1)
+
+            def passed() -> list[dict[str, Any]]:
+                found = alertmanager.alerts("WatchdogTeacherVersionChanged")
+                return [a for a in found if a["annotations"].get("reevaluation", "").startswith("passed")]
+
+            first = eventually(passed, what="the alert with its passing re-evaluation")[0]
+            assert (
+                first["annotations"]["pinned_version"] == "v1" and first["annotations"]["new_version"] == "v2"
+            )
+            time.sleep(4)  # several repeat_s: still firing, still quarantined, pin unchanged
+            assert passed()
+            assert store.get_pin("big").pinned_version == "v1"
+            assert store.count_samples(quarantined=True) == 4
+            reply = httpx.post(f"{server.url}/admin/teachers/big/accept", headers=ADMIN)
+            assert reply.status_code == 200
+            eventually(
+                lambda: alertmanager.alerts("WatchdogTeacherVersionChanged") == [], what="resolved on accept"
+            )
+            assert store.count_samples(quarantined=True) == 0

@@ -84,7 +84,7 @@ def test_teacher_location_alias() -> None:
             **MINIMAL,
             "teachers": [
                 {"name": "a", "kind": "onnx", "location": "t.onnx"},
-                {"name": "b", "kind": "http-v2", "location": "http://h:1"},
+                {"name": "b", "kind": "http-v2", "location": "http://h:1", "model_name": "big"},
             ],
         }
     )

@@ -33,7 +33,7 @@ def test_leader_failover_between_two_daemons(pg_url: str, model_files, write_con
         return write_config(
             {
                 "data_dir": str(tmp_path / "shared"),  # replicas share the model files
-                "server": {"port": port, "admin_token": "t"},
+                "server": {"port": port, "admin_token": "leader-test-token-0001"},
                 "store": {"url": pg_url, "poll_interval_s": 0.5},
                 "student": {"model": str(model), "card": str(card)},
                 "monitor": {"leader_poll_s": 0.3, "interval_s": 3600},

@@ -20,7 +20,7 @@ from distill_watchdog.jobs.scheduler import Scheduler
 from .helpers import Webhook, counter, eventually, seed_samples
 from support import CLI, ServerThread
 
-AUTH = {"Authorization": "Bearer s3cret-token"}
+AUTH = {"Authorization": "Bearer s3cret-token-for-tests"}
 
 
 @pytest.fixture

@@ -216,7 +216,8 @@ def test_overflowing_inputs_answer_422_not_nan(fuzz_server: ServerThread, value:
     response = httpx.post(f"{fuzz_server.url}/v1/predict", json={"inputs": [ok_row, [value] * 40]})
     assert response.status_code == 422
     assert response.json() == {
-        "error": "inputs: the model's output is not finite for rows [1] (values far outside its range)"
+        "error": "inputs: the model's output is not finite (NaN or infinity: inputs far outside the "
+        "model's range?) for rows [1]"
     }
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 40], "data": [value] * 40}]}
     response = httpx.post(f"{fuzz_server.url}/v2/models/student/infer", json=body)

@@ -15,7 +15,7 @@ from distill_engine.teachers import make_teacher
 
 from support import DaemonProcess, ServerThread, free_port, mlp_onnx_bytes
 
-TOKEN = "Zx-admin-9f3k2"
+TOKEN = "Zx-admin-9f3k2-q7w1"
 
 
 class _Exploit:
@@ -54,13 +54,15 @@ def test_card_names_and_versions_never_reach_the_file_system(make_settings, mode
             "version": "../../x",
         }
         body = {"model_base64": base64.b64encode(mlp_onnx_bytes(seed=3)).decode(), "card": hostile}
-        r = httpx.post(srv.url + "/admin/models", json=body, headers={"Authorization": "Bearer s3cret-token"})
+        r = httpx.post(
+            srv.url + "/admin/models", json=body, headers={"Authorization": "Bearer s3cret-token-for-tests"}
+        )
         assert r.status_code == 201
         assert r.json()["version"] != "../../x"
         files = sorted(p.name for p in srv.daemon.registry.models_dir.iterdir())
         assert all(len(name) == len("0" * 64 + ".onnx") and name.endswith(".onnx") for name in files)
         for path in ("/admin/models/..%2F..%2Fetc%2Fpasswd/activate", "/admin/models/%2e%2e/activate"):
-            r = httpx.post(srv.url + path, headers={"Authorization": "Bearer s3cret-token"})
+            r = httpx.post(srv.url + path, headers={"Authorization": "Bearer s3cret-token-for-tests"})
             assert r.status_code == 404
 
 

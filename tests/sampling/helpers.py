@@ -12,7 +12,7 @@ from distill_watchdog import metrics
 
 from support import eventually  # noqa: F401 - re-exported for the suites
 
-ADMIN = {"Authorization": "Bearer s3cret-token"}
+ADMIN = {"Authorization": "Bearer s3cret-token-for-tests"}
 
 
 def teacher_config(url: str, name: str = "big", **extra: Any) -> dict[str, Any]:

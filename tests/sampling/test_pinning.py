@@ -27,9 +27,63 @@ def _events(store) -> list[tuple[str, str | None, str | None]]:
     return [(e.kind, e.from_version, e.to_version) for e in reversed(store.teacher_events("big"))]
 
 
-def test_new_version_is_quarantined_then_passes_reevaluation(make_settings, model_files, teacher) -> None:
+def _alert(server, name: str = "WatchdogTeacherVersionChanged") -> dict[str, str] | None:
+    """The annotations of the daemon's firing alert `name` (None when it is not firing)."""
+    for alert in list(server.daemon.alerts.active.values()):
+        if alert.labels["alertname"] == name and alert.ends_at is None:
+            return alert.annotations
+    return None
+
+
+def test_quarantine_waits_for_a_person_even_after_a_passing_reevaluation(
+    make_settings, model_files, teacher
+) -> None:
+    """The default policy: a new version stays quarantined, its alert firing with the
+    re-evaluation attached, until a person accepts it; nothing is accepted automatically."""
     settings = daemon_settings(
         make_settings, model_files, [teacher_config(teacher.url)], sampling={"eval_set_size": 8}
+    )
+    assert settings.sampling.on_teacher_change == "quarantine"
+    with _serve(settings) as server:
+        store = server.daemon.store
+        predict(server.url, rows=8)
+        eventually(lambda: store.eval_count("big") == 8, what="eval set frozen from the first 8 samples")
+        teacher.version = "v2"  # same answers, new version: re-evaluation passes
+        predict(server.url, rows=4, seed=1)
+        eventually(lambda: ("reeval_passed", "v1", "v2") in _events(store), what="re-evaluation passed")
+        eventually(lambda: store.count_samples(quarantined=True) == 4, what="v2 rows stored quarantined")
+        notes = eventually(
+            lambda: (n := _alert(server)) and n["reevaluation"].startswith("passed") and n, what="alert"
+        )
+        assert notes["new_version"] == "v2" and notes["pinned_version"] == "v1"
+        assert "agreement 1.000 on 8 rows" in notes["reevaluation"]
+        assert "until a person accepts it" in notes["summary"]
+        predict(server.url, rows=3, seed=2)  # more v2 rows: still quarantined
+        eventually(lambda: store.count_samples(quarantined=True) == 7, what="later v2 rows quarantined")
+        assert store.get_pin("big").pinned_version == "v1"
+        assert _alert(server) is not None
+        assert not any(a.action.startswith("teacher.") for a in store.audit_events())
+        status = httpx.get(f"{server.url}/admin/teachers", headers=ADMIN).json()["teachers"][0]
+        assert status["state"] == "quarantine" and status["candidate_version"] == "v2"
+        assert status["reevaluation"]["passed"] is True and status["reevaluation"]["rows"] == 8
+        dashboard = httpx.get(f"{server.url}/ui/").text
+        assert "passed: agreement 1.000 on 8 rows" in dashboard
+
+        reply = httpx.post(
+            f"{server.url}/admin/teachers/big/accept", headers=ADMIN, json={"reason": "same model"}
+        )
+        assert reply.status_code == 200, reply.text
+        assert store.count_samples(quarantined=True) == 0
+        eventually(lambda: _alert(server) is None, what="alert resolved on accept")
+        assert any(a.action == "teacher.accepted" and a.actor == "admin-api" for a in store.audit_events())
+
+
+def test_reevaluate_policy_accepts_a_version_that_passes(make_settings, model_files, teacher) -> None:
+    settings = daemon_settings(
+        make_settings,
+        model_files,
+        [teacher_config(teacher.url)],
+        sampling={"eval_set_size": 8, "on_teacher_change": "reevaluate"},
     )
     changes_before = counter("watchdog_teacher_version_changes_total", teacher="big")
     quarantined_before, stored_before = sample_count("quarantined"), sample_count("stored")
@@ -39,12 +93,16 @@ def test_new_version_is_quarantined_then_passes_reevaluation(make_settings, mode
         eventually(lambda: store.eval_count("big") == 8, what="eval set frozen from the first 8 samples")
         teacher.version = "v2"  # same answers, new version: re-evaluation must pass
         predict(server.url, rows=4, seed=1)
-        eventually(lambda: ("reeval_passed", "v1", "v2") in _events(store), what="re-evaluation passed")
+        eventually(lambda: ("accepted", "v1", "v2") in _events(store), what="accepted after re-evaluation")
         eventually(
             lambda: store.count_samples() == 12 and store.count_samples(quarantined=True) == 0,
             what="quarantine released",
         )
-        assert _events(store)[:2] == [("pinned", None, "v1"), ("changed", "v1", "v2")]
+        assert _events(store)[:3] == [
+            ("pinned", None, "v1"),
+            ("changed", "v1", "v2"),
+            ("reeval_passed", "v1", "v2"),
+        ]
 
         # The v2 rows were quarantined until the pass, or written after it: never counted as trusted twice.
         def both() -> float:
@@ -55,9 +113,17 @@ def test_new_version_is_quarantined_then_passes_reevaluation(make_settings, mode
         assert counter("watchdog_teacher_reevaluations_total", teacher="big", outcome="passed") >= 1
         assert counter("watchdog_teacher_version_info", teacher="big", version="v2", pinned="true") == 1
         assert counter("watchdog_teacher_version_info", teacher="big", version="v1", pinned="true") == 0
-        assert any(a.action == "teacher.reeval_passed" and a.actor == "reeval" for a in store.audit_events())
+        assert any(a.action == "teacher.accepted" and a.actor == "reeval" for a in store.audit_events())
         status = httpx.get(f"{server.url}/admin/teachers", headers=ADMIN).json()["teachers"][0]
         assert status["pinned_version"] == "v2" and status["state"] == "ok"
+        # Resolved, but not before it could be delivered: it ends alerts.min_notice_s after it began.
+        alert = next(
+            a
+            for a in server.daemon.alerts.active.values()
+            if a.labels["alertname"] == "WatchdogTeacherVersionChanged"
+        )
+        assert alert.ends_at == alert.starts_at + server.daemon.alerts.notice_s
+        assert server.daemon.alerts.notice_s == 60.0
 
 
 def test_failed_reevaluation_keeps_quarantine_until_an_operator_accepts(

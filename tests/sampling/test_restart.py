@@ -20,7 +20,7 @@ def test_samples_and_pins_survive_a_restart(store_url, tmp_path, model_files, wr
         config = write_config(
             {
                 "data_dir": str(tmp_path / "data"),
-                "server": {"port": port, "admin_token": "s3cret-token"},
+                "server": {"port": port, "admin_token": "s3cret-token-for-tests"},
                 "store": {"url": store_url},
                 "student": {"model": str(model), "card": str(card)},
                 "teachers": [teacher_config(teacher.url)],

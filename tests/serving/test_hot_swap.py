@@ -13,7 +13,7 @@ from distill_watchdog.store import Store
 
 from support import ServerThread, eventually, mlp_onnx_bytes
 
-TOKEN = {"Authorization": "Bearer s3cret-token"}
+TOKEN = {"Authorization": "Bearer s3cret-token-for-tests"}
 X = np.random.default_rng(3).normal(size=(2, 40)).astype(np.float32).tolist()
 
 

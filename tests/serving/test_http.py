@@ -13,7 +13,7 @@ from distill_engine.metrics import softmax
 
 from support import ServerThread, mlp_onnx_bytes, mlp_reference, mlp_weights
 
-TOKEN = {"Authorization": "Bearer s3cret-token"}
+TOKEN = {"Authorization": "Bearer s3cret-token-for-tests"}
 
 
 @pytest.fixture
@@ -227,7 +227,7 @@ def test_metrics_expose_contract_series(server):
     assert "watchdog_request_duration_seconds_bucket" in text
     assert "watchdog_batch_size_bucket" in text
     assert f'watchdog_model_info{{version="{version}"}} 1.0' in text
-    assert "s3cret-token" not in text
+    assert "s3cret-token-for-tests" not in text
 
 
 def test_openapi_lists_every_route(server):
@@ -257,8 +257,8 @@ def test_admin_needs_the_token(server):
     for headers in (
         {},
         {"Authorization": "Bearer wrong"},
-        {"Authorization": "Basic s3cret-token"},
-        {"Authorization": "s3cret-token"},
+        {"Authorization": "Basic s3cret-token-for-tests"},
+        {"Authorization": "s3cret-token-for-tests"},
     ):
         r = httpx.get(server.url + "/admin/models", headers=headers)
         assert r.status_code == 401 and "error" in r.json()

@@ -113,11 +113,13 @@ def test_ui_pages_escape_and_approve(make_settings, model_files, tmp_path: Path)
         # Approve from the form: a wrong token is refused, the right one promotes.
         bad = httpx.post(f"{srv.url}/ui/runs/abc123/approve", data={"token": "nope"})
         assert bad.status_code == 401
-        ok = httpx.post(f"{srv.url}/ui/runs/abc123/approve", data={"token": "s3cret-token"})
+        ok = httpx.post(f"{srv.url}/ui/runs/abc123/approve", data={"token": "s3cret-token-for-tests"})
         assert ok.status_code == 303
         assert daemon.models.current.version == candidate
         dom = dump_dom(f"{srv.url}/ui/runs/abc123", profile)
         assert "promoted" in dom and 'id="approve"' not in dom
         # Rollback restores the parent (one command: the admin API).
-        r = httpx.post(f"{srv.url}/admin/models/rollback", headers={"Authorization": "Bearer s3cret-token"})
+        r = httpx.post(
+            f"{srv.url}/admin/models/rollback", headers={"Authorization": "Bearer s3cret-token-for-tests"}
+        )
         assert r.status_code == 200 and r.json()["active"] == parent

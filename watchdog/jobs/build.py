@@ -22,6 +22,7 @@ from ..monitor.reference import replay_rows
 from ..monitor.window import Window, window_from_columns
 from ..registry import Registry
 from ..store import Store
+from .factories import trusted_student
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def build_job(
 
     info = registry.get(active)
     parent_onnx = registry.models_dir / f"{info.sha256}.onnx"
-    parent_student = _parent_student(info.card)
+    parent_student, refused_factory = trusted_student(_parent_student(info.card), settings.distill)
     job = deep_merge(
         {
             "student": parent_student
@@ -173,6 +174,7 @@ def build_job(
         "warm_start": bool(warm),
         "teacher_versions": w.teacher_versions,
         "parent_version": active,
+        "refused_factory": refused_factory,
     }
 
 

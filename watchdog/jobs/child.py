@@ -100,7 +100,11 @@ class ChildWorker:
 
 
 def write_settings(settings: Any, path: Path) -> Path:
-    """The settings for children (secrets masked: children never need the admin token)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings.model_dump(mode="json")))
+    """The settings for children, readable by this user only: they hold the store URL, with its
+    password (children connect to the store); the admin token is left out."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an older version may have been created 0644
+    with os.fdopen(fd, "w") as fh:
+        fh.write(settings.child_json())
     return path

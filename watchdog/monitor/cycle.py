@@ -17,7 +17,7 @@ from ..store import Store
 from ..store.tables import MonitorCycle
 from .drift import column_drift
 from .reference import load_reference
-from .stats import slice_table, weak_slices
+from .stats import bounded_slices, slice_table, weak_slices
 from .window import Window, load_window
 
 
@@ -53,10 +53,11 @@ def compute(
     if len(w) < cfg.min_rows:
         out.update(outcome="skipped", reason=f"{len(w)} usable rows < monitor.min_rows {cfg.min_rows}")
         return out
-    table = slice_table(w)
+    slices = bounded_slices(w, settings.slices.max_values_per_key, settings.slices.max_slices)
+    table = slice_table(w, slices)
     out["slices"] = table
     out["overall"] = table["all"]
-    out["weak_slices"] = weak_slices(w, table, settings.policy.min_samples)
+    out["weak_slices"] = weak_slices(w, table, slices, settings.policy.min_samples)
     reference = load_reference(settings, registry, active) if active else None
     if reference is None:
         out["drift"] = None
@@ -70,7 +71,7 @@ def compute(
         for label in table:
             if label == "all":
                 continue
-            m = w.mask(label)
+            m = slices[label]
             if m.sum() >= cfg.min_rows:
                 drift[label] = column_drift(
                     ref_x, ref_pred, w.x[m], pred[m], cfg.drift_method, cfg.drift_threshold, names

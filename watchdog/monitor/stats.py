@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -48,25 +49,64 @@ def block(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray) -> dict[
         estimated_accuracy=float(student.max(1).mean()),
         teacher={k: _f(vs_teacher[k]) for k in ("ece", "ece_adaptive", "brier", "nll")},
     )
-    known = labels >= 0
+    classes = student.shape[1]
+    known = (labels >= 0) & (labels < classes)
     out["labelled"] = int(known.sum())
+    invalid = int(((labels < -1) | (labels >= classes)).sum())
+    if invalid:  # stored before labels were checked, or for a student with more classes: skipped
+        out["invalid_labels"] = invalid
     if known.any():
         vs_labels = M.summary(student[known], labels[known])
         out["labels"] = {k: _f(vs_labels[k]) for k in ("accuracy", "ece", "ece_adaptive", "brier", "nll")}
     return out
 
 
-def slice_table(w: Window) -> dict[str, dict[str, Any]]:
-    """Metric blocks for the whole window (`all`) and every slice label seen in it."""
+OTHER = "(other)"
+
+
+def bounded_slices(w: Window, max_per_key: int, max_slices: int) -> dict[str, np.ndarray]:
+    """Each slice label a cycle computes, with its rows (boolean mask), within two bounds.
+
+    Per key, the `max_per_key` values with most rows keep their label and the key's other rows
+    form `key=(other)`; of all those labels, the `max_slices` with most rows are kept and the
+    rows of the rest form `(other)`. Clients choose slice values: without a bound, a cycle's
+    time and its stored summary grew with the number of distinct values sent.
+    """
+    counts = Counter(label for row in w.slices for label in row)
+    by_key: dict[str, list[str]] = {}
+    for label in counts:
+        by_key.setdefault(label.partition("=")[0], []).append(label)
+    rename: dict[str, str] = {}
+    grouped: Counter[str] = Counter()
+    for key, labels in by_key.items():
+        labels.sort(key=lambda label: (-counts[label], label))
+        for rank, label in enumerate(labels):
+            rename[label] = label if rank < max_per_key else f"{key}={OTHER}"
+            grouped[rename[label]] += counts[label]
+    kept = set(sorted(grouped, key=lambda label: (-grouped[label], label))[:max_slices])
+    rows: dict[str, list[int]] = {}
+    for i, row in enumerate(w.slices):
+        for label in {rename[label] if rename[label] in kept else OTHER for label in row}:
+            rows.setdefault(label, []).append(i)
+    masks = {}
+    for label in sorted(rows):
+        mask = np.zeros(len(w), dtype=bool)
+        mask[rows[label]] = True
+        masks[label] = mask
+    return masks
+
+
+def slice_table(w: Window, slices: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Metric blocks for the whole window (`all`) and each slice of `bounded_slices`."""
     table = {"all": block(w.student, w.teacher, w.labels)}
-    labels = sorted({label for row in w.slices for label in row})
-    for label in labels:
-        m = w.mask(label)
+    for label, m in slices.items():
         table[label] = block(w.student[m], w.teacher[m], w.labels[m])
     return table
 
 
-def weak_slices(w: Window, table: dict[str, dict[str, Any]], min_samples: int) -> list[dict[str, Any]]:
+def weak_slices(
+    w: Window, table: dict[str, dict[str, Any]], slices: dict[str, np.ndarray], min_samples: int
+) -> list[dict[str, Any]]:
     """Slices whose agreement is significantly below the rest of the window, by expected gain.
 
     Significant: the slice's Wilson upper bound lies below the Wilson lower bound of the rows
@@ -79,9 +119,9 @@ def weak_slices(w: Window, table: dict[str, dict[str, Any]], min_samples: int) -
     agree = (w.student.argmax(1) == w.teacher.argmax(1)).astype(np.float64)
     out = []
     for label, stats in table.items():
-        if label == "all" or stats["n"] < min_samples:
+        if label == "all" or label.endswith(OTHER) or stats["n"] < min_samples:
             continue
-        m = w.mask(label)
+        m = slices[label]
         rest = ~m
         if rest.sum() < min_samples:
             continue

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 from markupsafe import Markup
 
 from ..store import Store
@@ -27,7 +27,7 @@ def _when(ts: float | None) -> str:
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
+    if value is None or isinstance(value, Undefined):  # a number the data does not have
         return "–"
     if isinstance(value, float) and not math.isfinite(value):
         return "–"
@@ -37,7 +37,9 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * float(value):.1f}%"
+    if value is None or isinstance(value, Undefined):
+        return "–"
+    return f"{100 * float(value):.1f}%"
 
 
 def reliability_svg(

@@ -217,7 +217,7 @@ class ShadowProcess:
         mine, theirs = socket.socketpair()
         args = (
             theirs,
-            self.settings.model_dump_json(),
+            self.settings.child_json(),
             self.feature_names,
             self.alerter is not None,
             os.getpid(),

@@ -127,6 +127,7 @@ class TeacherWorker:
         self.pins = Pins(self.store, self.cfg.on_teacher_change, self._on_pin_event)
         configured = {t.name: t.pinned_version for t in self.settings.teachers}
         await asyncio.to_thread(self.pins.load, configured)
+        self._announce_all()  # a change left waiting before a restart still fires
         self.running = await self._boot()
 
     async def _boot(self) -> bool:
@@ -215,7 +216,8 @@ class TeacherWorker:
             if time.monotonic() - last_refresh >= refresh_every and self.pins is not None:
                 last_refresh = time.monotonic()
                 try:  # pins accepted through another replica take effect here too
-                    self.pins.adopt(await asyncio.to_thread(self.pins.read_stored))
+                    if self.pins.adopt(await asyncio.to_thread(self.pins.read_stored)):
+                        self._announce_all()
                 except Exception:
                     metrics.sampler_errors_total.labels(stage="store").inc()
                     log.exception("sampling: could not refresh teacher pins; will retry")
@@ -368,7 +370,8 @@ class TeacherWorker:
         return TeacherAnswer(np.concatenate(parts), version)
 
     async def reevaluate(self, name: str, version: str) -> None:
-        """Runs the candidate on the frozen eval set; a pass accepts it (audited as `reeval`)."""
+        """Runs the candidate on the frozen eval set and records the result (shown with its alert);
+        under `reevaluate` a pass accepts it (audited, actor `reeval`)."""
         from ..evalset import freeze_from_samples, frozen, judge
 
         assert self.pins is not None
@@ -389,7 +392,7 @@ class TeacherWorker:
                 raise CallFailed("invalid", f"teacher answered version {answer.version} during re-evaluation")
         except CallFailed as exc:
             metrics.teacher_reevaluations_total.labels(teacher=name, outcome="error").inc()
-            self.pins.reject(name, version, reason=str(exc))
+            self.pins.reevaluated(name, version, False, outcome="error", reason=str(exc))
             await asyncio.to_thread(self.pins.persist)
             return
         result = judge(
@@ -398,11 +401,13 @@ class TeacherWorker:
         metrics.teacher_reevaluations_total.labels(
             teacher=name, outcome="passed" if result.passed else "failed"
         ).inc()
-        if result.passed:
-            await self.accept(name, version, actor="reeval", kind="reeval_passed", **result.as_dict())
-        else:
-            self.pins.reject(name, version, **result.as_dict())
-            await asyncio.to_thread(self.pins.persist)
+        figures = {k: v for k, v in result.as_dict().items() if k != "passed"}
+        self.pins.reevaluated(name, version, result.passed, **figures)
+        await asyncio.to_thread(self.pins.persist)
+        # Only `reevaluate` acts on a pass; under `quarantine` and `pause` a person decides.
+        state = self.pins.teachers[name]
+        if result.passed and self.cfg.on_teacher_change == "reevaluate" and state.candidate == version:
+            await self.accept(name, version, actor="reeval", **{**figures, "reason": "passed re-evaluation"})
 
     async def accept(
         self, name: str, version: str | None, actor: str, kind: str = "accepted", **detail: Any
@@ -450,6 +455,7 @@ class TeacherWorker:
                     "loaded": teacher is not None,
                     "circuit_open": teacher is not None and teacher.breaker.is_open,
                     "last_error": teacher.last_error if teacher else None,
+                    "reevaluation_summary": _reevaluation_text(state.reevaluation) if state.candidate else "",
                 }
             )
         return out
@@ -475,24 +481,63 @@ class TeacherWorker:
         self._track_pause()
         if self.on_change is not None:
             self.on_change()  # the new state reaches the daemon before the alert does
+        self._announce(state, before if kind == "changed" else None)
+
+    def _announce(self, state: TeacherState, changed_from: str | None = None) -> None:
+        """The teacher's `WatchdogTeacherVersionChanged`, from its state: firing while a candidate
+        waits (re-sent, its re-evaluation attached), resolved once none does. A change accepted
+        at once (`changed_from`, no candidate) is raised and resolved: the alerter keeps such a
+        notice alive for `alerts.min_notice_s` so that it is delivered."""
         alerts = self.alerts
         if alerts is None:
             return
         labels = {"teacher": state.name, "severity": "critical"}
-        if kind == "changed":
-            summary = (
-                f"teacher {state.name} answered with version {state.candidate or state.pinned}; "
-                f"pinned was {before}; policy {self.cfg.on_teacher_change}"
-            )
-            notes = {
-                "summary": summary,
-                "new_version": str(state.candidate or state.pinned),
-                "pinned_version": before,
-                "policy": self.cfg.on_teacher_change,
-            }
-            if self.cfg.on_teacher_change == "accept":
-                alerts.fire("WatchdogTeacherVersionChanged", labels, notes, ttl_s=alerts.cfg.repeat_s)
-            else:
-                alerts.fire("WatchdogTeacherVersionChanged", labels, notes)
-        elif kind in ("accepted", "reeval_passed") and state.candidate is None:
-            alerts.resolve("WatchdogTeacherVersionChanged", labels)
+        if state.candidate is not None:
+            alerts.fire("WatchdogTeacherVersionChanged", labels, self._notes(state, state.pinned or ""))
+            return
+        if changed_from is not None:
+            alerts.fire("WatchdogTeacherVersionChanged", labels, self._notes(state, changed_from))
+        alerts.resolve("WatchdogTeacherVersionChanged", labels)
+
+    def _announce_all(self) -> None:
+        """Alerts for the teachers' current states (at start, and after adopting pins that another
+        replica changed): a change still waiting keeps firing until a person accepts it."""
+        if self.pins is not None:
+            for state in self.pins.teachers.values():
+                self._announce(state)
+
+    def _notes(self, state: TeacherState, pinned: str) -> dict[str, str]:
+        policy = self.cfg.on_teacher_change
+        new = state.candidate or state.pinned
+        if state.candidate is None:
+            what = "accepted at once"
+        elif policy == "reevaluate":
+            what = "quarantined; accepted if it passes re-evaluation, else by a person"
+        else:
+            what = f"{'sampling paused' if policy == 'pause' else 'quarantined'} until a person accepts it"
+        notes = {
+            "summary": f"teacher {state.name} answered with version {new}; pinned was {pinned}; "
+            f"policy {policy}: {what}",
+            "new_version": str(new),
+            "pinned_version": str(pinned),
+            "policy": policy,
+        }
+        if state.candidate is not None:
+            notes["reevaluation"] = _reevaluation_text(state.reevaluation)
+            notes["accept"] = f"POST /admin/teachers/{state.name}/accept (or the UI)"
+        return notes
+
+
+def _reevaluation_text(result: dict[str, Any] | None) -> str:
+    """One line for an alert annotation and the UI."""
+    if result is None:
+        return "pending"
+    if result.get("outcome") == "error":
+        return f"could not run: {result.get('reason', '')}"[:300]
+    verdict = "passed" if result.get("passed") else "failed"
+    text = f"{verdict}: agreement {float(result.get('agreement') or 0):.3f} on {result.get('rows')} rows"
+    if result.get("accuracy_new") is not None:
+        text += f", accuracy {result['accuracy_new']:.3f} (pinned {result.get('accuracy_pinned') or 0:.3f})"
+    if result.get("reason"):
+        text += f" ({result['reason']})"
+    return text[:300]

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .asgi import bounded, read_request
 from .routes import JSON
 from .validation import BadRequest
 
@@ -29,10 +30,12 @@ def check_token(daemon: Daemon, authorization: str | None) -> None:
     """Raises 401 unless `Authorization: Bearer <server.admin_token>` matches."""
     token = daemon.settings.server.admin_token
     if token is None:
-        raise BadRequest(401, "admin API disabled: set server.admin_token")
+        raise BadRequest(401, "admin API disabled: server.admin_token is not set")
     scheme, _, given = (authorization or "").partition(" ")
+    given = given.strip()
     expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    # An empty token never matches, whatever the configured one (the config refuses short ones).
+    if scheme.lower() != "bearer" or not given or not hmac.compare_digest(given.encode(), expected):
         raise BadRequest(401, "admin: missing or wrong bearer token")
 
 
@@ -50,11 +53,8 @@ def _daemon(request: Request) -> Daemon:
 
 
 async def read_json(request: Request, limit: int) -> Any:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(413, f"body: exceeds the limit of {limit} bytes")
+    """The body as JSON (`{}` when empty), read through the one bounded reader."""
+    body = await read_request(request, limit)
     if not body:
         return {}
     try:
@@ -73,13 +73,12 @@ async def list_models(request: Request) -> Response:
 
 async def _upload_parts(request: Request, limit: int) -> tuple[bytes, Any, bool]:
     """ONNX bytes, card data and the activate flag, from multipart or JSON (base64 model)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"body: {declared} bytes exceeds the limit of {limit}")
     activate = request.query_params.get("activate", "false").lower() in ("1", "true", "yes")
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=2, max_fields=4, max_part_size=limit)
+        # The parser reads the body itself: through a receive that stops it at the limit.
+        bounded_request = Request(request.scope, bounded(request.scope, request.receive, limit))
+        form = await bounded_request.form(max_files=2, max_fields=4, max_part_size=limit)
         model, card = form.get("model"), form.get("card")
         if not isinstance(model, UploadFile):
             raise BadRequest(422, "model: required as a file part")

@@ -34,11 +34,13 @@ class NonFiniteInputError(ValueError):
 
 
 class NonFiniteOutputError(ValueError):
-    """Finite inputs can still overflow inside the model: these rows (of the request) came out NaN/inf."""
+    """Finite inputs can still overflow inside the model: these rows (of the request) came out
+    NaN/inf, or (a card saying `probabilities` for a model that does not output them) outside [0, 1]."""
 
-    def __init__(self, rows: list[int]) -> None:
-        super().__init__(f"the model's output is not finite for rows {rows}")
+    def __init__(self, rows: list[int], check: str) -> None:
+        super().__init__(f"the model's output is {check} for rows {rows}")
         self.rows = rows
+        self.check = check
 
 
 # (probabilities, predicted classes, model version) for one request's rows. The classes come
@@ -242,7 +244,7 @@ class MicroBatcher:
             end = start + len(p.x)
             if not p.future.done():
                 part = probs[start:end]
-                if finite or np.isfinite(part).all():
+                if finite or _all_finite(part):
                     p.future.set_result((part, labels[start:end], model.version))
                 else:
                     p.future.set_exception(_non_finite(part))
@@ -289,5 +291,15 @@ def _all_finite(probs: np.ndarray) -> bool:
     return math.isfinite(np.vdot(probs, probs))
 
 
+NOT_FINITE = "not finite (NaN or infinity: inputs far outside the model's range?)"
+NOT_PROBABILITIES = "outside [0, 1] (not probabilities: does the card's output_kind match the model?)"
+
+
 def _non_finite(probs: np.ndarray) -> NonFiniteOutputError:
-    return NonFiniteOutputError(np.flatnonzero(~np.isfinite(probs).all(axis=1))[:5].tolist())
+    """The rows that failed `_all_finite`, and which check: a value NaN or infinite, else (the
+    sum of squares overflowed on finite values) a value outside [0, 1]."""
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        return NonFiniteOutputError(np.flatnonzero(bad)[:5].tolist(), NOT_FINITE)
+    bad = ((probs < 0) | (probs > 1)).any(axis=1)
+    return NonFiniteOutputError(np.flatnonzero(bad)[:5].tolist(), NOT_PROBABILITIES)

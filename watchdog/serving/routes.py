@@ -19,6 +19,7 @@ from .asgi import (
     Scope,
     header,
     read_body,
+    read_request,
     read_rest,
     response_start,
     send_bytes,
@@ -51,9 +52,7 @@ def error(status: int, message: str) -> JSON:
 
 
 def _non_finite(exc: NonFiniteOutputError, field: str) -> BadRequest:
-    return BadRequest(
-        422, f"{field}: the model's output is not finite for rows {exc.rows} (values far outside its range)"
-    )
+    return BadRequest(422, f"{field}: the model's output is {exc.check} for rows {exc.rows}")
 
 
 # --- hot paths (raw ASGI) -------------------------------------------------------------------
@@ -204,28 +203,32 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(413, f"body: exceeds the limit of {limit} bytes")
-    return body
+def parse_feedback(data: Any, num_classes: int, max_labels: int) -> list[tuple[str, int]]:
+    """`{"labels": [{"id": str, "label": int}, ...]}` → [(id, label)], or a 4xx naming the field.
 
-
-def parse_feedback(data: Any) -> list[tuple[str, int]]:
-    """`{"labels": [{"id": str, "label": int}, ...]}` → [(id, label)], or a 4xx naming the field."""
+    A label is a class index of the active student: one outside its classes would be stored and
+    then break every metric computed over the window it sits in.
+    """
     if not isinstance(data, dict) or set(data) != {"labels"} or not isinstance(data["labels"], list):
         raise BadRequest(422, 'labels: required, a list of {"id": str, "label": int}')
+    items = data["labels"]
+    if len(items) > max_labels:
+        raise BadRequest(
+            413, f"labels: {len(items)} labels exceeds the limit of {max_labels} (server.max_feedback_labels)"
+        )
     out = []
-    for i, item in enumerate(data["labels"]):
+    for i, item in enumerate(items):
         if not isinstance(item, dict) or set(item) != {"id", "label"}:
             raise BadRequest(422, f"labels[{i}]: must be an object with exactly 'id' and 'label'")
         rid, label = item["id"], item["label"]
         if not isinstance(rid, str) or not 0 < len(rid) <= 128:
             raise BadRequest(422, f"labels[{i}].id: must be a non-empty string of at most 128 characters")
-        if not isinstance(label, int) or isinstance(label, bool) or not -(2**31) <= label < 2**31:
-            raise BadRequest(422, f"labels[{i}].label: must be an integer class label")
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
+            raise BadRequest(
+                422,
+                f"labels[{i}].label: must be a class index, an integer from 0 to {num_classes - 1} "
+                f"(the active student has {num_classes} classes)",
+            )
         out.append((rid, label))
     return out
 
@@ -235,7 +238,12 @@ async def feedback(request: Request) -> Response:
     import asyncio
 
     daemon = _daemon(request)
-    labels = parse_feedback(parse_json(await _read_limited(request, daemon.settings.server.max_body_bytes)))
+    body = await read_request(request, daemon.max_body_bytes)
+    model = daemon.models.current
+    if model is None:
+        raise BadRequest(503, "no student model is loaded yet: labels are checked against its classes")
+    cap = daemon.settings.server.max_feedback_labels
+    labels = parse_feedback(parse_json(body), model.card.num_classes, cap)
     accepted, unknown = await asyncio.to_thread(daemon.store.add_labels, labels)
     metrics.feedback_labels_total.labels(outcome="accepted").inc(accepted)
     metrics.feedback_labels_total.labels(outcome="unknown_id").inc(len(labels) - accepted)

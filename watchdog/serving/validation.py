@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -24,25 +23,38 @@ MAX_SLICE_TEXT = 128
 
 
 class _Ids:
-    """Unique row ids: a random per-process prefix and a counter (uuid4 per row costs a syscall)."""
+    """Row ids nobody can guess (a client labels rows by id): 128 random bits each, as 32 hex
+    digits, cut from a buffer of the kernel's random bytes refilled a few hundred ids at a time
+    (one getrandom call per row would cost a system call per request)."""
+
+    ID_BYTES = 16
+    BUFFER_IDS = 256
 
     def __init__(self) -> None:
         self.reset()
-        os.register_at_fork(after_in_child=self.reset)  # workers must not share the prefix
+        os.register_at_fork(after_in_child=self.reset)  # a worker must not repeat its parent's ids
 
     def reset(self) -> None:
-        self.prefix = os.urandom(8).hex()
-        self.counter = itertools.count()
+        self.pool = ""
+        self.at = 0
+
+    def take(self, n: int) -> list[str]:
+        width = 2 * self.ID_BYTES
+        end = self.at + n * width
+        if end > len(self.pool):
+            self.pool = os.urandom(self.ID_BYTES * max(n, self.BUFFER_IDS)).hex()
+            self.at, end = 0, n * width
+        start, self.at = self.at, end
+        if n == 1:
+            return [self.pool[start:end]]
+        return [self.pool[i : i + width] for i in range(start, end, width)]
 
 
 _ids = _Ids()
 
 
 def new_ids(n: int) -> list[str]:
-    if n == 1:
-        return [f"{_ids.prefix}{next(_ids.counter):08x}"]
-    prefix, counter = _ids.prefix, _ids.counter
-    return [f"{prefix}{next(counter):08x}" for _ in range(n)]
+    return _ids.take(n)
 
 
 def parse_json(body: bytes) -> Any:
@@ -124,11 +136,16 @@ def parse_predict(body: bytes, num_features: int, max_rows: int) -> PredictInput
             )
         if len(ids) != len(x):
             raise BadRequest(422, f"ids: {len(ids)} ids for {len(x)} rows")
+        if len(ids) > 1 and len(set(ids)) != len(ids):
+            raise BadRequest(422, "ids: must be unique within a request (feedback finds rows by id)")
     slice_ = data.get("slice")
     return PredictInput(x, ids, None if slice_ is None else parse_slice(slice_))
 
 
 def parse_slice(value: Any) -> dict[str, str]:
+    """A row's slice labels are `key=value`, joined by `,` where a row's labels travel together
+    (training data, gates): a key holding `=` or `,`, or a value holding `,`, would read back as
+    other slices than the one sent."""
     if not isinstance(value, dict):
         raise BadRequest(422, "slice: must be an object of string keys to string values")
     if len(value) > MAX_SLICE_KEYS:
@@ -137,6 +154,10 @@ def parse_slice(value: Any) -> dict[str, str]:
         if not isinstance(val, str) or len(key) > MAX_SLICE_TEXT or len(val) > MAX_SLICE_TEXT:
             raise BadRequest(
                 422, f"slice.{key[:40]}: must be a string of at most {MAX_SLICE_TEXT} characters"
+            )
+        if not key or "=" in key or "," in key or "," in val:
+            raise BadRequest(
+                422, f"slice.{key[:40]}: keys must be non-empty without '=' or ',', values without ','"
             )
     return value
 

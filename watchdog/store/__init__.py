@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .db import SCHEMA_VERSION, Database
+from .db import SCHEMA_VERSION, Database, masked_url
 from .models import ModelStore
 from .runs import LeaderLock, RunStore
 from .samples import SampleBatch, SampleColumns, SampleRecord, SampleStore, TeacherColumn
@@ -22,6 +22,7 @@ __all__ = [
     "SampleRecord",
     "Store",
     "TeacherColumn",
+    "masked_url",
 ]
 
 

@@ -38,6 +38,14 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def masked_url(url: str) -> str:
+    """The URL fit for messages and logs: its password replaced by `***`."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show none of it
+        return "(the store URL)"
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")

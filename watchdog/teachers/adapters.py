@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from ..config import TeacherConfig
 from ..errors import ConfigError
 
@@ -32,8 +34,14 @@ def spec_for(cfg: TeacherConfig) -> TeacherSpec:
             **where,
             **cfg.options,
         )
-    except Exception as exc:  # pydantic ValidationError: report it with the dotted key
-        raise ConfigError([f"teachers.{cfg.name}.options: {str(exc).splitlines()[-1].strip()}"]) from None
+    except ValidationError as exc:  # one line per fault, with its dotted key (never the values)
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            key = f"teachers.{cfg.name}.options" + (f".{where}" if where else "")
+            msg = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+            lines.append(f"{key}: {msg.removeprefix('Value error, ')}")
+        raise ConfigError(lines) from None
 
 
 def build_adapter(cfg: TeacherConfig, base_dir: Path | None = None) -> Teacher:

@@ -5,9 +5,10 @@ wins over config once set so that accepted versions survive restarts). A differe
 records a `changed` event, alerts, counts `watchdog_teacher_version_changes_total`, and then
 by `sampling.on_teacher_change`:
 - `quarantine`: rows of the new version are marked and kept out of training/comparison until
-  it passes re-evaluation on the frozen eval set or an operator accepts it;
+  a person accepts it; its re-evaluation on the frozen eval set is recorded and shown, not acted on;
+- `reevaluate`: as `quarantine`, but a passing re-evaluation accepts it;
 - `accept`: the new version becomes the pin at once;
-- `pause`: sampling stops until an operator accepts (or re-evaluation passes).
+- `pause`: sampling stops until a person accepts.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..store.tables import TeacherEvent, TeacherPin
 log = logging.getLogger(__name__)
 
 Notify = Callable[[str, "TeacherState", str], None]  # (event kind, state, previous pin)
+REEVALUATED = ("reeval_passed", "reeval_failed")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class TeacherState:
     state: str = "ok"  # ok | quarantine | paused
     seen: set[str] = field(default_factory=set)
     trusted: set[str] = field(default_factory=set)  # every version pinned so far
+    reevaluation: dict[str, object] | None = None  # the candidate's latest re-evaluation
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -45,6 +48,7 @@ class TeacherState:
             "candidate_version": self.candidate,
             "state": self.state,
             "versions_seen": sorted(self.seen),
+            "reevaluation": self.reevaluation,
         }
 
 
@@ -85,6 +89,14 @@ class Pins:
             self.teachers[name] = state
             for version in filter(None, (state.pinned, state.candidate)):
                 self._seen(state, version)
+            if state.candidate is not None:
+                state.reevaluation = self._last_reevaluation(name, state.candidate)
+
+    def _last_reevaluation(self, teacher: str, version: str) -> dict[str, object] | None:
+        for event in self.store.teacher_events(teacher, 50):  # newest first
+            if event.kind in REEVALUATED and event.to_version == version:
+                return {"version": version, "at": event.at, **orjson.loads(event.detail_json)}
+        return None
 
     def refresh(self) -> bool:
         """Adopts pin changes another replica stored (accept, re-evaluation); blocking.
@@ -112,6 +124,8 @@ class Pins:
                 continue
             current = (state.pinned, state.candidate, state.state)
             if (pin.pinned_version, pin.candidate_version, pin.state) != current:
+                if pin.candidate_version != state.candidate:
+                    state.reevaluation = None
                 state.pinned, state.candidate, state.state = (
                     pin.pinned_version,
                     pin.candidate_version,
@@ -199,8 +213,8 @@ class Pins:
             self._record(state, "changed", before, version, policy="accept")
             self._notify("changed", state, before)
             return Verdict(False)
-        state.candidate = version
-        state.state = "quarantine" if self.policy == "quarantine" else "paused"
+        state.candidate, state.reevaluation = version, None
+        state.state = "paused" if self.policy == "pause" else "quarantine"
         self._record(state, "changed", before, version, policy=self.policy)
         self._notify("changed", state, before)
         return Verdict(True, new_candidate=True)
@@ -214,7 +228,7 @@ class Pins:
         before = state.pinned
         state.pinned, state.state = version, "ok"
         if state.candidate == version:
-            state.candidate = None
+            state.candidate, state.reevaluation = None, None
         elif state.candidate is not None:
             state.state = "quarantine" if self.policy != "pause" else "paused"
         if version is not None:
@@ -223,10 +237,15 @@ class Pins:
         self._notify(kind, state, before or "")
         return state
 
-    def reject(self, teacher: str, version: str, **detail: object) -> None:
+    def reevaluated(self, teacher: str, version: str, passed: bool, **detail: object) -> None:
+        """Records a re-evaluation of `version`; the pin does not move (see `accept`)."""
         state = self.teachers[teacher]
-        self._record(state, "reeval_failed", state.pinned, version, **detail)
-        self._notify("reeval_failed", state, state.pinned or "")
+        kind = "reeval_passed" if passed else "reeval_failed"
+        result = {**detail, "passed": passed}
+        self._record(state, kind, state.pinned, version, **result)
+        if version == state.candidate:
+            state.reevaluation = {"version": version, "at": time.time(), **result}
+        self._notify(kind, state, state.pinned or "")
 
     def _notify(self, kind: str, state: TeacherState, before: str) -> None:
         if self.notify is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 from starlette.requests import Request
@@ -13,16 +15,41 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from ..jobs.runs import RunError
-from ..reports.render import ENV, run_context
+from ..reports.render import ENV, TEMPLATES, run_context
 from ..serving.admin import check_token
+from ..serving.asgi import read_request
 from ..serving.validation import BadRequest
 
 if TYPE_CHECKING:
     from ..app import Daemon
 
 
-def _page(name: str, **ctx: Any) -> HTMLResponse:
-    return HTMLResponse(ENV.get_template(name).render(standalone=False, **ctx))
+def _style_hash() -> str:
+    """The CSP source of the pages' one inline style block (base.html; no template code in it)."""
+    text = (TEMPLATES / "base.html").read_text()
+    style = text[text.index("<style>") + len("<style>") : text.index("</style>")]
+    return "'sha256-" + base64.b64encode(hashlib.sha256(style.encode()).digest()).decode() + "'"
+
+
+# The pages run no script and load nothing; reports draw their SVG inline, styled by attributes.
+PAGE_CSP = (
+    f"default-src 'none'; style-src {_style_hash()}; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+# Evidently's drift page runs its own inline scripts: in a sandbox, as an origin of its own.
+DRIFT_CSP = "sandbox allow-scripts; frame-ancestors 'none'"
+
+
+def _secured(response: Response, csp: str = PAGE_CSP) -> Response:
+    response.headers["Content-Security-Policy"] = csp
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def _page(name: str, **ctx: Any) -> Response:
+    return _secured(HTMLResponse(ENV.get_template(name).render(standalone=False, **ctx)))
 
 
 def _dashboard_data(daemon: Daemon) -> dict[str, Any]:
@@ -83,7 +110,7 @@ async def _ctx(request: Request) -> dict[str, Any]:
 
 async def run_page(request: Request) -> Response:
     ctx = await _ctx(request)
-    return _page("run.html", message=request.query_params.get("message", "")[:300], **ctx)
+    return _page("run.html", **ctx)
 
 
 async def run_file(request: Request) -> Response:
@@ -95,33 +122,61 @@ async def run_file(request: Request) -> Response:
     path = Path(ctx["run"].run_dir) / name
     if not path.exists():
         raise BadRequest(404, f"run {ctx['run'].id}: no {name}")
-    return FileResponse(path)
+    return _secured(FileResponse(path), DRIFT_CSP if name == "drift.html" else PAGE_CSP)
+
+
+def _same_origin(request: Request) -> bool:
+    """A browser posts the form with `Origin` (or at least `Referer`): it must be this daemon.
+    Clients that send neither are not browsers another site could drive; the token decides."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if source is None:
+        return True
+    parsed = urlsplit(source)
+    return parsed.scheme in ("http", "https") and parsed.netloc == request.headers.get("host", "")
+
+
+async def _signed_form(request: Request) -> dict[str, str]:
+    """The fields of a UI form that changes something: posted from this daemon's pages, read
+    within the body limit before anything else, carrying the admin token."""
+    daemon: Daemon = request.app.state.daemon
+    if not _same_origin(request):
+        raise BadRequest(403, "origin: the form must be posted from this daemon's own pages")
+    body = await read_request(request, daemon.max_body_bytes)
+    form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
+    check_token(daemon, f"Bearer {form.get('token', '')}")
+    return form
 
 
 async def review(request: Request) -> Response:
-    """Approve or reject from a form; the admin token is a form field."""
+    """Approve or reject a run's candidate; the outcome shows on the run's page, from its state."""
     daemon: Daemon = request.app.state.daemon
     run_id = request.path_params["id"][:64]
     action = request.path_params["action"]
     if action not in ("approve", "reject"):
         raise BadRequest(404, "not found")
-    body = (await request.body())[:20_000].decode(errors="replace")
-    form = {k: v[0] for k, v in parse_qs(body).items()}
-    check_token(daemon, f"Bearer {form.get('token', '')}")
+    form = await _signed_form(request)
     if daemon.runs is None:
         raise BadRequest(409, "runs: the scheduler is not running in this daemon")
     try:
         if action == "approve":
             await daemon.runs.approve(run_id, actor="ui")
-            message = "approved: the candidate is now active"
         else:
             await daemon.runs.reject(run_id, actor="ui", reason=form.get("reason", "")[:500])
-            message = "declined"
     except RunError as exc:
-        message = str(exc)
-    from urllib.parse import quote
+        raise BadRequest(409, str(exc)) from None
+    return RedirectResponse(f"/ui/runs/{quote(run_id)}", status_code=303)
 
-    return RedirectResponse(f"/ui/runs/{run_id}?message={quote(message)}", status_code=303)
+
+async def accept_teacher(request: Request) -> Response:
+    """Accept a teacher's candidate version (as `POST /admin/teachers/{name}/accept`); the
+    dashboard then shows the new pin."""
+    daemon: Daemon = request.app.state.daemon
+    name = request.path_params["name"][:64]
+    form = await _signed_form(request)
+    if daemon.teachers is None or name not in daemon.teachers.states:
+        raise BadRequest(404, f"teacher: unknown teacher {name!r}")
+    await daemon.teachers.accept(name, None, actor="ui", reason=form.get("reason", "")[:500])
+    return RedirectResponse("/ui/", status_code=303)
 
 
 ROUTES = [
@@ -131,4 +186,5 @@ ROUTES = [
     Route("/ui/runs/{id}", run_page, methods=["GET"]),
     Route("/ui/runs/{id}/{file:str}", run_file, methods=["GET"]),
     Route("/ui/runs/{id}/{action:str}", review, methods=["POST"]),
+    Route("/ui/teachers/{name}/accept", accept_teacher, methods=["POST"]),
 ]
