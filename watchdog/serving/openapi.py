@@ -20,6 +20,13 @@ class ErrorBody(BaseModel):
 F32_MAX = 3.4028234663852886e38  # values must fit float32 (the batcher's NonFiniteInputError)
 RowId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 SliceText = Annotated[str, Field(max_length=MAX_SLICE_TEXT)]
+# A row's labels are `key=value` joined by `,`: keys hold neither, values no `,` (validation.py).
+SLICE_SCHEMA = {
+    "type": "object",
+    "maxProperties": MAX_SLICE_KEYS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_SLICE_TEXT, "pattern": "^[^=,]*$"},
+    "additionalProperties": {"type": "string", "maxLength": MAX_SLICE_TEXT, "pattern": "^[^,]*$"},
+}
 
 
 class PredictRequest(BaseModel):
@@ -31,10 +38,12 @@ class PredictRequest(BaseModel):
     slice: dict[SliceText, SliceText] | None = Field(
         default=None,
         max_length=MAX_SLICE_KEYS,
-        description="Slice labels for sampling and monitoring",
+        description="Slice labels for sampling and monitoring (keys without '=' or ',', values without ',')",
     )
     ids: list[RowId] | None = Field(
-        default=None, description="One id per row (for feedback); generated if absent"
+        default=None,
+        description="One id per row, unique within the request (for feedback); generated (random) if "
+        "absent. Client ids share one namespace with every other client's",
     )
 
 
@@ -98,13 +107,17 @@ class FeedbackLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: RowId = Field(description="The id of a predicted row (from /v1/predict)")
-    label: int = Field(ge=-(2**31), le=2**31 - 1)
+    label: int = Field(
+        ge=0,
+        le=2**31 - 1,
+        description="A class index of the active student: 0 <= label < its number of classes",
+    )
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    labels: list[FeedbackLabel]
+    labels: list[FeedbackLabel] = Field(description="At most server.max_feedback_labels labels (413 beyond)")
 
 
 class FeedbackResponse(BaseModel):
@@ -239,7 +252,7 @@ def document(daemon: Daemon | None = None) -> dict[str, Any]:
                 "Join delayed true labels to sampled rows by id",
                 FeedbackResponse,
                 FeedbackRequest,
-                (400, 413, 422),
+                (400, 413, 422, 503),
             )
         },
         "/admin/teachers": {
@@ -264,6 +277,9 @@ def document(daemon: Daemon | None = None) -> dict[str, Any]:
     for path, ops in EXTRA_PATHS.items():
         paths.setdefault(path, {}).update(ops)
     schemas = {m.__name__: _schema(m) for m in _MODELS}
+    predict = schemas["PredictRequest"]["properties"]
+    predict["slice"]["anyOf"][0] = SLICE_SCHEMA
+    predict["ids"]["anyOf"][0]["uniqueItems"] = True
     if daemon is not None:
         _served_shape(schemas, daemon)
     return {
@@ -278,10 +294,14 @@ def document(daemon: Daemon | None = None) -> dict[str, Any]:
 
 
 def _served_shape(schemas: dict[str, Any], daemon: Daemon) -> None:
-    """The running daemon's row limit and the active student's width, in the predict body."""
+    """The running daemon's limits and the active student's width and classes, in the bodies."""
     inputs = schemas["PredictRequest"]["properties"]["inputs"]
     inputs["maxItems"] = daemon.settings.server.max_rows_per_request
+    schemas["FeedbackRequest"]["properties"]["labels"]["maxItems"] = (
+        daemon.settings.server.max_feedback_labels
+    )
     model = daemon.models.current
     if model is not None:
         width = model.card.num_features
         inputs["items"].update(minItems=width, maxItems=width)
+        schemas["FeedbackLabel"]["properties"]["label"]["maximum"] = model.card.num_classes - 1
