@@ -85,8 +85,10 @@ def main() -> None:
     table = "\n".join(lines)
     load = os.getloadavg()
     notes = (
-        f"A one-row request pays {added:+,.0f} ns for an unguessable id, {100 * added / parse:.1f}% of its "
-        f"parse ({parse:,.0f} ns). Load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}."
+        f"Per one-row request, an unguessable id costs {added:+,.0f} ns against the prefix and counter "
+        f"({100 * added / parse:+.1f}% of the request's parse, {parse:,.0f} ns): cutting a buffer of random "
+        "hex is no dearer than formatting a counter. Load average at the start: "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (a shared machine; CPU time per call, medians)."
     )
     print(table)
     print(notes)

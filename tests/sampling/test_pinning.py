@@ -73,7 +73,8 @@ def test_quarantine_waits_for_a_person_even_after_a_passing_reevaluation(
             f"{server.url}/admin/teachers/big/accept", headers=ADMIN, json={"reason": "same model"}
         )
         assert reply.status_code == 200, reply.text
-        assert store.count_samples(quarantined=True) == 0
+        assert reply.json()["pinned_version"] == "v2", (reply.json(), _events(store))
+        assert store.count_samples(quarantined=True) == 0, (reply.json(), _events(store))
         eventually(lambda: _alert(server) is None, what="alert resolved on accept")
         assert any(a.action == "teacher.accepted" and a.actor == "admin-api" for a in store.audit_events())
 
@@ -261,3 +262,31 @@ def test_paused_follows_every_change_of_state(store_url) -> None:
     assert not one.paused
     one.persist()
     assert two.refresh() and not two.paused
+
+
+def test_a_stored_pin_read_before_an_accept_does_not_undo_it_during_the_write(store_url) -> None:
+    """The sampler adopts a snapshot on the event loop while an accept is being written in a
+    thread: the accept must be seen as pending (or persisted) throughout the write."""
+    from distill_watchdog.store import Store
+    from distill_watchdog.teachers.pinning import Pins
+
+    pins = Pins(Store(store_url), "quarantine")
+    pins.load({"big": None})
+    pins.observe("big", "v1")
+    pins.observe("big", "v2")
+    pins.persist()
+    stale = pins.read_stored()  # v1 pinned, v2 waiting
+    pins.accept("big", None, actor="operator")
+    undone: list[bool] = []
+    save_pin = pins.store.save_pin
+
+    def save_while_adopting(pin, event) -> None:  # the event loop's turn, mid-write
+        undone.append(pins.adopt(stale))
+        save_pin(pin, event)
+        undone.append(pins.adopt(stale))
+
+    pins.store.save_pin = save_while_adopting  # type: ignore[method-assign]
+    pins.persist()
+    assert undone == [False, False]
+    state = pins.teachers["big"]
+    assert (state.pinned, state.candidate, state.state) == ("v2", None, "ok")

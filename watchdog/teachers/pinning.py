@@ -177,13 +177,19 @@ class Pins:
         self.pending.append((pin, event))
 
     def persist(self) -> None:
-        """Writes queued pin changes and events in order (blocking)."""
+        """Writes queued pin changes and events in order (blocking).
+
+        A change leaves `pending` only once written, and the count moves first: `adopt`, on the
+        event loop meanwhile, always sees it pending or counted, never neither (it would undo
+        it with a snapshot read before it). A failed write stays pending for the next call.
+        """
         with self._lock:
             while self.pending:
-                pin, event = self.pending.pop(0)
+                pin, event = self.pending[0]
                 event.at = time.time()
                 self.store.save_pin(pin, event)
                 self._persisted += 1
+                self.pending.pop(0)
 
     def observe(self, teacher: str, version: str) -> Verdict:
         state = self.teachers.setdefault(teacher, TeacherState(name=teacher))
