@@ -15,6 +15,9 @@ from support import CLI
 def test_defaults_and_store_url(tmp_path):
     s = load_settings(None, data_dir=str(tmp_path))
     assert s.sampling.rate == 0.0 and s.server.port == 8080
+    assert s.sampling.on_teacher_change == "quarantine" and s.alerts.min_notice_s == 60.0
+    assert s.server.max_feedback_labels == 10_000 and s.distill.allowed_factories == []
+    assert (s.slices.max_values_per_key, s.slices.max_slices) == (50, 200)
     assert s.store_url == f"sqlite:///{tmp_path / 'watchdog.db'}"
 
 
@@ -45,6 +48,15 @@ def test_config_env_var_names_the_file(monkeypatch, write_config):
         ({"student": {"model": "a.onnx"}}, "student: model and card must be given together"),
         ({"teachers": [{"name": "t", "kind": "grpc", "location": "x"}]}, "teachers.0.kind:"),
         ({"teachers": [{"kind": "onnx", "location": "x"}]}, "teachers.0.name: Field required"),
+        ({"slices": {"keys": ["a=b"]}}, "slices.keys.0: must be non-empty, without '=' or ','"),
+        ({"slices": {"keys": ["a,b"]}}, "slices.keys.0: must be non-empty, without '=' or ','"),
+        (
+            {"slices": {"bins": [{"name": "age", "feature": 0, "edges": [1], "labels": ["a,b", "c"]}]}},
+            "slices.bins.0.labels.0: must not contain ','",
+        ),
+        ({"slices": {"max_values_per_key": 0}}, "slices.max_values_per_key: must be > 0"),
+        ({"alerts": {"min_notice_s": -1}}, "alerts.min_notice_s: must be >= 0"),
+        ({"sampling": {"on_teacher_change": "auto"}}, "sampling.on_teacher_change: Input should be"),
     ],
 )
 def test_each_bad_key_is_named(write_config, data, line):

@@ -233,6 +233,13 @@ def test_served_document_states_the_width_and_limits(fuzz_server: ServerThread) 
     assert inputs["maxItems"] == 1024
     assert schemas["PredictRequest"]["additionalProperties"] is False
     assert schemas["FeedbackLabel"]["properties"]["id"]["maxLength"] == 128
+    label = schemas["FeedbackLabel"]["properties"]["label"]
+    assert (label["minimum"], label["maximum"]) == (0, 9)  # the active student's classes
+    assert schemas["FeedbackRequest"]["properties"]["labels"]["maxItems"] == 10_000
+    ids, slice_ = (schemas["PredictRequest"]["properties"][k]["anyOf"][0] for k in ("ids", "slice"))
+    assert ids["uniqueItems"] is True
+    assert slice_["propertyNames"]["pattern"] == "^[^=,]*$"
+    assert slice_["additionalProperties"]["pattern"] == "^[^,]*$"
     assert schemas["UploadRequest"]["properties"]["card"] == {"$ref": "#/components/schemas/CardBody"}
 
 
