@@ -135,7 +135,7 @@ def _same_origin(request: Request) -> bool:
     return parsed.scheme in ("http", "https") and parsed.netloc == request.headers.get("host", "")
 
 
-async def _signed_form(request: Request) -> dict[str, str]:
+async def _authorized_form(request: Request) -> dict[str, str]:
     """The fields of a UI form that changes something: posted from this daemon's pages, read
     within the body limit before anything else, carrying the admin token."""
     daemon: Daemon = request.app.state.daemon
@@ -154,7 +154,7 @@ async def review(request: Request) -> Response:
     action = request.path_params["action"]
     if action not in ("approve", "reject"):
         raise BadRequest(404, "not found")
-    form = await _signed_form(request)
+    form = await _authorized_form(request)
     if daemon.runs is None:
         raise BadRequest(409, "runs: the scheduler is not running in this daemon")
     try:
@@ -172,7 +172,7 @@ async def accept_teacher(request: Request) -> Response:
     dashboard then shows the new pin."""
     daemon: Daemon = request.app.state.daemon
     name = request.path_params["name"][:64]
-    form = await _signed_form(request)
+    form = await _authorized_form(request)
     if daemon.teachers is None or name not in daemon.teachers.states:
         raise BadRequest(404, f"teacher: unknown teacher {name!r}")
     await daemon.teachers.accept(name, None, actor="ui", reason=form.get("reason", "")[:500])
