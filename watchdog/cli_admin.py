@@ -84,8 +84,10 @@ def _describe(run: dict[str, Any], base: str) -> str:
         f"candidate  {run.get('candidate_version') or '-'}",
         f"reason     {run.get('reason') or '-'}",
     ]
-    if build.get("student_source"):
-        lines.append(f"student    from the {build['student_source']} (see the report)")
+    source = {"card": "the parent's architecture (its card)", "default": "NOT the parent's: its card has no "
+              "training.student (distill.job.student or the default; see the report)"}  # fmt: skip
+    if build.get("student_source") in source:
+        lines.append(f"student    {source[build['student_source']]}")
     if stop:
         lines.append(f"stop rule  {stop.get('verdict')}")
     if run.get("gates_passed") is not None:

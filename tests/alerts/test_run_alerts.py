@@ -21,21 +21,10 @@ from distill_watchdog.store import Store
 from distill_watchdog.store.tables import DistillRun
 
 from .servers import Webhook
+from .trainer import ceiling_trainer
 from support import ServerThread, eventually
 
 AUTH = {"Authorization": "Bearer s3cret-token"}
-
-# A training launcher (`distill.launcher: command`) whose job hands back a given ONNX file as the
-# candidate, with the stop rule's verdict `ceiling_reached`: what the daemon does next is real.
-TRAINER = """
-import json, shutil, sys
-out, model, card = sys.argv[1], sys.argv[2], json.load(open(sys.argv[3]))
-import os; os.makedirs(out, exist_ok=True)
-shutil.copy(model, os.path.join(out, "student.onnx"))
-json.dump({**card, "name": "candidate"}, open(os.path.join(out, "card.json"), "w"))
-json.dump({"stop": {"verdict": "ceiling_reached", "reasons": ["gain within noise"]}},
-          open(os.path.join(out, "result.json"), "w"))
-"""
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -43,8 +32,6 @@ def test_a_promoted_run_sends_its_states_once_with_the_ceiling_verdict_on_them(
     make_settings, model_files, tmp_path: Path
 ) -> None:
     model, card = model_files()
-    script = tmp_path / "trainer.py"
-    script.write_text(TRAINER)
     hook = Webhook()
     settings = make_settings(
         student={"model": str(model), "card": str(card)},
@@ -52,7 +39,7 @@ def test_a_promoted_run_sends_its_states_once_with_the_ceiling_verdict_on_them(
         alerts={"webhook_urls": [hook.url], "backoff_s": 0.05},
         monitor={"interval_s": 3600, "leader_poll_s": 0.2},
         policy={"auto_promote": True},
-        distill={"launcher": "command", "command": f"{{python}} {script} {{out}} {model} {card}"},
+        distill=ceiling_trainer(tmp_path, model, card),
     )
     try:
         with ServerThread(settings, components=[Alerter(settings.alerts), Scheduler()]) as srv:
@@ -65,8 +52,14 @@ def test_a_promoted_run_sends_its_states_once_with_the_ceiling_verdict_on_them(
             def status() -> str:
                 return httpx.get(f"{srv.url}/admin/runs/{run_id}", headers=AUTH).json()["status"]
 
-            eventually(lambda: status() not in ("running",), timeout=180, what="run finished")
-            assert status() == "promoted"
+            # auto_promote: `pending` lasts only until the promotion
+            eventually(lambda: status() not in ("running", "pending"), timeout=180, what="run finished")
+            run = httpx.get(f"{srv.url}/admin/runs/{run_id}", headers=AUTH).json()
+            assert run["status"] == "promoted"
+            # The parent's card does not name its architecture: the run and its report say so.
+            assert run["detail"]["build"]["student_source"] == "default"
+            report = httpx.get(f"{srv.url}/ui/runs/{run_id}").text
+            assert 'id="student-source"' in report and "not the parent's own" in report
             eventually(lambda: "WatchdogPromotion" in [a["labels"]["alertname"] for a in hook.received])
             promoted = srv.daemon.models.current.version
             assert promoted != parent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -16,6 +17,7 @@ from ..jobs.runs import RunError
 from ..reports.render import ENV, run_context
 from ..serving.admin import check_token
 from ..serving.validation import BadRequest
+from . import charts
 
 if TYPE_CHECKING:
     from ..app import Daemon
@@ -25,7 +27,19 @@ def _page(name: str, **ctx: Any) -> HTMLResponse:
     return HTMLResponse(ENV.get_template(name).render(standalone=False, **ctx))
 
 
-def _dashboard_data(daemon: Daemon) -> dict[str, Any]:
+def _charts(daemon: Daemon, range_key: str) -> dict[str, Any]:
+    """The curves of the time range, from the stored cycles and runs (blocking: store reads)."""
+    since = time.time() - charts.RANGES[range_key]
+    cycles = daemon.store.cycles_between(since, max_rows=charts.MAX_CYCLES)
+    runs = daemon.store.runs_between(since)
+    history = daemon.store.activation_history()
+    settings = daemon.settings
+    return charts.dashboard_charts(
+        cycles, runs, history, settings.policy, settings.monitor.top_slices, range_key
+    )
+
+
+def _dashboard_data(daemon: Daemon, range_key: str) -> dict[str, Any]:
     store = daemon.store
     cycles = store.recent_cycles(1)
     cycle = orjson.loads(cycles[0].summary_json) if cycles else None
@@ -37,18 +51,23 @@ def _dashboard_data(daemon: Daemon) -> dict[str, Any]:
         "decisions": [{"at": d.at, "action": d.action, "reason": d.reason} for d in decisions],
         "runs": store.list_runs(5),
         "events": store.audit_events(15),
+        "charts": _charts(daemon, range_key),
     }
 
 
 async def dashboard(request: Request) -> Response:
     daemon: Daemon = request.app.state.daemon
-    data = await asyncio.to_thread(_dashboard_data, daemon)
+    range_key = request.query_params.get("range", charts.DEFAULT_RANGE)
+    if range_key not in charts.RANGES:
+        raise BadRequest(400, f"range: must be one of {', '.join(charts.RANGES)}")
+    data = await asyncio.to_thread(_dashboard_data, daemon, range_key)
     teachers = daemon.teachers.status() if daemon.teachers is not None else []
     alerts = []
     if daemon.alerts is not None:
         alerts = [
             {
                 "name": a.labels.get("alertname"),
+                "labels": {k: v for k, v in a.labels.items() if k not in ("alertname", "service")},
                 "summary": a.annotations.get("summary", ""),
                 "since": a.starts_at,
             }
