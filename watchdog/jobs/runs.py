@@ -26,6 +26,7 @@ from .. import background, metrics
 from ..background import Priority
 from ..monitor.reference import write_reference
 from ..store.tables import DistillRun
+from .artifacts import compress_drift_page
 from .build import launch_argv
 from .child import CHILD_ENV
 
@@ -145,6 +146,7 @@ class RunManager:
             await self._db(store.update_run, run_id, detail={"build": built})
             await self._train(run_id, run_dir)
             await self._finish(run_id, run_dir)
+            await self._db(compress_drift_page, run_dir)
             await self._decide(run_id, run_dir)
         except asyncio.CancelledError:
             await asyncio.shield(self._fail(run_id, "the daemon stopped during the run"))

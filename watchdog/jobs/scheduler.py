@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .. import metrics, policy
 from ..monitor.stats import top_slices
+from .artifacts import prune_runs
 from .child import ChildFailed, ChildWorker, write_settings
 from .runs import RunManager
 
@@ -279,9 +280,15 @@ class Scheduler:
     async def _retention(self) -> None:
         if not self.is_leader or self.daemon is None:
             return
-        cutoff = time.time() - self.daemon.settings.monitor.retention_s
+        settings = self.daemon.settings
+        now = time.time()
+        run_cutoff = now - (settings.monitor.run_retention_s or settings.monitor.retention_s)
         try:
-            deleted = await asyncio.to_thread(self.daemon.store.delete_before, cutoff)
+            deleted = await asyncio.to_thread(
+                self.daemon.store.delete_before, now - settings.monitor.retention_s
+            )
+            runs_dir = settings.data_dir / "runs"
+            deleted |= await asyncio.to_thread(prune_runs, self.daemon.store, runs_dir, run_cutoff)
             log.info("retention: deleted %s", deleted)
         except Exception:
             metrics.scheduler_errors_total.labels(task="retention").inc()

@@ -15,6 +15,7 @@ import orjson
 from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 from markupsafe import Markup
 
+from ..jobs.artifacts import drift_page
 from ..store import Store
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -108,7 +109,7 @@ def run_context(store: Store, run_id: str) -> dict[str, Any] | None:
         "run": row,
         "detail": detail,
         "report": report,
-        "has_drift_html": (Path(row.run_dir) / "drift.html").exists(),
+        "drift_page": drift_page(Path(row.run_dir)),
         "trained_student": _trained_student(Path(row.run_dir)),
     }
 

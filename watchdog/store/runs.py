@@ -99,6 +99,15 @@ class RunStore:
             ),
         )
 
+    def runs_before(self, cutoff: float, statuses: tuple[str, ...]) -> list[DistillRun]:
+        """Runs in one of `statuses` whose last change was before `cutoff`, oldest first."""
+        query = select(DistillRun).where(
+            col(DistillRun.updated_at) < cutoff, col(DistillRun.status).in_(statuses)
+        )
+        return self.db.retry(
+            "runs_before", lambda s: list(s.exec(query.order_by(col(DistillRun.updated_at))))
+        )
+
     def runs_between(self, since: float, limit: int = 200) -> list[DistillRun]:
         """Runs that started or changed state since `since`, oldest first."""
         changed = (col(DistillRun.created_at) >= since) | (col(DistillRun.updated_at) >= since)

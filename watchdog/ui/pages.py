@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..jobs.runs import RunError
@@ -107,14 +109,30 @@ async def run_page(request: Request) -> Response:
 
 async def run_file(request: Request) -> Response:
     """The run's Evidently drift page or report.json, from the run folder only."""
-    name = {"drift": "drift.html", "report.json": "report.json"}.get(request.path_params["file"])
-    if name is None:
+    file = request.path_params["file"]
+    if file not in ("drift", "report.json"):
         raise BadRequest(404, "not found")
     ctx = await _ctx(request)
-    path = Path(ctx["run"].run_dir) / name
-    if not path.exists():
-        raise BadRequest(404, f"run {ctx['run'].id}: no {name}")
-    return FileResponse(path)
+    path = ctx["drift_page"] if file == "drift" else Path(ctx["run"].run_dir) / file
+    if path is None or not path.exists():
+        raise BadRequest(404, f"run {ctx['run'].id}: no {'drift page' if file == 'drift' else file}")
+    if path.suffix != ".gz":
+        return FileResponse(path)
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        return FileResponse(
+            path, media_type=HTML, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        )
+    return StreamingResponse(_gunzip(path), media_type=HTML, headers={"Vary": "Accept-Encoding"})
+
+
+HTML = "text/html; charset=utf-8"
+
+
+def _gunzip(path: Path) -> Iterator[bytes]:
+    """The page decompressed in chunks, for the rare client that does not accept gzip."""
+    with gzip.open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            yield chunk
 
 
 async def review(request: Request) -> Response:
