@@ -4,7 +4,7 @@ Per slice: agreement and ECE against the teacher and the drifted feature share o
 range, each with the policy's threshold, the runs (started, promoted, rejected...) as markers and
 the student versions as bands. Plain SVG with presentation attributes: no script, no external
 asset, so the page works offline and under a strict Content-Security-Policy. The work is
-bounded: at most `MAX_CYCLES` cycles are read for a page and `MAX_POINTS` points drawn per
+bounded: at most `MAX_CYCLES` cycles are read for a page and about `MAX_POINTS` points drawn per
 series (largest-triangle-three-buckets, which keeps the dips a person is looking for).
 """
 
