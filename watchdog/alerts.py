@@ -1,9 +1,11 @@
 """Alert senders: Alertmanager's v2 API and generic JSON webhooks.
 
 `fire` and `resolve` only touch memory and a bounded queue, so any part of the daemon (even
-the request path) may call them; a sender task delivers with retries and backoff. A firing
-alert is re-sent every `alerts.repeat_s` (Alertmanager expires alerts that are not
-refreshed); the same alert fired again within that time is suppressed and counted.
+the request path) may call them; a sender task delivers with retries and backoff. An alert's
+identity is its labels (as in Alertmanager): a firing alert is re-sent every
+`alerts.repeat_s` (Alertmanager expires alerts that are not refreshed), and the same labels
+fired again within that time are suppressed and counted, whatever their annotations say
+(the newest annotations go out with the next re-send).
 
 No alert ends sooner than `notice_s` = max(`repeat_s`, `min_notice_s`) after it started: one
 resolved earlier is sent at once with that end time (Alertmanager keeps it active until then)
@@ -111,17 +113,18 @@ class Alerter:
     def fire(
         self, name: str, labels: dict[str, str], annotations: dict[str, str], ttl_s: float | None = None
     ) -> None:
-        """Raises an alert; `ttl_s` makes it a one-shot notice that ends by itself."""
+        """Raises an alert; `ttl_s` makes it a one-shot notice that ends by itself.
+
+        An alert is its labels: firing the same labels again within `alerts.repeat_s` sends
+        nothing (counted as suppressed), even when the text changed; the new annotations go out
+        with the next refresh. Whatever a receiver routes or silences on belongs in the labels.
+        """
         full = self._labels(name, labels)
         key: Key = tuple(sorted(full.items()))
         now = time.time()
         current = self.active.get(key)
-        if (
-            current is not None
-            and current.ends_at is None
-            and current.annotations == annotations
-            and now - current.last_sent < self.cfg.repeat_s
-        ):
+        if current is not None and current.ends_at is None and now - current.last_sent < self.cfg.repeat_s:
+            current.annotations = dict(annotations)
             metrics.alerts_total.labels(receiver="all", outcome="suppressed").inc()
             return
         alert = Alert(full, dict(annotations), current.starts_at if current else now)
@@ -132,22 +135,26 @@ class Alerter:
             self.active[key] = alert
         self._enqueue(alert)
 
-    def resolve(self, name: str, labels: dict[str, str]) -> None:
-        """Ends a firing alert (no-op when it is not firing), not before `notice_s` after it started."""
-        key: Key = tuple(sorted(self._labels(name, labels).items()))
-        alert = self.active.get(key)
-        if alert is None or alert.ends_at is not None:
-            return
+    def resolve(self, name: str, labels: dict[str, str] | None = None) -> int:
+        """Ends every firing `name` alert whose labels include `labels`, not before `notice_s`
+        after it started; returns how many."""
+        want = self._labels(name, labels or {})
         now = time.time()
-        ends = alert.starts_at + self.notice_s
-        if ends <= now:
-            del self.active[key]
-            self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=now))
-            return
-        # Still active here until then (`_refresh_forever` ends it). A new object: the one being
-        # replaced may still wait in the queue, to be sent as it was.
-        self.active[key] = Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=ends)
-        self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=ends))
+        ended = 0
+        for key, alert in list(self.active.items()):
+            if alert.ends_at is not None or any(alert.labels.get(k) != v for k, v in want.items()):
+                continue
+            ended += 1
+            ends = alert.starts_at + self.notice_s
+            if ends <= now:
+                del self.active[key]
+                self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=now))
+                continue
+            # Still active here until then (`_refresh_forever` ends it). A new object: the one
+            # being replaced may still wait in the queue, to be sent as it was.
+            self.active[key] = Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=ends)
+            self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=ends))
+        return ended
 
     def _end_due(self, now: float) -> None:
         """Sends the resolution of alerts whose end, held back by `notice_s`, has come."""
@@ -155,6 +162,30 @@ class Alerter:
             if alert.ends_at is not None and alert.ends_at <= now:
                 del self.active[key]
                 self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=alert.ends_at))
+
+    def reconcile(
+        self,
+        name: str,
+        firing: list[tuple[dict[str, str], dict[str, str]]],
+        scope: dict[str, str] | None = None,
+    ) -> None:
+        """Makes the `name` alerts within `scope` exactly `firing` (labels, annotations): fires
+        those, resolves the others (e.g. one alert per weak slice, resolved per slice)."""
+        keep = {tuple(sorted(self._labels(name, labels).items())) for labels, _ in firing}
+        want = self._labels(name, scope or {})
+        for key, alert in list(self.active.items()):
+            if key not in keep and all(alert.labels.get(k) == v for k, v in want.items()):
+                self.resolve(name, dict(key))
+        for labels, notes in firing:
+            self.fire(name, labels, notes)
+
+    def firing(self, name: str) -> list[dict[str, str]]:
+        """Labels of the firing `name` alerts (those ending after their notice excluded)."""
+        return [
+            dict(a.labels)
+            for a in self.active.values()
+            if a.labels.get("alertname") == name and a.ends_at is None
+        ]
 
     def _enqueue(self, alert: Alert) -> None:
         alert.last_sent = time.time()

@@ -58,6 +58,9 @@ class _Alerts:
     def resolve(self, *args: Any, **kwargs: Any) -> None:
         self.send(("alert", "resolve", args, kwargs))
 
+    def reconcile(self, *args: Any, **kwargs: Any) -> None:
+        self.send(("alert", "reconcile", args, kwargs))
+
 
 def _main(
     sock: socket.socket, settings_json: str, feature_names: list[str] | None, alerts: bool, parent: int

@@ -492,12 +492,14 @@ class TeacherWorker:
         if alerts is None:
             return
         labels = {"teacher": state.name, "severity": "critical"}
-        if state.candidate is not None:
-            alerts.fire("WatchdogTeacherVersionChanged", labels, self._notes(state, state.pinned or ""))
+        name, teacher = "WatchdogTeacherVersionChanged", {"teacher": state.name}
+        if state.candidate is not None:  # one alert, for the version waiting now
+            versioned = {**labels, "version": state.candidate}
+            alerts.reconcile(name, [(versioned, self._notes(state, state.pinned or ""))], scope=teacher)
             return
         if changed_from is not None:
-            alerts.fire("WatchdogTeacherVersionChanged", labels, self._notes(state, changed_from))
-        alerts.resolve("WatchdogTeacherVersionChanged", labels)
+            alerts.fire(name, {**labels, "version": str(state.pinned)}, self._notes(state, changed_from))
+        alerts.resolve(name, teacher)  # every version's, by teacher
 
     def _announce_all(self) -> None:
         """Alerts for the teachers' current states (at start, and after adopting pins that another

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..jobs.runs import RunError
@@ -19,6 +22,7 @@ from ..reports.render import ENV, TEMPLATES, run_context
 from ..serving.admin import check_token
 from ..serving.asgi import read_request
 from ..serving.validation import BadRequest
+from . import charts
 
 if TYPE_CHECKING:
     from ..app import Daemon
@@ -52,7 +56,19 @@ def _page(name: str, **ctx: Any) -> Response:
     return _secured(HTMLResponse(ENV.get_template(name).render(standalone=False, **ctx)))
 
 
-def _dashboard_data(daemon: Daemon) -> dict[str, Any]:
+def _charts(daemon: Daemon, range_key: str) -> dict[str, Any]:
+    """The curves of the time range, from the stored cycles and runs (blocking: store reads)."""
+    since = time.time() - charts.RANGES[range_key]
+    cycles = daemon.store.cycles_between(since, max_rows=charts.MAX_CYCLES)
+    runs = daemon.store.runs_between(since)
+    history = daemon.store.activation_history()
+    settings = daemon.settings
+    return charts.dashboard_charts(
+        cycles, runs, history, settings.policy, settings.monitor.top_slices, range_key
+    )
+
+
+def _dashboard_data(daemon: Daemon, range_key: str) -> dict[str, Any]:
     store = daemon.store
     cycles = store.recent_cycles(1)
     cycle = orjson.loads(cycles[0].summary_json) if cycles else None
@@ -64,18 +80,23 @@ def _dashboard_data(daemon: Daemon) -> dict[str, Any]:
         "decisions": [{"at": d.at, "action": d.action, "reason": d.reason} for d in decisions],
         "runs": store.list_runs(5),
         "events": store.audit_events(15),
+        "charts": _charts(daemon, range_key),
     }
 
 
 async def dashboard(request: Request) -> Response:
     daemon: Daemon = request.app.state.daemon
-    data = await asyncio.to_thread(_dashboard_data, daemon)
+    range_key = request.query_params.get("range", charts.DEFAULT_RANGE)
+    if range_key not in charts.RANGES:
+        raise BadRequest(400, f"range: must be one of {', '.join(charts.RANGES)}")
+    data = await asyncio.to_thread(_dashboard_data, daemon, range_key)
     teachers = daemon.teachers.status() if daemon.teachers is not None else []
     alerts = []
     if daemon.alerts is not None:
         alerts = [
             {
                 "name": a.labels.get("alertname"),
+                "labels": {k: v for k, v in a.labels.items() if k not in ("alertname", "service")},
                 "summary": a.annotations.get("summary", ""),
                 "since": a.starts_at,
             }
@@ -115,14 +136,31 @@ async def run_page(request: Request) -> Response:
 
 async def run_file(request: Request) -> Response:
     """The run's Evidently drift page or report.json, from the run folder only."""
-    name = {"drift": "drift.html", "report.json": "report.json"}.get(request.path_params["file"])
-    if name is None:
+    file = request.path_params["file"]
+    if file not in ("drift", "report.json"):
         raise BadRequest(404, "not found")
     ctx = await _ctx(request)
-    path = Path(ctx["run"].run_dir) / name
-    if not path.exists():
-        raise BadRequest(404, f"run {ctx['run'].id}: no {name}")
-    return _secured(FileResponse(path), DRIFT_CSP if name == "drift.html" else PAGE_CSP)
+    path = ctx["drift_page"] if file == "drift" else Path(ctx["run"].run_dir) / file
+    if path is None or not path.exists():
+        raise BadRequest(404, f"run {ctx['run'].id}: no {'drift page' if file == 'drift' else file}")
+    csp = DRIFT_CSP if file == "drift" else PAGE_CSP
+    if path.suffix != ".gz":
+        return _secured(FileResponse(path), csp)
+    vary = {"Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        gzipped = {"Content-Encoding": "gzip", **vary}
+        return _secured(FileResponse(path, media_type=HTML, headers=gzipped), csp)
+    return _secured(StreamingResponse(_gunzip(path), media_type=HTML, headers=vary), csp)
+
+
+HTML = "text/html; charset=utf-8"
+
+
+def _gunzip(path: Path) -> Iterator[bytes]:
+    """The page decompressed in chunks, for the rare client that does not accept gzip."""
+    with gzip.open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            yield chunk
 
 
 def _same_origin(request: Request) -> bool:
