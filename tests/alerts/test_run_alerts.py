@@ -24,7 +24,7 @@ from .servers import Webhook
 from .trainer import ceiling_trainer
 from support import ServerThread, eventually
 
-AUTH = {"Authorization": "Bearer s3cret-token"}
+AUTH = {"Authorization": "Bearer s3cret-token-for-tests"}
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)

@@ -24,7 +24,7 @@ from sampling.helpers import daemon_settings, predict, teacher_config
 from support import CLI, ServerThread, eventually, free_port
 from teachers.fake_teacher import FakeTeacher
 
-TOKEN = "s3cret-token"  # tests/conftest.py's make_settings
+TOKEN = "s3cret-token-for-tests"  # tests/conftest.py's make_settings
 
 
 def cli(

@@ -22,7 +22,7 @@ from sampling.helpers import daemon_settings, eventually, teacher_config
 from support import ServerThread
 from teachers.fake_teacher import FakeTeacher
 
-AUTH = {"Authorization": "Bearer s3cret-token"}
+AUTH = {"Authorization": "Bearer s3cret-token-for-tests"}
 
 
 def _ok_cycles(url: str) -> float:

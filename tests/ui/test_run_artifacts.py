@@ -22,7 +22,7 @@ from distill_watchdog.store.tables import DistillRun
 
 from support import ServerThread, eventually
 
-AUTH = {"Authorization": "Bearer s3cret-token"}
+AUTH = {"Authorization": "Bearer s3cret-token-for-tests"}
 
 
 def _run(url: str, weak: list[str], final: tuple[str, ...]) -> dict:
