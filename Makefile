@@ -64,7 +64,8 @@ image:
 
 # Runs that image as a user would (deploy/image/test.py; standard library only).
 image-test:
-	$(PYTHON) deploy/image/test.py --image $(IMAGE) --work $(IMAGE_CACHE)/test
+	$(PYTHON) deploy/image/test.py --image $(IMAGE) --work $(IMAGE_CACHE)/test \
+	  --summary $(IMAGE_CACHE)/test-summary.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -82,6 +82,7 @@ import_base() {
   trap - EXIT
 }
 
+SECONDS=0
 if [ "$(base_recipe)" != "$RECIPE" ]; then
   if [ "$(cat "$CACHE/base.recipe" 2>/dev/null)" != "$RECIPE" ] || [ ! -f "$CACHE/base.tar" ]; then
     make_base_tarball
@@ -90,6 +91,9 @@ if [ "$(base_recipe)" != "$RECIPE" ]; then
 else
   log "base $BASE_IMAGE is up to date"
 fi
+log "phase base: ${SECONDS} s"
+
+SECONDS=0
 
 # --- the wheelhouse: every pin of the runtime lock as a wheel (torch==2.13.0 is the CPU build) ---
 LOCK=requirements/runtime.txt
@@ -115,7 +119,10 @@ if ls "$WHEELS"/torch-*.whl | grep -qv '+cpu'; then
   exit 1
 fi
 
+log "phase wheelhouse: ${SECONDS} s"
+
 # --- the image, from the same Dockerfile as `docker build` ------------------------------------
+SECONDS=0
 old_id=$("${BUILDAH[@]}" images --noheading --format '{{.ID}}' "$IMAGE" 2>/dev/null || true)
 log "buildah bud -> $IMAGE"
 "${BUILDAH[@]}" bud --isolation chroot --format docker --layers=false \
@@ -130,4 +137,5 @@ new_id=$("${BUILDAH[@]}" images --noheading --format '{{.ID}}' "$IMAGE")
 if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
   "${BUILDAH[@]}" rmi "$old_id" >/dev/null 2>&1 || true
 fi
+log "phase bud: ${SECONDS} s"
 "${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}} {{.ID}} {{.Size}}' "$IMAGE"
