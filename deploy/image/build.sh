@@ -27,6 +27,7 @@ need() {
   done
 }
 need buildah debootstrap tar sha256sum "$PYTHON"
+[ "$(id -u)" = 0 ] || { echo "image: run as root (debootstrap, and buildah's containers storage)" >&2; exit 1; }
 
 mirror() {
   if [ -n "${DEBIAN_MIRROR:-}" ]; then echo "$DEBIAN_MIRROR"; return; fi
