@@ -1,9 +1,10 @@
 """Alert senders: Alertmanager's v2 API and generic JSON webhooks.
 
 `fire` and `resolve` only touch memory and a bounded queue, so any part of the daemon (even
-the request path) may call them; a sender task delivers with retries and backoff. A firing
-alert is re-sent every `alerts.repeat_s` (Alertmanager expires alerts that are not
-refreshed); the same alert fired again within that time is suppressed and counted.
+the request path) may call them; a sender task delivers with retries and backoff. An alert's
+identity is its labels (as in Alertmanager): a firing alert is re-sent every
+`alerts.repeat_s` (Alertmanager expires alerts that are not refreshed), and the same labels
+fired again within that time are suppressed and counted, whatever their annotations say.
 """
 
 from __future__ import annotations
@@ -101,16 +102,18 @@ class Alerter:
     def fire(
         self, name: str, labels: dict[str, str], annotations: dict[str, str], ttl_s: float | None = None
     ) -> None:
-        """Raises an alert; `ttl_s` makes it a one-shot notice that ends by itself."""
+        """Raises an alert; `ttl_s` makes it a one-shot notice that ends by itself.
+
+        An alert is its labels: firing the same labels again within `alerts.repeat_s` sends
+        nothing (counted as suppressed), even when the text changed; the new annotations go out
+        with the next refresh. Whatever a receiver routes or silences on belongs in the labels.
+        """
         full = self._labels(name, labels)
         key: Key = tuple(sorted(full.items()))
         now = time.time()
         current = self.active.get(key)
-        if (
-            current is not None
-            and current.annotations == annotations
-            and now - current.last_sent < self.cfg.repeat_s
-        ):
+        if current is not None and now - current.last_sent < self.cfg.repeat_s:
+            current.annotations = dict(annotations)
             metrics.alerts_total.labels(receiver="all", outcome="suppressed").inc()
             return
         alert = Alert(full, dict(annotations), current.starts_at if current else now)
@@ -121,12 +124,36 @@ class Alerter:
             self.active[key] = alert
         self._enqueue(alert)
 
-    def resolve(self, name: str, labels: dict[str, str]) -> None:
-        """Ends a firing alert (no-op when it is not firing)."""
-        key: Key = tuple(sorted(self._labels(name, labels).items()))
-        alert = self.active.pop(key, None)
-        if alert is not None:
-            self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=time.time()))
+    def resolve(self, name: str, labels: dict[str, str] | None = None) -> int:
+        """Ends every firing `name` alert whose labels include `labels`; returns how many."""
+        want = self._labels(name, labels or {})
+        ended = 0
+        for key, alert in list(self.active.items()):
+            if all(alert.labels.get(k) == v for k, v in want.items()):
+                del self.active[key]
+                self._enqueue(Alert(alert.labels, alert.annotations, alert.starts_at, ends_at=time.time()))
+                ended += 1
+        return ended
+
+    def reconcile(
+        self,
+        name: str,
+        firing: list[tuple[dict[str, str], dict[str, str]]],
+        scope: dict[str, str] | None = None,
+    ) -> None:
+        """Makes the `name` alerts within `scope` exactly `firing` (labels, annotations): fires
+        those, resolves the others (e.g. one alert per weak slice, resolved per slice)."""
+        keep = {tuple(sorted(self._labels(name, labels).items())) for labels, _ in firing}
+        want = self._labels(name, scope or {})
+        for key, alert in list(self.active.items()):
+            if key not in keep and all(alert.labels.get(k) == v for k, v in want.items()):
+                self.resolve(name, dict(key))
+        for labels, notes in firing:
+            self.fire(name, labels, notes)
+
+    def firing(self, name: str) -> list[dict[str, str]]:
+        """Labels of the firing `name` alerts."""
+        return [dict(a.labels) for a in self.active.values() if a.labels.get("alertname") == name]
 
     def _enqueue(self, alert: Alert) -> None:
         alert.last_sent = time.time()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
 
-from .config import CONFIG_ENV, Settings, load_settings
+from . import __version__
+from .cli_admin import runs_app, teachers_app
+from .cli_common import ConfigOpt, JsonOpt, echo_json
+from .config import Settings, load_settings
 from .errors import ConfigError, WatchdogError
 
 app = typer.Typer(
@@ -18,13 +21,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Serve a distilled student, watch it against its teacher, redistill when it slips.",
 )
-models_app = typer.Typer(no_args_is_help=True, help="Student versions in the registry.")
+models_app = typer.Typer(no_args_is_help=True, help="Student versions in the registry (works on the store).")
 app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
+app.add_typer(teachers_app, name="teachers")
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", envvar=CONFIG_ENV, help="YAML config file", show_default=False),
-]
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"distill-watchdog {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Serve a distilled student, watch it against its teacher, redistill when it slips."""
 
 
 def _settings(config: Path | None) -> Settings:
@@ -64,16 +79,126 @@ def check_config(file: Annotated[Path, typer.Argument(help="YAML config file")])
     typer.echo(f"{file}: ok")
 
 
+ModelArg = Annotated[Path, typer.Argument(help="student ONNX file", show_default=False)]
+ClassesOpt = Annotated[
+    str | None, typer.Option("--classes", help="class names in output order: a,b,c", show_default=False)
+]
+ClassesFileOpt = Annotated[
+    Path | None, typer.Option("--classes-file", help="class names, one per line", show_default=False)
+]
+FactoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--student-factory",
+        help="the architecture for redistillation, module:function (e.g. distill_engine.zoo:mlp)",
+        show_default=False,
+    ),
+]
+KwargsOpt = Annotated[
+    str | None,
+    typer.Option("--student-kwargs", help='JSON keyword arguments of the factory: {"hidden": [64, 64]}'),
+]
+NameOpt = Annotated[str | None, typer.Option("--name", help="card name (default: the file's stem)")]
+OutputOpt = Annotated[
+    str | None, typer.Option("--output", help="the output holding class scores, when there are several")
+]
+KindOpt = Annotated[
+    str | None,
+    typer.Option("--output-kind", help="logits | probabilities (default: told by a probe batch)"),
+]
+
+
+def _card_from_options(
+    model: Path,
+    classes: str | None,
+    classes_file: Path | None,
+    student_factory: str | None,
+    student_kwargs: str | None,
+    name: str | None,
+    output: str | None,
+    output_kind: str | None,
+) -> tuple[bytes, dict[str, Any], list[str]]:
+    """(ONNX bytes, card data, notes on how each field was found) for `models card|register`."""
+    from .card_from_onnx import card_from_onnx, parse_classes, student_spec
+    from .errors import ModelRejectedError
+
+    try:
+        model_bytes = model.read_bytes()
+    except OSError as exc:
+        raise ModelRejectedError(f"model: cannot read {model} ({exc.strerror})") from None
+    kwargs = None
+    if student_kwargs is not None:
+        try:
+            kwargs = orjson.loads(student_kwargs)
+        except orjson.JSONDecodeError:
+            kwargs = None
+        if not isinstance(kwargs, dict):
+            raise ModelRejectedError("student-kwargs: must be a JSON object, e.g. '{\"hidden\": [64, 64]}'")
+    if output_kind not in (None, "logits", "probabilities"):
+        raise ModelRejectedError("output-kind: must be logits or probabilities")
+    card, notes = card_from_onnx(
+        model_bytes,
+        name or model.stem,
+        parse_classes(classes, classes_file),
+        student_spec(student_factory, kwargs),
+        output,
+        output_kind,  # type: ignore[arg-type]
+    )
+    return model_bytes, card.model_dump(mode="json", exclude_none=True), notes
+
+
+@models_app.command("card")
+def models_card(
+    model: ModelArg,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
+    student_factory: FactoryOpt = None,
+    student_kwargs: KwargsOpt = None,
+    name: NameOpt = None,
+    output: OutputOpt = None,
+    output_kind: KindOpt = None,
+) -> None:
+    """Print the card `models register` would write for MODEL (JSON); notes go to stderr."""
+    _, card, notes = _card_from_options(
+        model, classes, classes_file, student_factory, student_kwargs, name, output, output_kind
+    )
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    echo_json(card)
+
+
 @models_app.command("register")
 def models_register(
-    model: Annotated[Path, typer.Argument(help="student ONNX file")],
-    card: Annotated[Path, typer.Option("--card", help="card.json beside the model")],
+    model: ModelArg,
+    card: Annotated[
+        Path | None, typer.Option("--card", help="a full card.json (instead of the options below)")
+    ] = None,
+    classes: ClassesOpt = None,
+    classes_file: ClassesFileOpt = None,
+    student_factory: FactoryOpt = None,
+    student_kwargs: KwargsOpt = None,
+    name: NameOpt = None,
+    output: OutputOpt = None,
+    output_kind: KindOpt = None,
     activate: Annotated[bool, typer.Option("--activate", help="make it the active version")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Add a student version; prints its version id."""
+    """Add a student version (card from --card, or built from the ONNX file); prints its version id."""
+    from .errors import ModelRejectedError
+
     registry = _registry(config)
-    info = registry.register_files(model, card, actor="cli")
+    built = (classes, classes_file, student_factory, student_kwargs, name, output, output_kind)
+    if card is not None:
+        if any(v is not None for v in built):
+            raise ModelRejectedError(
+                "card: --card is a full card; leave out --classes and the other card options"
+            )
+        info = registry.register_files(model, card, actor="cli")
+    else:
+        model_bytes, data, notes = _card_from_options(model, *built)
+        for note in notes:
+            typer.echo(f"note: {note}", err=True)
+        info = registry.register(model_bytes, data, actor="cli")
     if activate:
         registry.load(info.version)
         registry.record_activation(info.version, actor="cli", reason="registered with --activate")
@@ -83,12 +208,12 @@ def models_register(
 @models_app.command("list")
 def models_list(
     config: ConfigOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """List student versions (the active one is marked with *)."""
     infos = _registry(config).list()
     if as_json:
-        typer.echo(orjson.dumps([i.as_dict() for i in infos], option=orjson.OPT_INDENT_2).decode())
+        echo_json([i.as_dict() for i in infos])
         return
     for info in infos:
         mark = "*" if info.active else " "

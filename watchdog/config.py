@@ -134,6 +134,9 @@ class MonitorConfig(Section):
     cycle_timeout_s: Positive = 600.0
     leader_poll_s: Positive = 5.0  # how often a replica tries for (or checks) the scheduler lock
     retention_s: Positive = 7 * 86400.0  # samples and cycles older than this are deleted
+    # Folders of runs never promoted (rejected, failed, declined) are deleted this long after their
+    # last change; None: `retention_s`. Promoted runs keep theirs.
+    run_retention_s: Positive | None = None
     retention_interval_s: Positive = 3600.0
     teacher_reeval_interval_s: Positive = 600.0
 

@@ -3,106 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import subprocess
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
 
 from distill_watchdog import metrics
 from distill_watchdog.alerts import Alerter
 from distill_watchdog.config import AlertsConfig
 from distill_watchdog.server import default_components
 
+from .servers import Alertmanager, Webhook
 from sampling.helpers import ADMIN, daemon_settings, eventually, predict, teacher_config
 from support import ServerThread, free_port
 from teachers.fake_teacher import FakeTeacher
-
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-
-
-class Alertmanager:
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = folder / "alertmanager.yml"
-        config.write_text(
-            "route:\n  receiver: blackhole\n  group_wait: 1s\nreceivers:\n  - name: blackhole\n"
-        )
-        self.log = open(folder / "alertmanager.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                str(ALERTMANAGER),
-                f"--config.file={config}",
-                f"--storage.path={folder / 'am-data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        eventually(self._ready, timeout=20, what="alertmanager ready")
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def alerts(self, name: str) -> list[dict[str, Any]]:
-        found = httpx.get(f"{self.url}/api/v2/alerts", params={"filter": f'alertname="{name}"'}).json()
-        return [a for a in found if a["status"]["state"] == "active"]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.log.close()
-
-
-@pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
-    if ALERTMANAGER is None:
-        pytest.skip("prometheus-alertmanager is not installed (Debian package prometheus-alertmanager)")
-    am = Alertmanager(tmp_path)
-    yield am
-    am.stop()
-
-
-class Webhook:
-    """A JSON receiver that fails the first `failures` posts with HTTP 500."""
-
-    def __init__(self, failures: int = 0) -> None:
-        self.received: list[dict[str, Any]] = []
-        self.failures = failures
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                status = 500 if owner.failures > 0 else 200
-                if owner.failures > 0:
-                    owner.failures -= 1
-                else:
-                    owner.received.append(body)
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def _alerts(name: str, receiver: str, outcome: str) -> float:
@@ -188,3 +100,35 @@ def test_teacher_version_change_alerts_alertmanager_and_resolves_on_accept(
             eventually(
                 lambda: alertmanager.alerts("WatchdogTeacherVersionChanged") == [], what="alert resolved"
             )
+
+
+def test_an_alert_is_its_labels_new_text_waits_for_the_refresh_and_resolve_matches_a_subset() -> None:
+    hook = Webhook()
+    cfg = AlertsConfig(webhook_urls=[hook.url], backoff_s=0.01, repeat_s=60)
+    suppressed = _alerts("", "all", "suppressed")
+
+    async def scenario() -> Alerter:
+        alerter = Alerter(cfg)
+        await alerter.start(None)
+        for cycle in range(3):  # the summary changes every cycle, the labels do not
+            alerter.fire("WatchdogThing", {"run": "r1"}, {"summary": f"cycle {cycle}"})
+        alerter.fire("WatchdogThing", {"run": "r2"}, {"summary": "other run"})
+        await alerter.queue.join()
+        assert [a["labels"]["run"] for a in hook.received] == ["r1", "r2"]  # r1 once
+        (r1,) = [a for a in alerter.active.values() if a.labels["run"] == "r1"]
+        assert r1.annotations["summary"] == "cycle 2"  # sent with the next refresh
+        assert alerter.resolve("WatchdogThing", {"run": "r1"}) == 1  # a subset of the labels
+        assert [a["run"] for a in alerter.firing("WatchdogThing")] == ["r2"]
+        assert alerter.resolve("WatchdogThing") == 1
+        await alerter.stop()
+        return alerter
+
+    asyncio.run(scenario())
+    assert _alerts("", "all", "suppressed") - suppressed == 2
+    assert [(m["labels"]["run"], m["status"]) for m in hook.received] == [
+        ("r1", "firing"),
+        ("r2", "firing"),
+        ("r1", "resolved"),
+        ("r2", "resolved"),
+    ]
+    hook.close()

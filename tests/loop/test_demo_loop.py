@@ -42,4 +42,4 @@ def test_shifted_sensor_is_detected_redistilled_gated_and_promoted(tmp_path: Pat
         assert change > -0.03, (sensor, res)  # gates: no other sensor got clearly worse
     report = Path(res["report_file"])
     assert report.exists() and "sensor=c" in report.read_text()
-    assert (report.parent / "drift.html").exists()
+    assert (report.parent / "drift.html.gz").exists()  # the Evidently page, stored compressed

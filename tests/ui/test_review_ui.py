@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,32 +14,8 @@ from distill_watchdog.jobs.scheduler import Scheduler
 from distill_watchdog.reports.render import render_run
 from distill_watchdog.store.tables import DistillRun
 
+from .browser import CHROMIUM, dump_dom
 from support import ServerThread
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-def dump_dom(url: str, profile: Path) -> str:
-    out = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
 
 
 @pytest.mark.slow  # three Chromium starts

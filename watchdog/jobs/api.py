@@ -14,6 +14,7 @@ from ..serving.admin import admin, read_json
 from ..serving.openapi import EXTRA_PATHS, operation
 from ..serving.routes import JSON
 from ..serving.validation import BadRequest
+from ..ui.charts import RANGES
 from .runs import RunError
 
 if TYPE_CHECKING:
@@ -161,8 +162,12 @@ EXTRA_PATHS.update(
         },
         "/ui/": {
             "get": {
-                "summary": "Review UI (server-rendered HTML)",
-                "responses": {"200": {"description": "HTML"}},
+                **operation(
+                    "Review UI (server-rendered HTML); `range`: the curves' time range", errors=(400,)
+                ),
+                "parameters": [
+                    {"name": "range", "in": "query", "required": False, "schema": {"enum": list(RANGES)}}
+                ],
             }
         },
     }

@@ -171,6 +171,7 @@ def build_job(
         "replayed_reference_rows": 0 if replay is None else int(len(replay[0])),
         "weak_since": healthy_at,
         "warm_start": bool(warm),
+        "student_source": "card" if parent_student else "default",
         "teacher_versions": w.teacher_versions,
         "parent_version": active,
     }

@@ -26,6 +26,7 @@ from .. import background, metrics
 from ..background import Priority
 from ..monitor.reference import write_reference
 from ..store.tables import DistillRun
+from .artifacts import compress_drift_page
 from .build import launch_argv
 from .child import CHILD_ENV
 
@@ -145,6 +146,7 @@ class RunManager:
             await self._db(store.update_run, run_id, detail={"build": built})
             await self._train(run_id, run_dir)
             await self._finish(run_id, run_dir)
+            await self._db(compress_drift_page, run_dir)
             await self._decide(run_id, run_dir)
         except asyncio.CancelledError:
             await asyncio.shield(self._fail(run_id, "the daemon stopped during the run"))
@@ -233,13 +235,12 @@ class RunManager:
             "gates_passed": gates["passed"],
             "failed_gates": gates["failed"],
         }
+        # One alert per state change of a run: the stop verdict rides on it (the policy's block by
+        # the ceiling rule is its own alert, from the scheduler, while it blocks).
+        stop = {"stop_verdict": str(verdict)} if verdict else {}
         if verdict == "ceiling_reached":
             metrics.distill_runs_total.labels(outcome="ceiling").inc()
-            self._alert(
-                "WatchdogCeilingReached",
-                {"run": run_id},
-                {"summary": f"run {run_id}: the stop rule says further redistillation will not pay"},
-            )
+            stop["stop_note"] = "the stop rule says further redistillation on this data will not pay"
         if not gates["passed"]:
             await self._db(
                 store.update_run, run_id, status="rejected", candidate_version=info.version, detail=detail
@@ -248,10 +249,11 @@ class RunManager:
             why = "; ".join(f"{g['gate']} {g.get('slice', '')}".strip() for g in gates["failed"][:5])
             self._alert(
                 "WatchdogRunFinished",
-                {"run": run_id, "outcome": "rejected"},
+                {"run": run_id, "outcome": "rejected", "version": info.version},
                 {
                     "summary": f"run {run_id}: candidate rejected by gates ({why})",
                     "report": self.report_url(run_id),
+                    **stop,
                 },
             )
             await self._render(run_id)
@@ -260,15 +262,16 @@ class RunManager:
             store.update_run, run_id, status="pending", candidate_version=info.version, detail=detail
         )
         if self.settings.policy.auto_promote:
-            await self.promote(run_id, mode="auto", actor="policy")
+            await self.promote(run_id, mode="auto", actor="policy", notes=stop)
             return
         metrics.distill_runs_total.labels(outcome="pending").inc()
         self._alert(
             "WatchdogRunFinished",
-            {"run": run_id, "outcome": "pending"},
+            {"run": run_id, "outcome": "pending", "version": info.version},
             {
                 "summary": f"run {run_id}: candidate passed the gates; awaiting approval",
                 "report": self.report_url(run_id),
+                **stop,
             },
         )
         await self._render(run_id)
@@ -289,7 +292,9 @@ class RunManager:
 
     # --- promotion and review ----------------------------------------------------------------------
 
-    async def promote(self, run_id: str, mode: str, actor: str) -> DistillRun:
+    async def promote(
+        self, run_id: str, mode: str, actor: str, notes: dict[str, str] | None = None
+    ) -> DistillRun:
         store = self.daemon.store
         row = await self._db(store.get_run, run_id)
         if row is None or row.status != "pending" or not row.candidate_version:
@@ -309,10 +314,11 @@ class RunManager:
         metrics.distill_runs_total.labels(outcome="promoted").inc()
         self._alert(
             "WatchdogPromotion",
-            {"run": run_id, "severity": "info"},
+            {"run": run_id, "severity": "info", "version": version},
             {
                 "summary": f"student {version} promoted ({mode}) from run {run_id}",
                 "report": self.report_url(run_id),
+                **(notes or {}),
             },
         )
         await self._render(run_id)

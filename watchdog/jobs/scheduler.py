@@ -15,10 +15,12 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .. import metrics, policy
 from ..monitor.stats import top_slices
+from .artifacts import prune_runs
 from .child import ChildFailed, ChildWorker, write_settings
 from .runs import RunManager
 
@@ -27,6 +29,32 @@ if TYPE_CHECKING:
     from ..store import LeaderLock
 
 log = logging.getLogger(__name__)
+
+
+def _weak_notes(w: dict[str, Any], versions: str) -> dict[str, str]:
+    def num(key: str) -> str:
+        value = w.get(key)
+        return "" if value is None else f"{value:.4g}"
+
+    return {
+        "summary": (
+            f"slice {w['slice']}: agreement {num('agreement')} against {num('rest_agreement')} "
+            f"for the rest, {w.get('n', '?')} rows"
+        )[:500],
+        "agreement": num("agreement"),
+        "rest_agreement": num("rest_agreement"),
+        "rows": str(w.get("n", "")),
+        "expected_gain": num("expected_gain"),
+        "teacher_versions": versions,
+    }
+
+
+def _ceiling_run(store: Any) -> str | None:
+    """The newest run whose stop verdict is `ceiling_reached` (the one that blocks the policy)."""
+    for run in store.list_runs(10):
+        if (orjson.loads(run.detail_json).get("stop") or {}).get("verdict") == "ceiling_reached":
+            return run.id
+    return None
 
 
 class Scheduler:
@@ -155,12 +183,7 @@ class Scheduler:
         log.info("policy: %s (%s)", decision.action, decision.reason)
         if decision.action == "trigger":
             await self.runs.trigger("policy", decision.reason, decision.numbers, result.get("drift"))
-        elif decision.numbers.get("ceiling") and self.daemon.alerts is not None:
-            self.daemon.alerts.fire(
-                "WatchdogCeilingReached",
-                {"severity": "warning"},
-                {"summary": decision.reason[:500]},
-            )
+        await self._ceiling_alert(decision)
         return result
 
     def _export(self, result: dict[str, Any]) -> None:
@@ -208,35 +231,64 @@ class Scheduler:
         metrics.weak_slices.set(len(result.get("weak_slices", [])))
 
     def _alerts(self, result: dict[str, Any]) -> None:
+        """Quality alerts of one cycle; `teacher` names what the student was compared with, so a
+        teacher's version change can inhibit them in Alertmanager."""
         assert self.daemon is not None
         alerts = self.daemon.alerts
         if alerts is None:
             return
-        cfg = self.daemon.settings.policy
+        settings = self.daemon.settings
+        cfg = settings.policy
+        teachers = ",".join(sorted(t.name for t in settings.teachers))
+        common = {"severity": "warning", **({"teacher": teachers} if teachers else {})}
+        versions = orjson.dumps(result.get("teacher_versions") or {}).decode()
         overall = result.get("overall") or {}
         share = ((result.get("drift") or {}).get("all") or {}).get("share")
         ece = (overall.get("teacher") or {}).get("ece")
-        weak = result.get("weak_slices", [])
         checks = [
-            ("WatchdogDrift", share is not None and share > cfg.max_drift_share, f"drift share {share}"),
-            ("WatchdogCalibration", ece is not None and ece > cfg.max_ece, f"ECE against teacher {ece}"),
-            ("WatchdogWeakSlices", bool(weak), "weak slices: " + ", ".join(w["slice"] for w in weak[:5])),
-        ]
-        for name, firing, summary in checks:
-            labels = {"severity": "warning"}
-            if firing:
-                alerts.fire(name, labels, {"summary": summary[:500]})
-            else:
-                alerts.resolve(name, labels)
+            ("WatchdogDrift", share, cfg.max_drift_share, share is not None and share > cfg.max_drift_share,
+             "drift share {:.2f} > {:g}"),
+            ("WatchdogCalibration", ece, cfg.max_ece, ece is not None and ece > cfg.max_ece,
+             "ECE against the teacher {:.3f} > {:g}"),
+        ]  # fmt: skip
+        for name, value, limit, breached, text in checks:
+            notes = {
+                "summary": text.format(value or 0.0, limit),
+                "value": f"{value}",
+                "threshold": f"{limit:g}",
+            }
+            alerts.reconcile(name, [(common, {**notes, "teacher_versions": versions})] if breached else [])
+        weak = result.get("weak_slices", [])[: settings.monitor.top_slices]
+        alerts.reconcile(
+            "WatchdogWeakSlices",
+            [({**common, "slice": w["slice"][:200]}, _weak_notes(w, versions)) for w in weak],
+        )
+
+    async def _ceiling_alert(self, decision: policy.Decision) -> None:
+        """Fires while the policy is blocked by a run's ceiling verdict (labelled with that run)."""
+        alerts = self.daemon.alerts if self.daemon is not None else None
+        if alerts is None:
+            return
+        run = None
+        if decision.numbers.get("ceiling"):
+            run = await asyncio.to_thread(_ceiling_run, self.daemon.store)
+        firing = [({"severity": "warning", "run": run}, {"summary": decision.reason[:500]})] if run else []
+        alerts.reconcile("WatchdogCeilingReached", firing)
 
     # --- housekeeping ----------------------------------------------------------------------------
 
     async def _retention(self) -> None:
         if not self.is_leader or self.daemon is None:
             return
-        cutoff = time.time() - self.daemon.settings.monitor.retention_s
+        settings = self.daemon.settings
+        now = time.time()
+        run_cutoff = now - (settings.monitor.run_retention_s or settings.monitor.retention_s)
         try:
-            deleted = await asyncio.to_thread(self.daemon.store.delete_before, cutoff)
+            deleted = await asyncio.to_thread(
+                self.daemon.store.delete_before, now - settings.monitor.retention_s
+            )
+            runs_dir = settings.data_dir / "runs"
+            deleted |= await asyncio.to_thread(prune_runs, self.daemon.store, runs_dir, run_cutoff)
             log.info("retention: deleted %s", deleted)
         except Exception:
             metrics.scheduler_errors_total.labels(task="retention").inc()

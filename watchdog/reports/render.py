@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 from markupsafe import Markup
 
+from ..jobs.artifacts import drift_page
 from ..store import Store
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -27,7 +28,7 @@ def _when(ts: float | None) -> str:
 
 
 def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
+    if value is None or isinstance(value, Undefined):
         return "–"
     if isinstance(value, float) and not math.isfinite(value):
         return "–"
@@ -37,7 +38,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _pct(value: Any) -> str:
-    return "–" if value is None else f"{100 * float(value):.1f}%"
+    return "–" if value is None or isinstance(value, Undefined) else f"{100 * float(value):.1f}%"
 
 
 def reliability_svg(
@@ -108,8 +109,19 @@ def run_context(store: Store, run_id: str) -> dict[str, Any] | None:
         "run": row,
         "detail": detail,
         "report": report,
-        "has_drift_html": (Path(row.run_dir) / "drift.html").exists(),
+        "drift_page": drift_page(Path(row.run_dir)),
+        "trained_student": _trained_student(Path(row.run_dir)),
     }
+
+
+def _trained_student(run_dir: Path) -> dict[str, Any] | None:
+    """The architecture the engine trained: the candidate card's `training.student`."""
+    try:
+        card = orjson.loads((run_dir / "out" / "card.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    student = (card.get("training") or {}).get("student") if isinstance(card, dict) else None
+    return student if isinstance(student, dict) else None
 
 
 def render_run(store: Store, run_id: str) -> Path | None:

@@ -490,9 +490,10 @@ class TeacherWorker:
                 "pinned_version": before,
                 "policy": self.cfg.on_teacher_change,
             }
+            versioned = {**labels, "version": notes["new_version"]}  # resolved by teacher, any version
             if self.cfg.on_teacher_change == "accept":
-                alerts.fire("WatchdogTeacherVersionChanged", labels, notes, ttl_s=alerts.cfg.repeat_s)
+                alerts.fire("WatchdogTeacherVersionChanged", versioned, notes, ttl_s=alerts.cfg.repeat_s)
             else:
-                alerts.fire("WatchdogTeacherVersionChanged", labels, notes)
+                alerts.fire("WatchdogTeacherVersionChanged", versioned, notes)
         elif kind in ("accepted", "reeval_passed") and state.candidate is None:
             alerts.resolve("WatchdogTeacherVersionChanged", labels)

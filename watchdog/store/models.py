@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -12,8 +13,8 @@ from .db import Database
 from .tables import Activation, AuditEvent, ModelBlob, ModelVersion
 
 
-def active_stack(rows: list[Activation]) -> list[str]:
-    """Replays the activation history: `activate` pushes, `rollback` pops."""
+def replay(rows: list[Activation]) -> Iterator[tuple[Activation, list[str]]]:
+    """Replays the activation history (`activate` pushes, `rollback` pops): the stack after each row."""
     stack: list[str] = []
     for row in rows:
         if row.kind == "rollback":
@@ -21,7 +22,14 @@ def active_stack(rows: list[Activation]) -> list[str]:
                 stack.pop()
         elif not stack or stack[-1] != row.version:
             stack.append(row.version)
-    return stack
+        yield row, stack
+
+
+def active_stack(rows: list[Activation]) -> list[str]:
+    last: list[str] = []
+    for _, stack in replay(rows):
+        last = stack
+    return last
 
 
 class ModelStore:
@@ -65,6 +73,18 @@ class ModelStore:
 
     def activation_stack(self) -> list[str]:
         return self.db.retry("activation_stack", lambda s: active_stack(self._activations(s)))
+
+    def activation_history(self) -> list[tuple[float, str]]:
+        """(time, the version active from then on) for each change of the active version, oldest first."""
+
+        def op(session: Session) -> list[tuple[float, str]]:
+            out: list[tuple[float, str]] = []
+            for row, stack in replay(self._activations(session)):
+                if stack and (not out or out[-1][1] != stack[-1]):
+                    out.append((row.at, stack[-1]))
+            return out
+
+        return self.db.retry("activation_history", op)
 
     def active_version(self) -> str | None:
         stack = self.activation_stack()

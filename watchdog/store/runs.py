@@ -37,6 +37,30 @@ class RunStore:
 
         return self.db.retry("add_cycle", op)
 
+    def cycles_between(
+        self, since: float, until: float | None = None, max_rows: int = 720
+    ) -> list[MonitorCycle]:
+        """Completed cycles in [since, until], oldest first: at most `max_rows` of them, spread evenly
+        over the range (ids are read first; only the chosen rows' summaries are fetched)."""
+
+        def op(session: Session) -> list[MonitorCycle]:
+            query = select(MonitorCycle.id).where(
+                col(MonitorCycle.at) >= since, col(MonitorCycle.outcome) == "ok"
+            )
+            if until is not None:
+                query = query.where(col(MonitorCycle.at) <= until)
+            ids = list(session.exec(query.order_by(col(MonitorCycle.id))))
+            if len(ids) > max_rows:
+                keep = max(2, max_rows)
+                step = (len(ids) - 1) / (keep - 1)
+                ids = [ids[round(i * step)] for i in range(keep)]
+            if not ids:
+                return []
+            rows = select(MonitorCycle).where(col(MonitorCycle.id).in_(ids)).order_by(col(MonitorCycle.id))
+            return list(session.exec(rows))
+
+        return self.db.retry("cycles_between", op)
+
     def recent_cycles(self, limit: int = 20) -> list[MonitorCycle]:
         return self.db.retry(
             "recent_cycles",
@@ -72,6 +96,25 @@ class RunStore:
             "list_runs",
             lambda s: list(
                 s.exec(select(DistillRun).order_by(col(DistillRun.created_at).desc()).limit(limit))
+            ),
+        )
+
+    def runs_before(self, cutoff: float, statuses: tuple[str, ...]) -> list[DistillRun]:
+        """Runs in one of `statuses` whose last change was before `cutoff`, oldest first."""
+        query = select(DistillRun).where(
+            col(DistillRun.updated_at) < cutoff, col(DistillRun.status).in_(statuses)
+        )
+        return self.db.retry(
+            "runs_before", lambda s: list(s.exec(query.order_by(col(DistillRun.updated_at))))
+        )
+
+    def runs_between(self, since: float, limit: int = 200) -> list[DistillRun]:
+        """Runs that started or changed state since `since`, oldest first."""
+        changed = (col(DistillRun.created_at) >= since) | (col(DistillRun.updated_at) >= since)
+        return self.db.retry(
+            "runs_between",
+            lambda s: list(
+                s.exec(select(DistillRun).where(changed).order_by(col(DistillRun.created_at)).limit(limit))
             ),
         )
 

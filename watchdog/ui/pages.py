@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..jobs.runs import RunError
 from ..reports.render import ENV, run_context
 from ..serving.admin import check_token
 from ..serving.validation import BadRequest
+from . import charts
 
 if TYPE_CHECKING:
     from ..app import Daemon
@@ -25,7 +29,19 @@ def _page(name: str, **ctx: Any) -> HTMLResponse:
     return HTMLResponse(ENV.get_template(name).render(standalone=False, **ctx))
 
 
-def _dashboard_data(daemon: Daemon) -> dict[str, Any]:
+def _charts(daemon: Daemon, range_key: str) -> dict[str, Any]:
+    """The curves of the time range, from the stored cycles and runs (blocking: store reads)."""
+    since = time.time() - charts.RANGES[range_key]
+    cycles = daemon.store.cycles_between(since, max_rows=charts.MAX_CYCLES)
+    runs = daemon.store.runs_between(since)
+    history = daemon.store.activation_history()
+    settings = daemon.settings
+    return charts.dashboard_charts(
+        cycles, runs, history, settings.policy, settings.monitor.top_slices, range_key
+    )
+
+
+def _dashboard_data(daemon: Daemon, range_key: str) -> dict[str, Any]:
     store = daemon.store
     cycles = store.recent_cycles(1)
     cycle = orjson.loads(cycles[0].summary_json) if cycles else None
@@ -37,18 +53,23 @@ def _dashboard_data(daemon: Daemon) -> dict[str, Any]:
         "decisions": [{"at": d.at, "action": d.action, "reason": d.reason} for d in decisions],
         "runs": store.list_runs(5),
         "events": store.audit_events(15),
+        "charts": _charts(daemon, range_key),
     }
 
 
 async def dashboard(request: Request) -> Response:
     daemon: Daemon = request.app.state.daemon
-    data = await asyncio.to_thread(_dashboard_data, daemon)
+    range_key = request.query_params.get("range", charts.DEFAULT_RANGE)
+    if range_key not in charts.RANGES:
+        raise BadRequest(400, f"range: must be one of {', '.join(charts.RANGES)}")
+    data = await asyncio.to_thread(_dashboard_data, daemon, range_key)
     teachers = daemon.teachers.status() if daemon.teachers is not None else []
     alerts = []
     if daemon.alerts is not None:
         alerts = [
             {
                 "name": a.labels.get("alertname"),
+                "labels": {k: v for k, v in a.labels.items() if k not in ("alertname", "service")},
                 "summary": a.annotations.get("summary", ""),
                 "since": a.starts_at,
             }
@@ -88,14 +109,30 @@ async def run_page(request: Request) -> Response:
 
 async def run_file(request: Request) -> Response:
     """The run's Evidently drift page or report.json, from the run folder only."""
-    name = {"drift": "drift.html", "report.json": "report.json"}.get(request.path_params["file"])
-    if name is None:
+    file = request.path_params["file"]
+    if file not in ("drift", "report.json"):
         raise BadRequest(404, "not found")
     ctx = await _ctx(request)
-    path = Path(ctx["run"].run_dir) / name
-    if not path.exists():
-        raise BadRequest(404, f"run {ctx['run'].id}: no {name}")
-    return FileResponse(path)
+    path = ctx["drift_page"] if file == "drift" else Path(ctx["run"].run_dir) / file
+    if path is None or not path.exists():
+        raise BadRequest(404, f"run {ctx['run'].id}: no {'drift page' if file == 'drift' else file}")
+    if path.suffix != ".gz":
+        return FileResponse(path)
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        return FileResponse(
+            path, media_type=HTML, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        )
+    return StreamingResponse(_gunzip(path), media_type=HTML, headers={"Vary": "Accept-Encoding"})
+
+
+HTML = "text/html; charset=utf-8"
+
+
+def _gunzip(path: Path) -> Iterator[bytes]:
+    """The page decompressed in chunks, for the rare client that does not accept gzip."""
+    with gzip.open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            yield chunk
 
 
 async def review(request: Request) -> Response:
