@@ -21,6 +21,17 @@ BASE_IMAGE=localhost/distill-watchdog-base:$SUITE
 
 log() { printf '%s image: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# Network steps (the Debian mirror, PyPI) are tried three times: a mirror's passing hiccup
+# must not fail a build.
+retry() {
+  local attempt
+  for attempt in 1 2 3; do
+    "$@" && return 0
+    [ "$attempt" = 3 ] || { log "attempt $attempt failed; trying again in $((attempt * 15)) s"; sleep $((attempt * 15)); }
+  done
+  return 1
+}
+
 need() {
   for tool in "$@"; do
     command -v "$tool" >/dev/null || { echo "image: $tool is not installed (apt-get install -y buildah debootstrap)" >&2; exit 1; }
@@ -57,8 +68,11 @@ make_base_tarball() {
   local root="$CACHE/rootfs"
   rm -rf "$root" "$CACHE/base.tar.tmp"
   log "debootstrap $SUITE from $MIRROR (about a minute)"
-  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-    || { tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
+  debootstrap_once() {
+    rm -rf "$root"
+    debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1
+  }
+  retry debootstrap_once || { tail -n 20 "$CACHE/debootstrap.log" >&2; exit 1; }
   # What a slim image leaves out: package caches and lists, documentation, man pages, locales.
   rm -rf "$root"/var/cache/apt/* "$root"/var/lib/apt/lists/* "$root"/var/log/* \
          "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
@@ -106,7 +120,7 @@ if [ "$(cat "$WHEELS/.lock-sha256" 2>/dev/null)" != "$lock_sum" ]; then
   # Wheels of an earlier wheelhouse are reused; sdists are built into wheels here.
   find_links=()
   [ -d "$WHEELS" ] && find_links=(--find-links "$WHEELS")
-  "$PYTHON" -m pip wheel --quiet --no-deps --disable-pip-version-check "${find_links[@]}" \
+  retry "$PYTHON" -m pip wheel --quiet --no-deps --disable-pip-version-check "${find_links[@]}" \
     -r "$LOCK" -w "$WHEELS.new" >"$CACHE/wheels.log" 2>&1 \
     || { tail -n 20 "$CACHE/wheels.log" >&2; exit 1; }
   echo "$lock_sum" >"$WHEELS.new/.lock-sha256"
