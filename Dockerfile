@@ -6,31 +6,55 @@
 #
 # The same image runs distillation jobs: `--entrypoint distill-watchdog ... distill --job J --out D`
 # or `--entrypoint torchrun ... -m distill_engine --job J --out D` (see deploy/k8s/jobs/).
+#
+# Build arguments (docs/deploy.md):
+#   PYTHON_IMAGE     the base of both stages: a Debian with Python 3.11 (`python3 -m venv` must work)
+#   TORCH_INDEX_URL  where torch comes from: PyTorch's CPU-only wheel index by default
+#   PIP_NO_INDEX, PIP_FIND_LINKS
+#                    pip's own settings. A build without a network passes PIP_NO_INDEX=1,
+#                    PIP_FIND_LINKS=/wheelhouse and a folder of wheels as the build context
+#                    `wheelhouse` (`--build-context wheelhouse=DIR`); `make image` does.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# --- build: a virtual environment from the one pinned list, requirements.txt -------------------
+# --- wheelhouse: empty, unless the build is given one as the build context `wheelhouse` --------
+FROM scratch AS wheelhouse
+
+# --- build: a virtual environment from the runtime lock, requirements/runtime.txt -------------
 FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_NO_INDEX=0
+ARG PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DO_NOT_TRACK=1
 WORKDIR /src
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-RUN pip install --upgrade pip "setuptools>=77"
-COPY requirements.txt ./
-# CPU PyTorch: torch's own pin, read from requirements.txt, taken from PyTorch's CPU-only index
-# (2.x.y+cpu satisfies ==2.x.y, and pulls no CUDA wheels); then every pin of the same list, as
-# the Makefile installs it. requirements.txt stays the single source of truth.
-RUN pip install --no-deps --index-url https://download.pytorch.org/whl/cpu \
-        "$(grep -E '^torch==' requirements.txt)" \
- && pip install -r requirements.txt \
- && python -c "import torch; assert not torch.version.cuda, 'expected the CPU build of torch'"
+COPY requirements/runtime.txt ./requirements/
+# CPU PyTorch: torch's own pin, read from the runtime lock, taken from the CPU-only index
+# (2.x.y+cpu satisfies ==2.x.y and pulls no CUDA wheels); then every pin of the same lock, which
+# the Makefile's venv installs too. The build fails if a CUDA build of torch slipped in. The test
+# suites of the largest dependencies and torch's C++ headers are dropped: nothing imports them.
+RUN --mount=type=bind,from=wheelhouse,target=/wheelhouse \
+    pip install --no-deps --index-url "$TORCH_INDEX_URL" \
+        "$(grep -E '^torch==' requirements/runtime.txt)" \
+ && pip install -r requirements/runtime.txt \
+ && python -c "import torch; assert torch.version.cuda is None, 'expected the CPU build of torch'" \
+ && cd /opt/venv/lib/python3*/site-packages \
+ && find pandas sympy scipy statsmodels numpy sklearn networkx pyarrow matplotlib \
+        -type d -name tests -prune -exec rm -rf {} + \
+ && rm -rf torch/include \
+ && python -c "import pandas, sympy, scipy.stats, statsmodels.api, sklearn.ensemble, networkx, pyarrow, matplotlib"
 COPY pyproject.toml setup.py README.md ./
 COPY watchdog ./watchdog
 COPY distill_engine ./distill_engine
+# Every module of both packages imports (-P: not from /src, whose watchdog/ folder would hide the
+# file-system library of that name).
 RUN pip install --no-deps --no-build-isolation . \
- && python -c "import distill_watchdog, distill_engine, watchdog.observers"
+ && python -P -c "import importlib, pkgutil, distill_watchdog as w, distill_engine as e, watchdog.observers; \
+[importlib.import_module(m.name) for p in (w, e) for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.') \
+ if not m.name.endswith('__main__')]"
 
 # --- runtime: the venv, a non-root user, /data ---------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -53,10 +77,10 @@ RUN groupadd --system --gid 10001 watchdog \
         --shell /usr/sbin/nologin watchdog \
  && mkdir -p /data /etc/distill-watchdog \
  && chown watchdog:watchdog /data
-COPY --from=build /opt/venv /opt/venv
 COPY deploy/image/watchdog.yaml /etc/distill-watchdog/watchdog.yaml
 # Kubernetes Job templates and their submit script, for `distill.launcher: command` (docs/deploy.md)
 COPY deploy/k8s/jobs /opt/distill-watchdog/k8s-jobs
+COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]

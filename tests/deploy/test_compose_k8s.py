@@ -3,6 +3,7 @@ agrees with the Dockerfile, the config model and each other (no container engine
 
 from __future__ import annotations
 
+import base64
 import re
 import shlex
 import shutil
@@ -15,6 +16,8 @@ import yaml
 
 from .files import (
     COMPOSE,
+    DEPLOY,
+    DOCS,
     K8S,
     PROMETHEUS,
     ROOT,
@@ -174,7 +177,7 @@ def test_k8s_manifests_parse_and_name_a_kind():
         assert obj.get("apiVersion") and obj.get("kind") and obj["metadata"].get("name"), path
     kinds = {o["kind"] for _, o in objects}
     assert kinds >= {
-        "Deployment", "Service", "ConfigMap", "Secret", "PersistentVolumeClaim", "ServiceMonitor",
+        "Deployment", "Service", "ConfigMap", "PersistentVolumeClaim", "ServiceMonitor",
         "PodDisruptionBudget", "Job", "PrometheusRule",
     }  # fmt: skip
     for kustomization in K8S.rglob("kustomization.yaml"):
@@ -219,14 +222,15 @@ def test_k8s_deployment_agrees_with_the_image_config_secret_and_volume(monkeypat
     config_file = tmp_path / config_name
     config_file.write_text(configmap["data"][config_name])
 
-    (secret,) = k8s_find("Secret")
+    (generator,) = load_yaml(K8S / "base" / "kustomization.yaml")["secretGenerator"]
+    secret = _documented_secret_env(tmp_path)  # what a user's secret.env holds
     env: dict[str, str] = {}
     for item in container["env"]:
         if "valueFrom" in item:
             ref = item["valueFrom"]["secretKeyRef"]
-            assert ref["name"] == secret["metadata"]["name"]
-            assert ref["key"] in secret["stringData"], ref["key"]
-            env[item["name"]] = secret["stringData"][ref["key"]]
+            assert ref["name"] == generator["name"]
+            assert ref["key"] in secret, ref["key"]
+            env[item["name"]] = secret[ref["key"]]
         else:
             env[item["name"]] = item["value"]
         if item["name"].startswith("WATCHDOG__"):
@@ -234,7 +238,58 @@ def test_k8s_deployment_agrees_with_the_image_config_secret_and_volume(monkeypat
     settings = _load_with_env(monkeypatch, config_file, env)
     assert settings.server.port == PORT and str(settings.data_dir) == DATA_DIR
     assert settings.store_url.startswith("postgresql://")
-    assert settings.server.admin_token is not None
+    assert settings.server.admin_token is not None and len(settings.server.admin_token) >= 16
+
+
+# --- the Kubernetes Secret: generated from a file the user writes, never in the repository -------
+
+SECRET_ENV = K8S / "base" / "secret.env"
+# The two-line `printf 'admin-token=...' ... > deploy/k8s/base/secret.env` of the docs.
+_SECRET_COMMAND = re.compile(
+    r"^[ \t]*(printf 'admin-token=[^\n]*\\\n[^\n]*> deploy/k8s/base/secret\.env)$", re.M
+)
+
+
+def _documented_secret_env(tmp_path: Path) -> dict[str, str]:
+    """Runs the command docs/deploy.md gives for secret.env (in a scratch copy of the tree) and
+    returns what it wrote."""
+    (command,) = _SECRET_COMMAND.findall(DOCS.read_text())
+    (tmp_path / "deploy" / "k8s" / "base").mkdir(parents=True, exist_ok=True)
+    subprocess.run(["sh", "-c", command], cwd=tmp_path, check=True, timeout=30)
+    lines = (tmp_path / "deploy" / "k8s" / "base" / "secret.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line)
+
+
+def test_k8s_secrets_come_from_a_git_ignored_file_the_user_writes(tmp_path):
+    assert k8s_find("Secret") == [], "a Secret in the manifests is applied with whatever it holds"
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".yml", ".sh", ".env"):
+            assert "change-me" not in path.read_text(), f"{path}: a placeholder secret"
+    (generator,) = load_yaml(K8S / "base" / "kustomization.yaml")["secretGenerator"]
+    assert set(generator) <= {"name", "type", "envs", "options"}, "literals or files would be committed"
+    assert generator["envs"] == [SECRET_ENV.name]
+    if (ROOT / ".git").exists():
+        rel = SECRET_ENV.relative_to(ROOT).as_posix()
+        assert subprocess.run(["git", "check-ignore", "-q", rel], cwd=ROOT).returncode == 0, (
+            f"{rel} not ignored"
+        )
+        tracked = subprocess.run(["git", "ls-files", rel], cwd=ROOT, capture_output=True, text=True).stdout
+        assert not tracked.strip(), f"{rel} is committed"
+    # docs/deploy.md and the kustomization's own comment give the same command, and it writes a
+    # random admin token long enough for the daemon and a PostgreSQL store URL.
+    (in_kustomization,) = _SECRET_COMMAND.findall(
+        "\n".join(
+            ln.removeprefix("#").strip()
+            for ln in (K8S / "base" / "kustomization.yaml").read_text().splitlines()
+        )
+    )
+    assert re.sub(r"\s+", " ", in_kustomization) == re.sub(
+        r"\s+", " ", _SECRET_COMMAND.findall(DOCS.read_text())[0]
+    )
+    first, second = _documented_secret_env(tmp_path / "a"), _documented_secret_env(tmp_path / "b")
+    assert set(first) == {"admin-token", "store-url"}
+    assert len(first["admin-token"]) >= 16 and first["admin-token"] != second["admin-token"]
+    assert first["store-url"].startswith("postgresql://")
 
 
 def test_k8s_service_monitor_and_pdb_select_the_daemon_pods():
@@ -323,19 +378,43 @@ def test_submit_script_is_valid_shell():
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (kustomize render)")
-def test_kustomize_renders_base_and_monitoring():
-    for folder in ("base", "monitoring"):
-        out = subprocess.run(
-            ["kubectl", "kustomize", str(K8S / folder)], capture_output=True, text=True, timeout=60
+def test_kustomize_renders_base_and_monitoring_with_the_users_secret_only(tmp_path):
+    tree = tmp_path / "tree"
+    shutil.copytree(K8S, tree / "deploy" / "k8s", ignore=shutil.ignore_patterns(SECRET_ENV.name))
+
+    def render(folder: str) -> subprocess.CompletedProcess:
+        where = tree / "deploy" / "k8s" / folder
+        return subprocess.run(
+            ["kubectl", "kustomize", str(where)], capture_output=True, text=True, timeout=60
         )
+
+    # Without the user's secret.env nothing renders, so nothing with a placeholder is applied.
+    for folder in ("base", "monitoring"):
+        out = render(folder)
+        assert out.returncode != 0 and "secret.env" in out.stderr, out.stdout[:500]
+    secret = _documented_secret_env(tree)
+    for folder in ("base", "monitoring"):
+        out = render(folder)
         assert out.returncode == 0, out.stderr
-        kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}
-        assert {"Deployment", "Service", "PodDisruptionBudget"} <= kinds
+        docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+        kinds = {d["kind"] for d in docs}
+        assert {"Deployment", "Service", "PodDisruptionBudget", "Secret"} <= kinds
         if folder == "monitoring":
             assert {"ServiceMonitor", "PrometheusRule"} <= kinds
-        for doc in yaml.safe_load_all(out.stdout):
-            if doc and doc["kind"] != "Namespace":
+        for doc in docs:
+            if doc["kind"] != "Namespace":
                 assert doc["metadata"]["namespace"] == "distill-watchdog"
+        (rendered,) = [d for d in docs if d["kind"] == "Secret"]
+        values = {k: base64.b64decode(v).decode() for k, v in rendered["data"].items()}
+        assert values == secret
+        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+        refs = {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for c in deploy["spec"]["template"]["spec"]["containers"]
+            for e in c["env"]
+            if "valueFrom" in e
+        }
+        assert refs == {rendered["metadata"]["name"]}  # the hashed name: a new secret rolls the pods
 
 
 def test_every_compose_and_k8s_file_is_yaml():
