@@ -223,6 +223,35 @@ class ExportSpec(_Spec):
     parity_tolerance: float = Field(1e-5, gt=0)
 
 
+class SynthesisSpec(_Spec):
+    """Teacher-labelled synthetic rows for (weak) slices; training rows only, never hold-out or eval."""
+
+    enabled: bool = Field(False, description="off by default in the engine")
+    slices: list[str] = Field(default_factory=list, description="slices to synthesise; empty: all")
+    generators: list[Literal["jitter", "smote", "mixup"]] = Field(
+        default_factory=lambda: ["jitter", "smote", "mixup"], description="built-in generators to use"
+    )
+    generator: str | None = Field(None, description="user generator 'module:function' (x, n, rng) -> [n, D]")
+    candidates_per_row: float = Field(3.0, gt=0, description="candidates made per real row of the slice")
+    jitter_scale: float = Field(0.1, gt=0, description="jitter std as a share of each feature's slice std")
+    neighbours: int = Field(5, ge=1, description="SMOTE: same-slice neighbours to pick from")
+    mixup_alpha: float = Field(0.4, gt=0, description="mixup: Beta(alpha, alpha) mixing weight")
+    min_teacher_confidence: float = Field(0.6, ge=0, le=1, description="drop less confident candidates")
+    min_production_weight: float = Field(
+        0.5, ge=0, description="with curation.match_production: drop candidates weighted below this"
+    )
+    max_ratio: float = Field(1.0, gt=0, description="kept per slice <= this x real rows")
+    weight: float = Field(0.5, gt=0, le=1, description="row weight of a synthetic row (real rows: their own)")
+    ablate: bool = Field(False, description="also train without synthetic rows and report both")
+
+    @field_validator("generator")
+    @classmethod
+    def _generator_colon(cls, v: str | None) -> str | None:
+        if v is not None and (":" not in v or v.startswith(":") or v.endswith(":")):
+            raise ValueError("must look like 'module:function'")
+        return v
+
+
 class DistillJob(_Spec):
     name: str = "student"
     version: str | None = None
@@ -237,6 +266,7 @@ class DistillJob(_Spec):
     calibrate: CalibrateSpec = Field(default_factory=CalibrateSpec)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     stop: StopSpec = Field(default_factory=StopSpec)
+    synthesis: SynthesisSpec = Field(default_factory=SynthesisSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     classes: list[str] | None = None
     feature_names: list[str] | None = None
@@ -257,6 +287,10 @@ class DistillJob(_Spec):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError("teacher names must be unique")
+        if self.synthesis.enabled and self.loss.hints:
+            raise ValueError(
+                "synthesis cannot be combined with loss.hints (synthetic rows have no teacher features)"
+            )
         return self
 
     def resolve(self, path: str) -> Path:

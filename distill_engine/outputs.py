@@ -59,6 +59,7 @@ def _card(st: RunState, choice: Choice, run: TrainRun, classes: list[str], diges
         "loss": job.loss.model_dump(mode="json"),
         "teachers": st.teach.versions or None,
         "train_rows": int(len(st.fit_idx)),
+        "synthetic_rows": 0 if st.synth is None else len(st.synth),
         "holdout_rows": int(len(st.hold_idx)),
         "world_size": st.ctx.world_size,
         "student": job.student.model_dump(mode="json"),
@@ -92,6 +93,21 @@ def _reliability(st: RunState, logits: np.ndarray, temperature: float) -> dict[s
     }
     if st.ev_labels is not None:
         out["teacher"] = M.reliability_bins(st.teach.eval_probs, st.ev_labels)
+    return out
+
+
+def _synthesis_block(st: RunState, student: dict[str, Any]) -> dict[str, Any] | None:
+    """Counts per slice and filter, teacher calls, and the ablation when the job asked for it."""
+    if st.synth is None:
+        return None
+    out: dict[str, Any] = {
+        "rows": len(st.synth),
+        "weight": st.job.synthesis.weight,
+        "teacher_calls": st.synth.teacher_calls,
+        "slices": st.synth.counts,
+    }
+    if st.ablation is not None:
+        out["ablation"] = {"with_synthesis": student, **st.ablation}
     return out
 
 
@@ -149,6 +165,7 @@ def write_outputs(
         "classes": classes,
         "train_agreement": stop["evidence"]["fit"]["train_agreement"],
         "init_from": st.warm_start,
+        "synthesis": _synthesis_block(st, returned["calibrated"]),
     }
     result, card = json_safe(result), json_safe(card)
     (st.out / "card.json").write_text(json.dumps(card, indent=2))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import metrics as M
 from .baseline import choose_model, train_baseline
 from .curation import curate
 from .data import Table, load_table
@@ -24,11 +25,14 @@ from .holdout import strata_of, stratified_split
 from .job import DistillJob, load_job
 from .outputs import write_outputs
 from .progress import CancelToken, Progress, ProgressCallback
+from .scoring import block
 from .stages import train_assistants
 from .state import RunState, holdout_data, seed_all
 from .stopping import stop_block
+from .synthesis import synthesize
+from .teachers import Teacher
 from .teaching import hint_targets, open_teachers, teacher_outputs
-from .train import TrainRun, make_data, train_model
+from .train import TrainData, TrainRun, make_data, predict_logits, train_model
 from .warm import load_onnx_weights
 from .zoo import build_model
 
@@ -106,8 +110,12 @@ def _run(job: DistillJob, out: Path, progress: Progress, ctx: DistContext, t0: f
         st.hints = hint_targets(job, train, adapters)
         _curate_and_split(st)
         out.mkdir(parents=True, exist_ok=True)
+        if job.synthesis.enabled:
+            _synthesize(st, adapters)
         stages, teacher_all = train_assistants(st)
         student, student_run, seconds = _train_student(st, teacher_all)
+        if st.synth is not None and job.synthesis.ablate:
+            _ablation(st, teacher_all)
         baseline = train_baseline(st)
         choice = choose_model(st, student, baseline)
         stop = stop_block(st, student, student_run, choice.model)
@@ -156,13 +164,44 @@ def _curate_and_split(st: RunState) -> None:
         fit_pos, hold_pos = stratified_split(
             strata_of(classes, slices), job.calibrate.holdout, job.calibrate.min_holdout_rows, job.train.seed
         )
-    st.cur = cur
+    st.cur, st.production = cur, production
     st.fit_idx, st.hold_idx = cur.keep[fit_pos], cur.keep[hold_pos]
     st.weights_fit = cur.weights[fit_pos]
     st.hints = [h[st.fit_idx] for h in st.hints]
 
 
-def _train_student(st: RunState, teacher_all: np.ndarray) -> tuple[torch.nn.Module, TrainRun, float]:
+def _synthesize(st: RunState, adapters: dict[str, Teacher]) -> None:
+    """Synthetic rows from the training rows only: the hold-out and eval never see them."""
+    slices = None if st.train.slices is None else st.train.slices[st.fit_idx]
+    st.synth = synthesize(st.job, adapters, st.train.x[st.fit_idx], slices, st.production, st.job.train.seed)
+    st.progress.emit("synthesis", rows=len(st.synth), teacher_calls=st.synth.teacher_calls)
+
+
+def _student_data(st: RunState, teacher_all: np.ndarray, synthetic: bool) -> TrainData:
+    """The curated training rows, plus the kept synthetic rows (no labels, lower weight) when asked."""
+    x, p = st.train.x[st.fit_idx], teacher_all[st.fit_idx]
+    y = st.labels(st.fit_idx)
+    w, hints = st.weights_fit, st.hints
+    if synthetic and st.synth is not None and len(st.synth):
+        s = st.synth
+        x, p, w = np.concatenate([x, s.x]), np.concatenate([p, s.probs]), np.concatenate([w, s.weights])
+        y = None if y is None else np.concatenate([y, np.full(len(s), -1)])
+    return make_data(x, p, y, w, hints)
+
+
+def _ablation(st: RunState, teacher_all: np.ndarray) -> None:
+    """The same student trained without synthetic rows: its eval metrics beside the real one's."""
+    model, run_, _ = _train_student(st, teacher_all, synthetic=False)
+    probs = M.softmax(predict_logits(model, st.ev.x))
+    st.ablation = {
+        "without_synthesis": block(probs, st.ev_labels, st.teach.eval_probs, st.ev.slices),
+        "training": run_.summary(),
+    }
+
+
+def _train_student(
+    st: RunState, teacher_all: np.ndarray, synthetic: bool = True
+) -> tuple[torch.nn.Module, TrainRun, float]:
     job = st.job
     seed_all(job.train.seed)
     student = build_model(job.student.factory, job.student.kwargs, st.num_features, st.num_classes, "student")
@@ -176,11 +215,10 @@ def _train_student(st: RunState, teacher_all: np.ndarray) -> tuple[torch.nn.Modu
         else (max(1, job.train.epochs // 4) if job.loss.hints else 0)
     )
     t0 = time.perf_counter()
-    data = make_data(
-        st.train.x[st.fit_idx], teacher_all[st.fit_idx], st.labels(st.fit_idx), st.weights_fit, st.hints
-    )
+    data = _student_data(st, teacher_all, synthetic)
     run_ = train_model(
-        student, data, job.loss, job.train, phase="student", val=holdout_data(st, teacher_all),
+        student, data, job.loss, job.train, phase="student" if synthetic else "student:no_synthesis",
+        val=holdout_data(st, teacher_all),
         hints=job.loss.hints, hint_epochs=hint_epochs, eval_fn=st.eval_fn, **st.common(),
     )  # fmt: skip
     st.curves += run_.curves

@@ -16,6 +16,7 @@ from .dist import DistContext
 from .job import DistillJob
 from .progress import Progress
 from .scoring import fit_t, labels_or_none
+from .synthesis import Synthetic
 from .teaching import TeacherOutputs
 from .train import TrainData, make_data, predict_logits
 
@@ -40,6 +41,9 @@ class RunState:
     hints: list[np.ndarray] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
     warm_start: dict[str, Any] | None = None
+    production: np.ndarray | None = None
+    synth: Synthetic | None = None
+    ablation: dict[str, Any] | None = None
 
     @property
     def num_features(self) -> int:
