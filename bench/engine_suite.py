@@ -80,8 +80,8 @@ def jobs() -> list[Job]:
             2.0, 0.9, 20, 256, 0.003),
         Job("verdict: cut short", *synth, 4500, [256, 256], {"kwargs": {"hidden": [16, 16]}},
             2.0, 0.9, 4, 256, 0.0005, expect="under_trained"),
-        Job("verdict: too narrow", *digits, 1200, [512, 512], {"kwargs": {"hidden": [3]}},
-            4.0, 0.9, 60, 128, 0.003, expect="capacity_limited"),
+        Job("verdict: too narrow", *digits, 1200, [512, 512], {"kwargs": {"hidden": [2]}},
+            4.0, 0.9, 150, 128, 0.01, expect="capacity_limited"),
     ]  # fmt: skip
 
 
