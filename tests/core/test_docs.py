@@ -63,3 +63,54 @@ def test_every_config_example_in_the_docs_loads(page: str, block: str) -> None:
 
 def test_the_docs_hold_config_examples() -> None:
     assert {page for page, _ in _config_examples()} >= {"serving.md", "sampling.md", "alerts.md"}
+
+
+MAX_LINES = 600
+LINK = re.compile(r"\]\(([^)\s]+)\)|<(https?://[^>]+)>|\bhref=\"([^\"]+)\"")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_each_page_is_short(page: Path) -> None:
+    lines = len(page.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{page.name}: {lines} lines (at most {MAX_LINES})"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_each_page_links_only_inside_the_repository(page: Path) -> None:
+    text = page.read_text()
+    assert "../shared" not in text, f"{page.name} points outside the repository"
+    for match in LINK.finditer(text):
+        target = next(g for g in match.groups() if g)
+        assert not re.match(r"[a-z]+:", target), f"{page.name}: external link {target}"
+        path = target.split("#", 1)[0]
+        if not path:
+            continue
+        resolved = (page.parent / path).resolve()
+        assert resolved.is_relative_to(ROOT), f"{page.name}: {target} leaves the repository"
+        assert resolved.exists(), f"{page.name}: {target} does not exist"
+
+
+def _defined_metrics() -> set[str]:
+    source = (ROOT / "watchdog" / "metrics.py").read_text()
+    return set(re.findall(r"\"(watchdog_[a-z_]+)\"", source))
+
+
+def test_the_contract_lists_every_metric_the_daemon_defines() -> None:
+    contract = (ROOT / "docs" / "contract.md").read_text()
+    listed = set(re.findall(r"^\| `(watchdog_[a-z_]+)`", contract, re.M))
+    defined = _defined_metrics()
+    assert defined, "no metric names found in watchdog/metrics.py"
+    missing = {n for n in defined if n not in listed and f"{n}_total" not in listed}
+    assert not missing, f"not in docs/contract.md: {sorted(missing)}"
+    stale = {n for n in listed if n not in defined and n.removesuffix("_total") not in defined}
+    assert not stale, f"in docs/contract.md but not defined: {sorted(stale)}"
+
+
+def test_the_contract_lists_every_route_the_openapi_document_has() -> None:
+    import distill_watchdog.server  # noqa: F401  (every route module, as the daemon has them)
+    from distill_watchdog.serving import openapi
+
+    contract = (ROOT / "docs" / "contract.md").read_text()
+    for path, operations in openapi.document(None)["paths"].items():
+        for method in operations:
+            assert f"{method.upper()} {path}`" in contract, f"{method.upper()} {path} not in docs/contract.md"
