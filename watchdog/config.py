@@ -170,8 +170,21 @@ class PolicyConfig(Section):
     auto_promote: bool = False
     weak_slice_weight: Positive = 3.0  # training weight of weak slices' rows since they were last healthy
     warm_start: bool = True  # candidates start from the active student's weights (same architecture)
-    holdout_share: Annotated[float, _within(0.05, 0.5)] = 0.2  # newest samples kept out of training for gates
+    holdout_share: Annotated[float, _within(0.05, 0.5)] = Field(
+        0.2, description="share of the recent rows held out for the gates, drawn per slice and time"
+    )
     max_train_rows: PositiveInt = 50_000
+    min_weak_train_rows: PositiveInt = Field(
+        50, description="recent rows of each weak slice a run needs to train on (else it waits for data)"
+    )
+    min_weak_holdout_rows: PositiveInt = Field(
+        30, description="recent rows of each weak slice a run needs in its hold-out (else it waits)"
+    )
+    ceiling_retries: Annotated[int, _within(0)] = Field(
+        2,
+        description="runs allowed after a ceiling verdict once new rows of the weak slices arrived, "
+        "before the ceiling blocks until the teachers or the weak slices change",
+    )
 
 
 class DistillConfig(Section):
