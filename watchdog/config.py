@@ -268,9 +268,20 @@ class PolicyConfig(Section):
         True, description="candidates start from the active student's weights (same architecture)"
     )
     holdout_share: Annotated[float, _within(0.05, 0.5)] = Field(
-        0.2, description="newest samples kept out of training, for the gates"
+        0.2, description="share of the recent rows held out for the gates, drawn per slice and time"
     )
     max_train_rows: PositiveInt = Field(50_000, description="stored samples a run reads at most")
+    min_weak_train_rows: PositiveInt = Field(
+        50, description="recent rows of each weak slice a run needs to train on (else it waits for data)"
+    )
+    min_weak_holdout_rows: PositiveInt = Field(
+        30, description="recent rows of each weak slice a run needs in its hold-out (else it waits)"
+    )
+    ceiling_retries: Annotated[int, _within(0)] = Field(
+        2,
+        description="runs allowed after a ceiling verdict once new rows of the weak slices arrived, "
+        "before the ceiling blocks until the teachers or the weak slices change",
+    )
 
 
 class DistillConfig(Section):
