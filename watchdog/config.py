@@ -143,8 +143,14 @@ class MonitorConfig(Section):
     window: PositiveInt = 5_000
     window_s: Positive | None = None
     reference: Path | None = None
-    drift_method: str = "psi"
-    drift_threshold: Positive = 0.1
+    drift_method: str | None = Field(
+        None,
+        description="Evidently stat test for every column (e.g. psi, ks, wasserstein); "
+        "None: Evidently's own choice per column, by reference size and number of values",
+    )
+    drift_threshold: Positive | None = Field(
+        None, description="drift threshold of the stat test; None: the test's own default"
+    )
     top_slices: PositiveInt = 20
     min_rows: PositiveInt = 50  # a cycle with fewer usable rows is skipped (recorded, no policy step)
     cycle_timeout_s: Positive = 600.0
