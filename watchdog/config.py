@@ -283,6 +283,13 @@ class PolicyConfig(Section):
     min_weak_holdout_rows: PositiveInt = Field(
         30, description="recent rows of each weak slice a run needs in its hold-out (else it waits)"
     )
+    wider_candidates: Annotated[int, _within(0, 8)] = Field(
+        2,
+        description="wider students trained besides the first candidate when it is capacity-limited; 0: none",
+    )
+    max_params_factor: Annotated[float, _within(1)] = Field(
+        4.0, description="a wider candidate has at most this many times the parent's parameters"
+    )
     ceiling_retries: Annotated[int, _within(0)] = Field(
         2,
         description="runs allowed after a ceiling verdict once new rows of the weak slices arrived, "

@@ -235,28 +235,34 @@ def launch_argv(settings: Settings, job: Path, out: Path, run_id: str) -> list[s
     return [sys.executable, *engine]
 
 
+def child_args() -> tuple[Settings, str]:
+    """`--settings FILE --run ID` of a run's child process: the settings and the run id."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settings", required=True)
+    parser.add_argument("--run", required=True)
+    args = parser.parse_args()
+    with open(args.settings) as fh:
+        return Settings(**json.load(fh)), args.run
+
+
 def main() -> None:
     """`python -m distill_watchdog.jobs.build --settings FILE --run ID`: builds the run's job folder.
 
     A child process, because reading and parsing a large window of samples holds the GIL for
     seconds: in the serving process that would be felt as latency. Writes `build.json`.
     """
-    import argparse
     import json
     import sys
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--settings", required=True)
-    parser.add_argument("--run", required=True)
-    args = parser.parse_args()
-
-    with open(args.settings) as fh:
-        settings = Settings(**json.load(fh))
+    settings, run_id = child_args()
     store = Store(settings.store_url)
     registry = Registry(store, settings.models_dir, ort_threads=1)
-    run = store.get_run(args.run)
+    run = store.get_run(run_id)
     if run is None:
-        print(f"no run {args.run}", file=sys.stderr)
+        print(f"no run {run_id}", file=sys.stderr)
         sys.exit(2)
     numbers = orjson.loads(run.detail_json).get("trigger_numbers", {})
     weak = [w["slice"] for w in numbers.get("weak_slices", [])]
