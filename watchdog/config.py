@@ -283,6 +283,11 @@ class PolicyConfig(Section):
     min_weak_holdout_rows: PositiveInt = Field(
         30, description="recent rows of each weak slice a run needs in its hold-out (else it waits)"
     )
+    synthesis: bool = Field(
+        True,
+        description="teacher-labelled synthetic rows for the weak slices' training rows (the engine's "
+        "synthesis stage; its options in distill.job.synthesis)",
+    )
     wider_candidates: Annotated[int, _within(0, 8)] = Field(
         2,
         description="wider students trained besides the first candidate when it is capacity-limited; 0: none",
