@@ -39,7 +39,7 @@ def test_concurrent_requests_share_runs_and_get_their_own_rows(model):
         rng = np.random.default_rng(0)
         inputs = [rng.normal(size=(int(rng.integers(1, 4)), 40)).astype(np.float32) for _ in range(100)]
         runs_before, rows_before = _batch_stats()
-        results = await asyncio.gather(*(batcher.predict(x) for x in inputs))
+        results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
         runs, rows = _batch_stats()
         await batcher.stop()
         for x, (probs, predictions, version) in zip(inputs, results, strict=True):
@@ -58,7 +58,7 @@ def test_oversized_single_request_runs_alone(model):
         batcher = MicroBatcher(lambda: model, max_batch_size=4, max_batch_delay_ms=0)
         batcher.start()
         x = np.zeros((10, 40), dtype=np.float32)
-        probs, _, _ = await batcher.predict(x)
+        probs, _, _ = await batcher.submit(x)
         await batcher.stop()
         assert probs.shape == (10, 10)
 
@@ -70,7 +70,7 @@ def test_no_model_is_an_explicit_error():
         batcher = MicroBatcher(lambda: None, max_batch_size=4, max_batch_delay_ms=0)
         batcher.start()
         with pytest.raises(ModelUnavailableError):
-            await batcher.predict(np.zeros((1, 40), dtype=np.float32))
+            await batcher.submit(np.zeros((1, 40), dtype=np.float32))
         await batcher.stop()
 
     asyncio.run(main())
@@ -80,9 +80,7 @@ def test_stop_finishes_queued_work(model):
     async def main() -> None:
         batcher = MicroBatcher(lambda: model, max_batch_size=2, max_batch_delay_ms=0)
         batcher.start()
-        pending = [
-            asyncio.ensure_future(batcher.predict(np.zeros((1, 40), dtype=np.float32))) for _ in range(9)
-        ]
+        pending = [batcher.submit(np.zeros((1, 40), dtype=np.float32)) for _ in range(9)]
         await asyncio.sleep(0)
         await batcher.stop()
         assert all(p.done() and p.result()[0].shape == (1, 10) for p in pending)
@@ -143,16 +141,16 @@ def test_a_lone_request_runs_in_place_and_a_burst_shares_one_run(model):
         batcher.start()
         x = np.zeros((1, 40), dtype=np.float32)
         runs, rows = _batch_stats()
-        await batcher.predict(x)  # nothing else in flight: runs at once, batch of one
+        await batcher.submit(x)  # nothing else in flight: runs at once, batch of one
         assert _batch_stats() == (runs + 1, rows + 1)
         await asyncio.sleep(0)  # a new loop iteration
         # Eight requests whose tasks start in the same iteration: the first runs alone, the
         # other seven queue behind it and share the next run.
-        await asyncio.gather(*(batcher.predict(x) for _ in range(8)))
+        await asyncio.gather(*(batcher.submit(x) for _ in range(8)))
         assert _batch_stats() == (runs + 3, rows + 9)
         # Requests now arrive together: the first of the next burst queues too, one run for all.
         await asyncio.sleep(0)
-        await asyncio.gather(*(batcher.predict(x) for _ in range(8)))
+        await asyncio.gather(*(batcher.submit(x) for _ in range(8)))
         assert _batch_stats() == (runs + 4, rows + 17)
         # Traffic falls back to one request at a time: the first queues (the last run served
         # eight), and once a run served one, lone requests run in place again.
@@ -179,7 +177,7 @@ def test_a_non_finite_output_fails_only_the_requests_it_belongs_to(model):
         bad = np.zeros((3, 40), dtype=np.float32)
         bad[1] = 3e38  # finite input, overflows inside the model
         results = await asyncio.gather(
-            batcher.predict(good), batcher.predict(bad), batcher.predict(good), return_exceptions=True
+            batcher.submit(good), batcher.submit(bad), batcher.submit(good), return_exceptions=True
         )
         await batcher.stop()
         assert results[0][0].shape == (2, 10) and results[2][0].shape == (2, 10)
@@ -204,7 +202,7 @@ def test_values_float32_cannot_carry_fail_only_their_own_request(model):
         nan = np.zeros((1, 40), dtype=np.float32)
         nan[0, 0] = np.nan
         results = await asyncio.gather(
-            *(batcher.predict(x) for x in (good, overflow, ints, nan, large)), return_exceptions=True
+            *(batcher.submit(x) for x in (good, overflow, ints, nan, large)), return_exceptions=True
         )
         await batcher.stop()
         assert isinstance(results[1], NonFiniteInputError) and isinstance(results[3], NonFiniteInputError)

@@ -20,10 +20,9 @@ from .tables import SchemaInfo
 
 log = logging.getLogger(__name__)
 
+# The schema this build writes. Only version 1 exists: the version that changes it adds the
+# statements that upgrade existing tables (create_all makes new tables by itself).
 SCHEMA_VERSION = 1
-# Statements that take the schema from version N-1 to N, for tables that already exist
-# (create_all makes new tables by itself).
-MIGRATIONS: dict[int, list[str]] = {}
 
 T = TypeVar("T")
 
@@ -100,7 +99,7 @@ class Database:
         raise AssertionError("unreachable")
 
     def ensure_schema(self) -> int:
-        """Creates missing tables and applies migrations; refuses a schema newer than this build."""
+        """Creates missing tables; refuses a schema newer than this build."""
         with self.engine.begin() as conn:
             if self.is_postgres:
                 # Replicas starting together must not race on CREATE TABLE.
@@ -114,10 +113,6 @@ class Database:
                         f"store: database schema version {current} is newer than "
                         f"this build's {SCHEMA_VERSION}"
                     )
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS.get(version, []):
-                        conn.execute(text(statement))
-                    log.info("store: schema upgraded to version %d", version)
                 if info is None:
                     session.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
                 else:
