@@ -9,7 +9,7 @@ import pytest
 
 from distill_engine.metrics import softmax
 from distill_watchdog import metrics
-from distill_watchdog.card import ModelCard
+from distill_watchdog.card import parse_card
 from distill_watchdog.runtime import available_cpus, load_model, session_options
 from distill_watchdog.serving.batcher import MicroBatcher, ModelUnavailableError
 
@@ -29,7 +29,7 @@ def _batch_stats() -> tuple[float, float]:
 
 @pytest.fixture
 def model():
-    return load_model(mlp_onnx_bytes(), ModelCard.parse(card_for()), "v1", threads=1)
+    return load_model(mlp_onnx_bytes(), parse_card(card_for()), "v1", threads=1)
 
 
 def test_concurrent_requests_share_runs_and_get_their_own_rows(model):
@@ -97,7 +97,7 @@ def test_threads_default_to_the_cpus_this_process_may_use():
 
 
 def test_probability_output_with_temperature():
-    card = ModelCard.parse(card_for(output_kind="probabilities", temperature=2.0, output_name="probs"))
+    card = parse_card(card_for(output_kind="probabilities", temperature=2.0, output_name="probs"))
     loaded = load_model(mlp_onnx_bytes(softmax=True, output_name="probs"), card, "p", threads=1)
     x = np.random.default_rng(2).normal(size=(3, 40)).astype(np.float32)
     expected = softmax(mlp_reference(x, mlp_weights(40, 10)) / 2.0)  # log-softmax / T renormalises to this
@@ -109,7 +109,7 @@ def test_logits_with_temperature_and_a_float64_output_get_the_calibration_head()
 
     from distill_watchdog.runtime import CALIBRATED_OUTPUT, calibration_head
 
-    card = ModelCard.parse(card_for(temperature=1.7))
+    card = parse_card(card_for(temperature=1.7))
     x = np.random.default_rng(3).normal(size=(5, 40)).astype(np.float32)
     loaded = load_model(mlp_onnx_bytes(), card, "t", threads=1)
     np.testing.assert_allclose(
@@ -121,16 +121,16 @@ def test_logits_with_temperature_and_a_float64_output_get_the_calibration_head()
     proto = onnx.load_from_string(mlp_onnx_bytes(output_name="raw"))
     proto.graph.node.append(helper.make_node("Cast", ["raw"], ["logits"], to=TensorProto.DOUBLE))
     proto.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["batch", 10]))
-    loaded = load_model(proto.SerializeToString(), ModelCard.parse(card_for()), "d", threads=1)
+    loaded = load_model(proto.SerializeToString(), parse_card(card_for()), "d", threads=1)
     probs = loaded.predict_proba(x)
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs, softmax(mlp_reference(x, mlp_weights(40, 10))), atol=1e-5)
-    head = onnx.load_from_string(calibration_head(mlp_onnx_bytes(), ModelCard.parse(card_for())))
+    head = onnx.load_from_string(calibration_head(mlp_onnx_bytes(), parse_card(card_for())))
     assert CALIBRATED_OUTPUT in {o.name for o in head.graph.output}
 
 
 def test_thread_count_is_explicit_or_chosen_between_one_and_the_cpus():
-    card = ModelCard.parse(card_for())
+    card = parse_card(card_for())
     assert load_model(mlp_onnx_bytes(), card, "a", threads=3).threads == 3
     assert load_model(mlp_onnx_bytes(), card, "b", threads=None).threads in {1, available_cpus()}
 

@@ -55,7 +55,7 @@ def _frozen(store: Any, settings: Any) -> Any:
 def finish(settings: Any, run_id: str) -> dict[str, Any]:
     from distill_engine import metrics as M
 
-    from ..card import ModelCard
+    from ..card import parse_card
     from ..monitor.drift import evidently_report
     from ..monitor.reference import load_reference
     from ..registry import Registry
@@ -72,7 +72,7 @@ def finish(settings: Any, run_id: str) -> dict[str, Any]:
     run_dir = Path(run.run_dir)
     out = run_dir / "out"
     result = json.loads((out / "result.json").read_text())
-    card = ModelCard.parse(json.loads((out / "card.json").read_text()))
+    card = parse_card(json.loads((out / "card.json").read_text()))
     candidate = load_model((out / "student.onnx").read_bytes(), card, "candidate", threads=1)
     parent = registry.load(run.parent_version)
     weak = [w["slice"] for w in detail.get("trigger_numbers", {}).get("weak_slices", [])]
