@@ -139,9 +139,15 @@ class RunManager:
                 "--run",
                 run_id,
             ]
-            await self._spawn(
-                run_id, argv, run_dir / "build.log", FINISH_TIMEOUT_S, "building the job", "idle"
-            )
+            try:
+                await self._spawn(
+                    run_id, argv, run_dir / "build.log", FINISH_TIMEOUT_S, "building the job", "idle"
+                )
+            except RunError:
+                if (run_dir / "waiting.json").exists():
+                    await self._wait_for_data(run_id, run_dir)
+                    return
+                raise
             built = orjson.loads((run_dir / "build.json").read_bytes())
             await self._db(store.update_run, run_id, detail={"build": built})
             await self._train(run_id, run_dir)
@@ -272,6 +278,24 @@ class RunManager:
                 "summary": f"run {run_id}: candidate passed the gates; awaiting approval",
                 "report": self.report_url(run_id),
                 **stop,
+            },
+        )
+        await self._render(run_id)
+
+    async def _wait_for_data(self, run_id: str, run_dir: Path) -> None:
+        """The build found too few weak-slice rows: the run ends without training and does not
+        count for cooldown or budget, so the policy starts one as soon as the rows arrive."""
+        waiting = orjson.loads((run_dir / "waiting.json").read_bytes())
+        log.info("runs: run %s waits for data: %s", run_id, waiting)
+        metrics.distill_runs_total.labels(outcome="waiting").inc()
+        counts = ", ".join(f"{k}: {v}" for k, v in waiting["rows"].items())
+        await self._db(
+            self.daemon.store.update_run,
+            run_id,
+            status="failed",
+            detail={
+                "waiting_for_data": waiting,
+                "error": f"waiting for data: weak-slice rows {counts}; need {waiting['need']} each",
             },
         )
         await self._render(run_id)
