@@ -195,7 +195,7 @@ def _synthesis(
 
     if not settings.policy.synthesis or not weak or "synthesis" not in DistillJob.model_fields:
         return None
-    present = {s for s in w.slice_strings()[train_idx]}
+    present = {str(s) for s in w.slice_strings()[train_idx]}
     slices = sorted(s for s in present if any(label in s.split(",") for label in weak))
     spec = deep_merge({"enabled": True, "slices": slices}, settings.distill.job.get("synthesis") or {})
     about: dict[str, Any] = {"enabled": bool(spec.get("enabled")), "slices": spec.get("slices")}

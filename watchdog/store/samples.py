@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from .db import Database
 from .tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
-from .vectors import from_blob, to_blob, to_blobs
+from .vectors import from_blob, to_blobs
 
 _CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 _LABEL_CHUNK = 5000  # labels per UPDATE: 2 parameters each, below SQLite's 32,766
@@ -54,22 +54,6 @@ def _outputs_between(session: Session, first: float, last: float) -> Sequence[An
 
 
 @dataclass(slots=True)
-class SampleRecord:
-    """A sampled row with its teachers' answers, ready for one bulk insert."""
-
-    id: str
-    request_id: str
-    at: float
-    features: Any
-    student_probs: Any
-    student_version: str
-    slices: dict[str, str]
-    quarantined: bool
-    # teacher name -> (version, probs or None when the teacher failed, quarantined)
-    teachers: dict[str, tuple[str, Any, bool]]
-
-
-@dataclass(slots=True)
 class TeacherColumn:
     """One teacher's answer for some rows of a `SampleBatch` (one call: one version)."""
 
@@ -81,11 +65,10 @@ class TeacherColumn:
 
 @dataclass(slots=True)
 class SampleBatch:
-    """Sampled rows as columns: what the serving process hands to a teacher process for storing.
+    """Sampled rows as columns: what the shadow process hands to a teacher process for storing.
 
-    A few arrays pickle in microseconds where one object per row (each with its own small
-    arrays) costs the serving process's GIL a few milliseconds per write; the rows are expanded
-    into `SampleRecord`s, with their ids, in the process that writes them.
+    A few arrays pickle in microseconds where one object per row would not; the insert tuples
+    and row ids are built in the process that writes them (`rows`).
     """
 
     request_ids: list[str]
@@ -148,11 +131,9 @@ def _new_ids(n: int) -> list[str]:
     millisecond interleave, but all of them sort after every earlier row, which is what keeps
     the index pages written few.
 
-    The sample id is the primary key of `samples` and is indexed in `teacher_outputs`. Random
-    ids (uuid4's) put every row of a bulk insert on its own page of both indexes, so the bytes
-    written per row grew with the table: on SQLite, 30 µs of CPU and 17 KB written per row once
-    it held 200k rows, against 13 µs and 2.3 KB in time order, at any size
-    (bench/sample_store.py).
+    The sample id is the primary key of `samples` and is indexed in `teacher_outputs`: random
+    ids would put every row of a bulk insert on its own index page, so the cost of a write would
+    grow with the table (bench/sample_store.py).
     """
     head = f"{time.time_ns() // 1_000_000:012x}"
     raw = os.urandom(8 * n).hex()
@@ -163,28 +144,6 @@ class SampleStore:
     db: Database
 
     # --- samples ------------------------------------------------------------------------------
-
-    def add_samples(self, records: list[SampleRecord]) -> int:
-        """Bulk insert of rows built one by one (tests, imports); see `add_sample_batches`."""
-        samples = [
-            (
-                r.id,
-                r.request_id,
-                r.at,
-                to_blob(r.features),
-                to_blob(r.student_probs),
-                r.student_version,
-                dumps(r.slices),
-                r.quarantined,
-            )
-            for r in records
-        ]
-        outputs = [
-            (r.id, name, version, None if probs is None else to_blob(probs), quarantined)
-            for r in records
-            for name, (version, probs, quarantined) in r.teachers.items()
-        ]
-        return self._insert_samples(samples, outputs)
 
     def add_sample_batches(self, batches: list[SampleBatch]) -> int:
         """Bulk insert of what the sampling worker gathered, in one transaction."""
@@ -197,8 +156,8 @@ class SampleStore:
         return self._insert_samples(samples, outputs)
 
     def _insert_samples(self, samples: list[tuple[Any, ...]], outputs: list[tuple[Any, ...]]) -> int:
-        """Two executemany statements through the driver itself. With SQLAlchemy's `insert()` and a
-        record object per row, storing a sampled row cost 22 µs of CPU on SQLite; this way, 11-13."""
+        """Two executemany statements through the driver itself: no object per row on the hot
+        write path."""
         if not samples:
             return 0
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
@@ -228,63 +187,6 @@ class SampleStore:
             return int(session.exec(query).one())
 
         return self.db.retry("count_samples", op)
-
-    def recent_samples(self, limit: int = 1000, include_quarantined: bool = False) -> list[dict[str, Any]]:
-        """Newest first, with teacher outputs; quarantined rows only when asked for.
-
-        Selects columns, not ORM entities: a monitor window is tens of thousands of rows, and
-        building an instance per row was most of a cycle's time.
-        """
-        s = Sample.__table__.c
-
-        def op(session: Session) -> list[dict[str, Any]]:
-            query = sa_select(
-                s.id,
-                s.request_id,
-                s.at,
-                s.features,
-                s.student_probs,
-                s.student_version,
-                s.slice_json,
-                s.quarantined,
-                s.label,
-            )
-            if not include_quarantined:
-                query = query.where(s.quarantined.is_(False))
-            query = query.order_by(s.at.desc()).limit(limit)
-            loads = orjson.loads
-            by_id: dict[str, dict[str, Any]] = {
-                sid: {
-                    "id": sid,
-                    "request_id": rid,
-                    "at": at,
-                    "features": from_blob(features).tolist(),
-                    "student_probs": from_blob(probs).tolist(),
-                    "student_version": version,
-                    "slices": loads(slices),
-                    "quarantined": bool(quarantined),
-                    "label": label,
-                    "teachers": {},
-                }
-                for sid, rid, at, features, probs, version, slices, quarantined, label in session.execute(
-                    query
-                ).all()
-            }
-            if not by_id:
-                return []
-            times = [row["at"] for row in by_id.values()]
-            for sid, teacher, version, quarantined, probs in _outputs_between(
-                session, min(times), max(times)
-            ):
-                if sid in by_id:
-                    by_id[sid]["teachers"][teacher] = {
-                        "version": version,
-                        "quarantined": bool(quarantined),
-                        "probs": None if probs is None else from_blob(probs).tolist(),
-                    }
-            return list(by_id.values())
-
-        return self.db.retry("recent_samples", op)
 
     def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
         """The newest `limit` unquarantined rows (at or after `since`), as columns as stored.
@@ -368,9 +270,6 @@ class SampleStore:
         return self.db.retry("release_quarantine", op)
 
     # --- teacher pins and events -----------------------------------------------------------
-
-    def get_pin(self, teacher: str) -> TeacherPin | None:
-        return self.db.retry("get_pin", lambda s: s.get(TeacherPin, teacher))
 
     def list_pins(self) -> list[TeacherPin]:
         return self.db.retry("list_pins", lambda s: list(s.exec(select(TeacherPin))))
