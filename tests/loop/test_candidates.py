@@ -76,3 +76,22 @@ def test_the_wider_candidate_is_tried_gated_reported_and_chosen(tmp_path: Path) 
     assert wide["name"] == "out-wide-1" and wide["passed"] and wide["chosen"] and wide["student"] == 3000
     assert wide["weak_gain"] > 0.2 and first["weak_gain"] == 0.0
     assert report["chosen"] == "out-wide-1" and report["gates"]["passed"]
+
+
+def test_a_labelled_slice_that_loses_accuracy_fails_the_regression_gate() -> None:
+    """Agreeing more with the teacher where the teacher is wrong is still a regression in accuracy."""
+    import numpy as np
+
+    from distill_watchdog.jobs.gates import EvalSet, judge
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    teacher_pred = labels.copy()
+    teacher_pred[:40] = (labels[:40] + 1) % 5  # the teacher is wrong on 40 rows
+    eye = np.eye(5)
+    es = EvalSet("frozen", np.zeros((200, 3), np.float32), eye[teacher_pred], labels, [["s=a"]] * 200)
+    verdict = judge([(es, eye[labels], eye[teacher_pred])], [], 0.01, 0.01, 1.0)
+    gate = next(g for g in verdict["gates"] if g["slice"] == "s=a")
+    assert gate["change"] > 0.15 and gate["accuracy_change"] < -0.15 and not gate["passed"]
+    same = judge([(es, eye[labels], eye[labels])], [], 0.01, 0.01, 1.0)
+    assert same["passed"]
