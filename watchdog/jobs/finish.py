@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..store.vectors import from_blob
+
 
 def _holdout(path: Path) -> Any:
     from .gates import EvalSet
@@ -44,8 +46,8 @@ def _frozen(store: Any, settings: Any) -> Any:
         labels = [r.label for r in rows]
         return EvalSet(
             "frozen",
-            np.asarray([orjson.loads(r.features_json) for r in rows], dtype=np.float32),
-            np.asarray([orjson.loads(r.probs_json) for r in rows], dtype=np.float64),
+            np.stack([from_blob(r.features) for r in rows]),
+            np.stack([from_blob(r.probs) for r in rows]).astype(np.float64),
             np.asarray(labels) if all(v is not None for v in labels) else None,
             [[s for s in r.slice.split(",") if s] for r in rows],
         )
