@@ -110,7 +110,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
             "student": parent_student
             or {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [128, 128]}},
             "loss": {"temperature": 2.0, "kd_weight": 1.0},
-            "train": {"epochs": 20, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+            "train": {"epochs": 100, "batch_size": 256, "lr": 0.003, "device": "cpu"},  # early stop ends it
             "baseline": "none",
             "calibrate": True,
         },
@@ -127,6 +127,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
             "classes": [str(c) for c in info.card.classes],
         },
     )
+    job.pop("synthesis", None)  # policy.synthesis decides, and vets a user generator (`_synthesis`)
     if info.card.feature_names:
         job["feature_names"] = list(info.card.feature_names)
     # Warm start: the candidate begins as the active student and spends the round on what
@@ -195,7 +196,7 @@ def _synthesis(
 
     if not settings.policy.synthesis or not weak or "synthesis" not in DistillJob.model_fields:
         return None
-    present = {s for s in w.slice_strings()[train_idx]}
+    present = {str(s) for s in w.slice_strings()[train_idx]}
     slices = sorted(s for s in present if any(label in s.split(",") for label in weak))
     spec = deep_merge({"enabled": True, "slices": slices}, settings.distill.job.get("synthesis") or {})
     about: dict[str, Any] = {"enabled": bool(spec.get("enabled")), "slices": spec.get("slices")}
