@@ -95,3 +95,34 @@ def test_a_labelled_slice_that_loses_accuracy_fails_the_regression_gate() -> Non
     assert gate["change"] > 0.15 and gate["accuracy_change"] < -0.15 and not gate["passed"]
     same = judge([(es, eye[labels], eye[labels])], [], 0.01, 0.01, 1.0)
     assert same["passed"]
+
+
+def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Path) -> None:
+    import yaml
+
+    from distill_watchdog.config import PolicyConfig
+    from distill_watchdog.jobs.widen import plan
+
+    (tmp_path / "out").mkdir()
+    job = {
+        "student": {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [8]}},
+        "train": {"epochs": 5},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    (tmp_path / "out" / "card.json").write_text(
+        json.dumps({"num_features": 64, "classes": list("0123456789")})
+    )
+    result = {"stop": {"verdict": "converged", "training": "converged"}}
+    (tmp_path / "out" / "result.json").write_text(json.dumps(result))
+    assert plan(tmp_path, PolicyConfig())["variants"] == []  # not capacity-limited: nothing to grow
+    result["stop"]["training"] = "capacity_limited"
+    (tmp_path / "out" / "result.json").write_text(json.dumps(result))
+    planned = plan(tmp_path, PolicyConfig(wider_candidates=2, max_params_factor=3.0))
+    parent = 64 * 8 + 8 + 8 * 10 + 10
+    assert len(planned["variants"]) == 2 and planned["diagnosis"] == "capacity_limited"
+    for v in planned["variants"]:
+        assert parent < v["params"] <= 3 * parent
+        wide = yaml.safe_load((tmp_path / v["job"]).read_text())
+        assert wide["student"] == {"factory": "distill_engine.zoo:mlp", "kwargs": v["kwargs"]}
+        assert wide["train"] == {"epochs": 5} and "init_from" not in wide["student"]
+    assert plan(tmp_path, PolicyConfig(wider_candidates=0))["variants"] == []
