@@ -23,6 +23,14 @@ from distill_watchdog.store.tables import DistillRun
 from .helpers import seed_samples
 from support import write_model
 
+SYNTH = {
+    "rows": 40,
+    "weight": 0.5,
+    "teacher_calls": 1,
+    "slices": {"sensor=c": {"real_rows": 70, "generated": 210, "low_confidence": 100, "duplicates": 0,
+                            "unlike_production": 30, "over_max_ratio": 40, "kept": 40}},
+}  # fmt: skip
+
 
 def _candidate(folder: Path, model: tuple[Path, Path], stop: str, params: int) -> None:
     folder.mkdir(parents=True)
@@ -30,7 +38,7 @@ def _candidate(folder: Path, model: tuple[Path, Path], stop: str, params: int) -
     card = json.loads(model[1].read_text())
     card["training"] = {"student": {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [params]}}}
     (folder / "card.json").write_text(json.dumps(card))
-    result = {"stop": {"verdict": stop, "training": stop}, "params": {"student": params}}
+    result = {"stop": {"verdict": stop, "training": stop}, "params": {"student": params}, "synthesis": SYNTH}
     (folder / "result.json").write_text(json.dumps(result))
 
 
@@ -76,6 +84,11 @@ def test_the_wider_candidate_is_tried_gated_reported_and_chosen(tmp_path: Path) 
     assert wide["name"] == "out-wide-1" and wide["passed"] and wide["chosen"] and wide["student"] == 3000
     assert wide["weak_gain"] > 0.2 and first["weak_gain"] == 0.0
     assert report["chosen"] == "out-wide-1" and report["gates"]["passed"]
+    from distill_watchdog.reports.render import render_run
+
+    page = render_run(store, "r1").read_text()
+    assert 'id="candidates"' in page and "out-wide-1 <strong>(chosen)</strong>" in page
+    assert 'id="synthesis"' in page and "<td>sensor=c</td><td>70</td><td>210</td>" in page
 
 
 def test_a_labelled_slice_that_loses_accuracy_fails_the_regression_gate() -> None:
