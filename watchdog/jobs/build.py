@@ -19,7 +19,7 @@ import yaml
 
 from ..config import Settings
 from ..monitor.reference import replay_rows
-from ..monitor.window import Window, window_from_columns
+from ..monitor.window import Window, read_window
 from ..registry import Registry
 from ..store import Store
 from .factories import trusted_student
@@ -91,9 +91,7 @@ def build_job(
 ) -> dict[str, Any]:
     """Writes the job folder; returns what went into it (rows, weights, paths)."""
     cfg = settings.policy
-    w = window_from_columns(
-        store.sample_columns(cfg.max_train_rows), {t.name: t.weight for t in settings.teachers}
-    )
+    w = read_window(store, cfg.max_train_rows, {t.name: t.weight for t in settings.teachers})
     n = len(w)
     n_hold = int(round(n * cfg.holdout_share))
     if n - n_hold < 50 or n_hold < 10:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import func, update
+from sqlalchemy import and_, func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from .db import Database
 from .tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
-from .vectors import from_blob, to_blob, to_blobs
+from .vectors import DTYPE, from_blob, to_blob, to_blobs
 
 _CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 _LABEL_CHUNK = 5000  # labels per UPDATE: 2 parameters each, below SQLite's 32,766
+WINDOW_CHUNK = 50_000  # rows per query when reading a window (bounds the driver's rows in memory)
 
 
 def dumps(value: Any) -> str:
@@ -51,6 +52,20 @@ def _outputs_between(session: Session, first: float, last: float) -> Sequence[An
         .where(s.at >= first, s.at <= last)
     )
     return session.execute(query).all()
+
+
+def _columns(session: Session, query: Any) -> SampleColumns:
+    """One chunk of sampled rows as columns, with the teacher outputs of those rows."""
+    rows = session.execute(query).all()
+    if not rows:
+        return SampleColumns()
+    cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
+    index = {sid: i for i, sid in enumerate(cols.ids)}
+    for sid, teacher, version, quarantined, probs in _outputs_between(session, min(cols.at), max(cols.at)):
+        i = index.get(sid)
+        if i is not None:
+            cols.outputs.append((i, teacher, version, bool(quarantined), probs))
+    return cols
 
 
 @dataclass(slots=True)
@@ -142,6 +157,35 @@ class SampleBatch:
         return samples, outputs
 
 
+# The insert tuples' columns, with their PostgreSQL types for binary COPY.
+_SAMPLE_COLUMNS = (
+    Sample.__tablename__,
+    [("id", "text"), ("request_id", "text"), ("at", "float8"), ("features", "bytea"),
+     ("student_probs", "bytea"), ("student_version", "text"), ("slice_json", "text"),
+     ("quarantined", "bool")],
+)  # fmt: skip
+_OUTPUT_COLUMNS = (
+    TeacherOutput.__tablename__,
+    [("sample_id", "text"), ("teacher", "text"), ("version", "text"), ("probs", "bytea"),
+     ("quarantined", "bool")],
+)  # fmt: skip
+# How sampled rows reach PostgreSQL: "copy" (COPY ... FROM STDIN, binary) or "executemany"
+# (psycopg's pipelined batches). bench/volume.py measures both on the same store.
+PG_INSERT = "copy"
+
+
+def _copy(cursor: Any, table: tuple[str, list[tuple[str, str]]], rows: list[tuple[Any, ...]]) -> None:
+    """One binary COPY of `rows` into `table` (psycopg 3), inside the caller's transaction."""
+    if not rows:
+        return
+    name, columns = table
+    names = ", ".join(column for column, _ in columns)
+    with cursor.copy(f"COPY {name} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([kind for _, kind in columns])
+        for row in rows:
+            copy.write_row(row)
+
+
 def _new_ids(n: int) -> list[str]:
     """`n` 32-hex-digit ids in creation order: a millisecond clock (12 digits), the row's place
     in its batch (5) and random bits (15), in the manner of a UUIDv7. Batches written in the same
@@ -197,25 +241,26 @@ class SampleStore:
         return self._insert_samples(samples, outputs)
 
     def _insert_samples(self, samples: list[tuple[Any, ...]], outputs: list[tuple[Any, ...]]) -> int:
-        """Two executemany statements through the driver itself. With SQLAlchemy's `insert()` and a
-        record object per row, storing a sampled row cost 22 µs of CPU on SQLite; this way, 11-13."""
+        """Both tables' rows in one transaction: binary COPY on PostgreSQL (`PG_INSERT`), else two
+        executemany statements through the driver itself (SQLAlchemy's `insert()` with a record
+        object per row cost twice the CPU per row on SQLite)."""
         if not samples:
             return 0
-        mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
-        insert_samples = (
-            f"INSERT INTO {Sample.__tablename__} (id, request_id, at, features, student_probs, "
-            f"student_version, slice_json, quarantined) VALUES ({', '.join([mark] * 8)})"
-        )
-        insert_outputs = (
-            f"INSERT INTO {TeacherOutput.__tablename__} (sample_id, teacher, version, probs, "
-            f"quarantined) VALUES ({', '.join([mark] * 5)})"
-        )
+        copy = self.db.is_postgres and PG_INSERT == "copy"
 
         def op(session: Session) -> int:
             connection = session.connection()
-            connection.exec_driver_sql(insert_samples, samples)
-            if outputs:
-                connection.exec_driver_sql(insert_outputs, outputs)
+            if copy:
+                cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                _copy(cursor, _SAMPLE_COLUMNS, samples)
+                _copy(cursor, _OUTPUT_COLUMNS, outputs)
+                return len(samples)
+            mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
+            for (table, columns), rows in ((_SAMPLE_COLUMNS, samples), (_OUTPUT_COLUMNS, outputs)):
+                if rows:
+                    names = ", ".join(name for name, _ in columns)
+                    marks = ", ".join([mark] * len(columns))
+                    connection.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
             return len(samples)
 
         return self.db.retry("add_samples", op)
@@ -251,7 +296,7 @@ class SampleStore:
             )
             if not include_quarantined:
                 query = query.where(s.quarantined.is_(False))
-            query = query.order_by(s.at.desc()).limit(limit)
+            query = query.order_by(s.at.desc(), s.id.desc()).limit(limit)
             loads = orjson.loads
             by_id: dict[str, dict[str, Any]] = {
                 sid: {
@@ -286,35 +331,58 @@ class SampleStore:
 
         return self.db.retry("recent_samples", op)
 
-    def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
-        """The newest `limit` unquarantined rows (at or after `since`), as columns as stored.
+    def sample_chunks(
+        self,
+        limit: int,
+        since: float | None = None,
+        features: int | None = None,
+        classes: int | None = None,
+        chunk: int | None = None,
+    ) -> Iterator[SampleColumns]:
+        """The newest `limit` unquarantined rows (at or after `since`), newest first, `chunk`
+        rows at a time, each chunk with its teacher outputs; with `features`/`classes`, only rows
+        whose vectors have that many values (rows of a model with another shape are skipped).
 
-        For the monitor window and a run's training set: tens of thousands of rows, where a
-        dict per row with its JSON parsed one by one was most of a cycle (window.py parses
-        each column in one call).
+        Each chunk is its own short query (keyset on `at`, `id`), so a window of a million rows
+        never holds more than one chunk of driver rows and no transaction stays open between
+        chunks.
         """
+        chunk = chunk or WINDOW_CHUNK
         s = Sample.__table__.c
+        base = sa_select(
+            s.id, s.at, s.features, s.student_probs, s.student_version, s.slice_json, s.label
+        ).where(s.quarantined.is_(False))
+        if since is not None:
+            base = base.where(s.at >= since)
+        if features is not None:
+            base = base.where(func.length(s.features) == features * DTYPE.itemsize)
+        if classes is not None:
+            base = base.where(func.length(s.student_probs) == classes * DTYPE.itemsize)
+        base = base.order_by(s.at.desc(), s.id.desc())
+        left, after = limit, None
+        while left > 0:
+            query = base.limit(min(chunk, left))
+            if after is not None:
+                query = query.where(s.at <= after[0], ~and_(s.at == after[0], s.id >= after[1]))
+            cols = self.db.retry("sample_chunks", lambda session, q=query: _columns(session, q))
+            if not cols.ids:
+                return
+            yield cols
+            left -= len(cols.ids)
+            if len(cols.ids) < chunk:
+                return
+            after = (cols.at[-1], cols.ids[-1])
 
-        def op(session: Session) -> SampleColumns:
-            query = sa_select(
-                s.id, s.at, s.features, s.student_probs, s.student_version, s.slice_json, s.label
-            ).where(s.quarantined.is_(False))
-            if since is not None:
-                query = query.where(s.at >= since)
-            rows = session.execute(query.order_by(s.at.desc()).limit(limit)).all()
-            if not rows:
-                return SampleColumns()
-            cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
-            index = {sid: i for i, sid in enumerate(cols.ids)}
-            for sid, teacher, version, quarantined, probs in _outputs_between(
-                session, min(cols.at), max(cols.at)
-            ):
-                i = index.get(sid)
-                if i is not None:
-                    cols.outputs.append((i, teacher, version, bool(quarantined), probs))
-            return cols
-
-        return self.db.retry("sample_columns", op)
+    def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
+        """The newest `limit` unquarantined rows (at or after `since`) in one `SampleColumns`:
+        for tests and small reads; the monitor reads `sample_chunks`."""
+        out = SampleColumns()
+        for cols in self.sample_chunks(limit, since):
+            offset = len(out.ids)
+            for name in ("ids", "at", "features", "student_probs", "student_versions", "slices", "labels"):
+                getattr(out, name).extend(getattr(cols, name))
+            out.outputs.extend((i + offset, *rest) for i, *rest in cols.outputs)
+        return out
 
     def add_labels(self, labels: list[tuple[str, int]]) -> tuple[int, list[str]]:
         """Joins true labels to sampled rows by request id: (labels applied, ids not found).
