@@ -147,7 +147,7 @@ class MonitorConfig(Section):
     drift_threshold: Positive = 0.1
     # Drift tests run on at most this many rows per scope (the window, each slice): a uniform
     # random sample; None: every row. The stat tests' time grows with their rows.
-    drift_sample: PositiveInt | None = 50_000
+    drift_sample: PositiveInt | None = 20_000
     top_slices: PositiveInt = 20
     min_rows: PositiveInt = 50  # a cycle with fewer usable rows is skipped (recorded, no policy step)
     cycle_timeout_s: Positive = 600.0

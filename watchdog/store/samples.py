@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, update
+from sqlalchemy import func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -54,17 +54,36 @@ def _outputs_between(session: Session, first: float, last: float) -> Sequence[An
     return session.execute(query).all()
 
 
-def _columns(session: Session, query: Any) -> SampleColumns:
-    """One chunk of sampled rows as columns, with the teacher outputs of those rows."""
-    rows = session.execute(query).all()
-    if not rows:
-        return SampleColumns()
-    cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
-    index = {sid: i for i, sid in enumerate(cols.ids)}
-    for sid, teacher, version, quarantined, probs in _outputs_between(session, min(cols.at), max(cols.at)):
-        i = index.get(sid)
-        if i is not None:
-            cols.outputs.append((i, teacher, version, bool(quarantined), probs))
+_OUTPUTS_OF_CHUNK = (
+    "SELECT t.sample_id, t.teacher, t.version, t.quarantined, t.probs FROM teacher_outputs t "
+    "JOIN samples s ON t.sample_id = s.id WHERE s.at >= {mark} AND s.at <= {mark}"
+)
+
+
+def _columns(session: Session, sql: str, params: tuple[Any, ...], mark: str) -> SampleColumns:
+    """One chunk of sampled rows as columns, with the teacher outputs of those rows.
+
+    Through the driver's own cursor: plain tuples, no per-row result objects, which were most
+    of the Python time of a million-row window.
+    """
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+        if not rows:
+            return SampleColumns()
+        cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
+        index = dict(zip(cols.ids, range(len(rows)), strict=True))
+        cursor.execute(_OUTPUTS_OF_CHUNK.format(mark=mark), (min(cols.at), max(cols.at)))
+        found = cursor.fetchall()
+    finally:
+        cursor.close()
+    get = index.get
+    cols.outputs = [
+        (i, teacher, version, bool(quarantined), probs)
+        for sid, teacher, version, quarantined, probs in found
+        if (i := get(sid)) is not None
+    ]
     return cols
 
 
@@ -348,23 +367,30 @@ class SampleStore:
         chunks.
         """
         chunk = chunk or WINDOW_CHUNK
-        s = Sample.__table__.c
-        base = sa_select(
-            s.id, s.at, s.features, s.student_probs, s.student_version, s.slice_json, s.label
-        ).where(s.quarantined.is_(False))
-        if since is not None:
-            base = base.where(s.at >= since)
-        if features is not None:
-            base = base.where(func.length(s.features) == features * DTYPE.itemsize)
-        if classes is not None:
-            base = base.where(func.length(s.student_probs) == classes * DTYPE.itemsize)
-        base = base.order_by(s.at.desc(), s.id.desc())
+        mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
+        where, params = ["NOT quarantined"], []
+        for clause, value in (
+            ("at >= {m}", since),
+            ("length(features) = {m}", None if features is None else features * DTYPE.itemsize),
+            ("length(student_probs) = {m}", None if classes is None else classes * DTYPE.itemsize),
+        ):
+            if value is not None:
+                where.append(clause.format(m=mark))
+                params.append(value)
+        columns = "id, at, features, student_probs, student_version, slice_json, label"
         left, after = limit, None
         while left > 0:
-            query = base.limit(min(chunk, left))
-            if after is not None:
-                query = query.where(s.at <= after[0], ~and_(s.at == after[0], s.id >= after[1]))
-            cols = self.db.retry("sample_chunks", lambda session, q=query: _columns(session, q))
+            clauses, values = list(where), list(params)
+            if after is not None:  # keyset: rows after the previous chunk's last (at, id)
+                clauses.append(f"at <= {mark} AND NOT (at = {mark} AND id >= {mark})")
+                values += [after[0], after[0], after[1]]
+            sql = (
+                f"SELECT {columns} FROM {Sample.__tablename__} WHERE {' AND '.join(clauses)} "
+                f"ORDER BY at DESC, id DESC LIMIT {int(min(chunk, left))}"
+            )
+            cols = self.db.retry(
+                "sample_chunks", lambda session, q=sql, v=tuple(values): _columns(session, q, v, mark)
+            )
             if not cols.ids:
                 return
             yield cols
