@@ -285,18 +285,6 @@ def pinning_note() -> str:
     )
 
 
-def append_section(title: str, command: str, table: str, notes: str = "") -> None:
-    """Appends one dated section to docs/BENCHMARKS.md (never rewrites earlier ones)."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
-    if not BENCHMARKS.exists():
-        BENCHMARKS.write_text("# Benchmarks\n\nEach section is appended by a script under `bench/`.\n")
-    with BENCHMARKS.open("a") as fh:
-        fh.write(f"\n## {title} — {stamp}\n\nMachine: {machine()}. Command: `{command}`\n\n{table}\n")
-        if notes:
-            fh.write(f"\n{notes}\n")
-
-
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -1,4 +1,4 @@
-"""MNIST-1D distillation benchmark: one table, same run, appended to docs/BENCHMARKS.md.
+"""MNIST-1D distillation benchmark: one table, same run, recorded in docs/BENCHMARKS.md.
 
 Data are generated offline with mnist1d's `make_dataset` (never downloaded). Teachers are
 1-D CNNs trained on the labelled split; "production traffic" is a larger generated pool the
@@ -14,17 +14,16 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from common import command_line, machine
+from common import command_line, record
 
 from distill_engine import parse_job, run
 from distill_engine.dist import DistContext
-from distill_engine.job import LossSpec
+from distill_engine.job import LossSpec, TrainSpec
 from distill_engine.progress import Progress
 from distill_engine.train import make_data, predict_logits, train_model
 from distill_engine.zoo import cnn1d
@@ -52,11 +51,7 @@ def train_teacher(x: np.ndarray, y: np.ndarray, seed: int, epochs: int) -> torch
         model,
         make_data(x, None, y),
         LossSpec(kd_weight=0.0),
-        epochs=epochs,
-        batch_size=128,
-        lr=3e-3,
-        weight_decay=1e-2,
-        seed=seed,
+        TrainSpec(epochs=epochs, batch_size=128, lr=3e-3, weight_decay=1e-2, seed=seed, lr_schedule="cosine"),
         ctx=DistContext(),
         progress=Progress("none"),
         phase="teacher",
@@ -236,18 +231,12 @@ def main() -> None:
     table = "\n".join(lines + summary)
     print(table)
     if not args.no_append:
-        section = (
-            f"\n## distill_engine on MNIST-1D — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
-            f"Machine: {machine()} (Python {platform.python_version()}, torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads). Command: `{command_line()}`\n\n"
-            f"Labelled split {len(x)} rows, frozen eval {len(xe)} rows, traffic {len(xp)} rows "
-            f"(teacher-labelled, no labels), recent production window {len(xr)} rows.\n\n{table}\n"
+        notes = (
+            f"Python {platform.python_version()}, torch {torch.__version__}, {torch.get_num_threads()} "
+            f"threads. Labelled split {len(x)} rows, frozen eval {len(xe)} rows, traffic {len(xp)} rows "
+            f"(teacher-labelled, no labels), recent production window {len(xr)} rows."
         )
-        bench = ROOT / "docs" / "BENCHMARKS.md"
-        if not bench.exists():
-            bench.write_text("# Benchmarks\n")
-        with bench.open("a") as fh:
-            fh.write(section)
+        record("distill_mnist1d", "distill_engine on MNIST-1D", command_line(), table, notes)
 
 
 if __name__ == "__main__":

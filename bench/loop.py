@@ -1,4 +1,4 @@
-"""Figures of the closed loop (issue 5), appended to docs/BENCHMARKS.md.
+"""Figures of the closed loop (issue 5), recorded in docs/BENCHMARKS.md.
 
 1. The demo scenario (MNIST-1D, three sensors, sensor c shifted): the shifted sensor's
    agreement with the teacher before the shift, after it, after promotion; the other
@@ -36,10 +36,10 @@ from common import (
     SERVER_CPUS,
     VENV_BIN,
     Child,
-    append_section,
     client_note,
     command_line,
     free_port,
+    record,
     warm,
     wrk,
 )
@@ -298,7 +298,7 @@ def main() -> None:
     )
     table = "| figure | value | target |\n|---|---|---|\n" + "\n".join(rows)
     print(table)
-    append_section("Closed loop (bench/loop.py)", command_line(), table, "\n".join(notes))
+    record("loop", "Closed loop", command_line(), table, "\n".join(notes))
 
 
 if __name__ == "__main__":

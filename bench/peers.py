@@ -36,10 +36,10 @@ from common import (
     VENV_BIN,
     Child,
     Load,
-    append_section,
     command_line,
     free_port,
     mlp_onnx_bytes,
+    record,
     warm,
 )
 
@@ -347,8 +347,9 @@ def main() -> None:
             "server's processes use both cores (the daemon's teacher and storage processes only what "
             "serving leaves idle).",
         )
-        append_section(
-            f"Peers side by side ({args.seconds} s per cell, wrk -t1, one row per request)",
+        record(
+            "peers",
+            "Peers side by side",
             command_line(),
             table,
             "\n".join(f"- {n}" for n in notes),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-from common import ROOT, append_section, command_line
+from common import ROOT, command_line, record
 
 from distill_watchdog.store import SampleBatch, Store, TeacherColumn
 from distill_watchdog.store import samples as sample_sql
@@ -169,7 +169,9 @@ def main() -> None:
     print(table)
     print(notes)
     if not args.no_append:
-        append_section("Sample store: bulk insert cost per row by id order", command_line(), table, notes)
+        record(
+            "sample_store", "Sample store: bulk insert cost per row by id order", command_line(), table, notes
+        )
 
 
 if __name__ == "__main__":

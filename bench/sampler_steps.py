@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from common import append_section, command_line
+from common import command_line, record
 
 from distill_watchdog.config import BinRule, SamplingConfig, SlicesConfig, load_settings
 from distill_watchdog.sampling import RequestSampler
@@ -91,7 +91,7 @@ def main() -> None:
     service = RequestSampler(settings, WaitingRows(10_000))  # in the daemon, the shadow process
     service.running = True  # what start() sets
 
-    def record(name: str, start: float) -> None:
+    def timed(name: str, start: float) -> None:
         times.setdefault(name, []).append((time.perf_counter() - start) * 1e6)
 
     for _ in range(args.batches):
@@ -99,7 +99,7 @@ def main() -> None:
         views = [(x[0], p[0]) for x, p in rows]  # earlier: per-row views queued, stacked per batch
         t = time.perf_counter()
         np.stack([v[0] for v in views]).astype(np.float32), np.stack([v[1] for v in views])
-        record(EARLIER_GATHER, t)
+        timed(EARLIER_GATHER, t)
         waiting = WaitingRows(10_000)  # earlier: each sampled row's bytes appended on its request
         t = time.perf_counter()
         for k, (x, p) in enumerate(rows):
@@ -114,18 +114,18 @@ def main() -> None:
         while offered:
             t = time.perf_counter()
             service.admit(ADMIT_CHUNK)
-            record(ADMIT, t)
+            timed(ADMIT, t)
         t = time.perf_counter()
         batch = service.sink.take(BATCH)
-        record(NOW_GATHER, t)
+        timed(NOW_GATHER, t)
         assert batch is not None
         for label, rules in (("no rules", plain), ("one bin rule", binned)):
             t = time.perf_counter()
             [earlier_row_slices(rules, batch.x[j], g) for j, g in enumerate(given)]
-            record(f"slice labels ({label}), earlier (per row)", t)
+            timed(f"slice labels ({label}), earlier (per row)", t)
             t = time.perf_counter()
             rules.batch_slices(batch.x, given)
-            record(f"slice labels ({label}), now (batch_slices)", t)
+            timed(f"slice labels ({label}), now (batch_slices)", t)
         answered = SampleBatch(
             request_ids=batch.ids, at=batch.at, features=batch.x, student_probs=batch.probs,
             student_versions=batch.versions, slices=plain.batch_slices(batch.x, given),
@@ -134,10 +134,10 @@ def main() -> None:
         flush = [pickle.loads(pickle.dumps(answered)) for _ in range(FLUSH_BATCHES)]  # distinct objects
         t = time.perf_counter()
         pickle.dumps(flush, protocol=pickle.HIGHEST_PROTOCOL)
-        record(f"store pickling, earlier (one step, {FLUSH_BATCHES} batches)", t)
+        timed(f"store pickling, earlier (one step, {FLUSH_BATCHES} batches)", t)
         t = time.perf_counter()
         pickle.dumps(answered, protocol=pickle.HIGHEST_PROTOCOL)
-        record("store pickling, now (longest step: one batch)", t)
+        timed("store pickling, now (longest step: one batch)", t)
 
     med = {name: float(np.median(v)) for name, v in times.items()}
     lines = ["| step on the event loop | median µs |", "|---|---|"]
@@ -169,7 +169,7 @@ def main() -> None:
             "serving), and the steps on the request path, which run one request in ten, 5 to 10 times longer "
             "(docs/sampling.md)."
         )
-        append_section("Shadow sampler: event-loop time per step", command_line(), table, notes)
+        record("sampler_steps", "Shadow sampler: event-loop time per step", command_line(), table, notes)
 
 
 if __name__ == "__main__":

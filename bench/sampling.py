@@ -48,11 +48,11 @@ from common import (
     VENV_BIN,
     Child,
     Load,
-    append_section,
     client_note,
     command_line,
     free_port,
     pinned,
+    record,
     wake_interrupts,
     warm,
 )
@@ -519,8 +519,7 @@ def main() -> None:
     print(table)
     print(notes)
     if not args.no_append:
-        title = f"Shadow sampling cost ({args.rounds} rounds of {args.seconds} s bursts, wrk -t1 -c32)"
-        append_section(title, command_line(), table, notes)
+        record("sampling", "Shadow sampling cost", command_line(), table, notes)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,10 @@ from common import (
     ROOT,
     VENV_BIN,
     Child,
-    append_section,
     command_line,
     free_port,
     fresh_files,
+    record,
     stand_in_teacher,
     warm,
     wrk,
@@ -198,7 +198,13 @@ def main() -> None:
     print(table)
     print(notes)
     if not args.no_append:
-        append_section("Shadow sampling cost in instructions (callgrind)", command_line(), table, notes)
+        record(
+            "sampling_instructions",
+            "Shadow sampling cost in instructions (callgrind)",
+            command_line(),
+            table,
+            notes,
+        )
 
 
 if __name__ == "__main__":

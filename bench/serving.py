@@ -24,12 +24,12 @@ from common import (
     VENV_BIN,
     Child,
     Load,
-    append_section,
     command_line,
     free_port,
     median_load,
     mlp_onnx_bytes,
     pinning_note,
+    record,
     warm,
     wrk,
 )
@@ -171,7 +171,7 @@ def main() -> None:
         f"round starts each server in turn, alone. Every run: {every}. " + pinning_note()
     )
     if not args.no_append:
-        append_section(f"Serving ({args.seconds} s per cell, wrk -t1)", command_line(), table, notes)
+        record("serving", "Serving", command_line(), table, notes)
 
 
 if __name__ == "__main__":

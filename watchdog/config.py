@@ -30,16 +30,16 @@ def _within(lo: float, hi: float | None = None) -> AfterValidator:
     return AfterValidator(check)
 
 
-Fraction = Annotated[float, _within(0, 1)]
-Positive = Annotated[float, AfterValidator(lambda v: _positive(v))]
-PositiveInt = Annotated[int, AfterValidator(lambda v: _positive(v))]
-Port = Annotated[int, _within(0, 65535)]
-
-
 def _positive(value: float) -> float:
     if value <= 0:
         raise ValueError("must be > 0")
     return value
+
+
+Fraction = Annotated[float, _within(0, 1)]
+Positive = Annotated[float, AfterValidator(_positive)]
+PositiveInt = Annotated[int, AfterValidator(_positive)]
+Port = Annotated[int, _within(0, 65535)]
 
 
 MIN_ADMIN_TOKEN = 16
@@ -59,40 +59,78 @@ class Section(BaseModel):
 
 
 class ServerConfig(Section):
-    host: str = "127.0.0.1"
-    port: Port = 8080
-    workers: PositiveInt = 1
-    admin_token: Annotated[SecretStr | None, AfterValidator(_admin_token)] = None
-    max_body_bytes: PositiveInt = 1_048_576
-    max_upload_bytes: PositiveInt = 256 * 1_048_576
-    max_rows_per_request: PositiveInt = 1024
-    max_feedback_labels: PositiveInt = 10_000  # labels in one POST /v1/feedback; 413 beyond
-    drain_timeout_s: Positive = 30.0
-    log_format: Literal["auto", "json", "text"] = "auto"
-    # How long a background thread (store, teacher hand-offs) may keep the GIL from the event
-    # loop once it asks for it back (Python's default is 5 ms, which shows up as tail latency).
-    gil_switch_interval_ms: Positive = 0.5
-    # CPUs for the background processes (monitor, teachers, runs); serving gets the others.
-    # Negative entries count from the end of the CPUs the process may use (-1: the last).
-    # Unset: no pinning, background work only runs at a lower priority (watchdog/background.py).
-    background_cpus: list[int] | None = None
+    host: str = Field("127.0.0.1", description="address the HTTP server binds")
+    port: Port = Field(8080, description="HTTP port")
+    workers: PositiveInt = Field(
+        1,
+        description="uvicorn worker processes; each has its own registry poll, sampler and metrics "
+        "registry, so /metrics shows the worker that answers",
+    )
+    admin_token: Annotated[SecretStr | None, AfterValidator(_admin_token)] = Field(
+        None,
+        description=f"bearer token of /admin/* and the UI's forms, at least {MIN_ADMIN_TOKEN} characters; "
+        "unset: the admin API is off (401)",
+    )
+    max_body_bytes: PositiveInt = Field(
+        1_048_576, description="largest request body but uploads (public, admin, UI forms); 413 beyond"
+    )
+    max_upload_bytes: PositiveInt = Field(
+        256 * 1_048_576, description="largest model upload (POST /admin/models); 413 beyond"
+    )
+    max_rows_per_request: PositiveInt = Field(1024, description="rows in one prediction request; 413 beyond")
+    max_feedback_labels: PositiveInt = Field(
+        10_000, description="labels in one POST /v1/feedback; 413 beyond"
+    )
+    drain_timeout_s: Positive = Field(
+        30.0, description="on SIGTERM, in-flight requests get at most this long"
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="log lines; auto: JSON lines unless stderr is a terminal"
+    )
+    gil_switch_interval_ms: Positive = Field(
+        0.5,
+        description="longest a background thread (store, teacher hand-offs) keeps the GIL from the event "
+        "loop once it asks for it back; Python's default 5 ms shows as tail latency",
+    )
+    background_cpus: list[int] | None = Field(
+        None,
+        description="CPUs for the background processes (monitor, teachers, runs), serving gets the "
+        "others; negative entries count from the end (-1: the last usable CPU); unset: no pinning, "
+        "background work only runs at a lower priority",
+    )
 
 
 class StoreConfig(Section):
-    url: str | None = None
-    poll_interval_s: Positive = 2.0
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the store; unset: sqlite:///<data_dir>/watchdog.db; "
+        "postgresql://... for several replicas",
+    )
+    poll_interval_s: Positive = Field(
+        2.0, description="how often the registry and teacher pins are re-read (activations made elsewhere)"
+    )
 
 
 class StudentConfig(Section):
-    name: str = "student"
-    model: Path | None = None
-    card: Path | None = None
-    ort_threads: PositiveInt | None = None
-    max_batch_size: PositiveInt = 64
-    max_batch_delay_ms: Annotated[float, _within(0)] = 1.0
-    # A batch whose measured run time is below this runs on the event loop thread, saving the
-    # thread hand-off; longer runs go to a worker thread. 0 keeps every run off the loop.
-    inline_below_us: Annotated[float, _within(0)] = 200.0
+    name: str = Field("student", description="the model name served under /v2/models/{name}")
+    model: Path | None = Field(
+        None, description="ONNX file that seeds an empty registry at start (with card)"
+    )
+    card: Path | None = Field(None, description="card.json of `model` (both or neither)")
+    ort_threads: PositiveInt | None = Field(
+        None,
+        description="ONNX Runtime threads per session; unset: up to the usable CPUs, one where the model "
+        "is not faster on more",
+    )
+    max_batch_size: PositiveInt = Field(64, description="rows per ONNX Runtime run (micro-batching)")
+    max_batch_delay_ms: Annotated[float, _within(0)] = Field(
+        1.0, description="how long a batch waits for requests still being parsed; a lone request never waits"
+    )
+    inline_below_us: Annotated[float, _within(0)] = Field(
+        200.0,
+        description="a batch whose measured run time is below this runs on the event loop, saving the "
+        "thread hand-off; longer runs go to a worker thread; 0: every run off the loop",
+    )
 
     @model_validator(mode="after")
     def _model_and_card(self) -> StudentConfig:
@@ -102,104 +140,209 @@ class StudentConfig(Section):
 
 
 class TeacherConfig(Section):
-    name: str
-    kind: Literal["onnx", "torch", "http-v2", "http-json"]
-    location: str
-    pinned_version: str | None = None
-    timeout_s: Positive = 5.0
-    weight: Annotated[float, _within(0)] = 1.0
-    slices: list[str] = Field(default_factory=list)
-    options: dict[str, Any] = Field(default_factory=dict)
-    # A failed call is retried `retries` times (backoff_s, doubling); after `circuit_failures`
-    # failed calls in a row the circuit opens for `circuit_reset_s` (calls fail fast, counted).
-    retries: Annotated[int, _within(0, 10)] = 2
-    backoff_s: Annotated[float, _within(0)] = 0.2
-    circuit_failures: PositiveInt = 5
-    circuit_reset_s: Positive = 30.0
+    name: str = Field(description="unique name, used in metrics, alerts and pins")
+    kind: Literal["onnx", "torch", "http-v2", "http-json"] = Field(description="adapter (docs/teachers.md)")
+    location: str = Field(description="file (onnx, torch) or URL (http-v2, http-json)")
+    pinned_version: str | None = Field(
+        None, description="the version to expect; unset: the first version seen is pinned"
+    )
+    timeout_s: Positive = Field(5.0, description="one call's time limit")
+    weight: Annotated[float, _within(0)] = Field(
+        1.0, description="weight of this teacher's distribution when several are mixed"
+    )
+    slices: list[str] = Field(
+        default_factory=list, description="slice labels (key=value) this teacher labels; empty: all rows"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="adapter options, e.g. model_name, input_name, output_name, output_kind "
+        "(logits|probabilities), headers",
+    )
+    retries: Annotated[int, _within(0, 10)] = Field(
+        2, description="retries of a failed call, after backoff_s (doubling)"
+    )
+    backoff_s: Annotated[float, _within(0)] = Field(0.2, description="wait before the first retry")
+    circuit_failures: PositiveInt = Field(
+        5, description="failed calls in a row that open the circuit (calls then fail fast, counted)"
+    )
+    circuit_reset_s: Positive = Field(30.0, description="how long an open circuit stays open")
 
 
 class SamplingConfig(Section):
-    rate: Fraction = 0.0
-    per_slice: dict[str, Fraction] = Field(default_factory=dict)
-    queue_size: PositiveInt = 10_000
-    batch_size: PositiveInt = 256  # rows per teacher call
-    concurrency: PositiveInt = 2  # teacher batches in flight at once
-    # A batch smaller than batch_size gathers this long before its teacher call.
-    batch_wait_s: Annotated[float, _within(0)] = 0.25
-    flush_s: Positive = 0.5  # answered rows are bulk-written this often
-    # quarantine: a new teacher version waits for a person (re-evaluation is shown, not acted on);
-    # reevaluate: a passing re-evaluation accepts it; accept: at once; pause: sampling stops.
-    on_teacher_change: Literal["quarantine", "reevaluate", "accept", "pause"] = "quarantine"
-    # Frozen evaluation set: an npz file (x, optional y and slice), else the first
-    # `eval_set_size` teacher-labelled samples. A new teacher version passes re-evaluation
-    # with agreement >= reeval_min_agreement against the pinned version's stored outputs.
-    eval_set: Path | None = None
-    eval_set_size: PositiveInt = 200
-    reeval_min_agreement: Fraction = 0.95
+    rate: Fraction = Field(0.0, description="share of served rows shadowed to the teachers")
+    per_slice: dict[str, Fraction] = Field(
+        default_factory=dict,
+        description="rate per slice label (key=value); a row takes the largest rate among its slices",
+    )
+    queue_size: PositiveInt = Field(
+        10_000, description="sampled rows held at once (kept, sent and waiting); more are dropped, counted"
+    )
+    batch_size: PositiveInt = Field(256, description="rows per teacher call")
+    concurrency: PositiveInt = Field(2, description="teacher batches in flight at once")
+    batch_wait_s: Annotated[float, _within(0)] = Field(
+        0.25, description="a batch smaller than batch_size gathers this long before its teacher call"
+    )
+    flush_s: Positive = Field(0.5, description="answered rows are bulk-written this often")
+    on_teacher_change: Literal["quarantine", "reevaluate", "accept", "pause"] = Field(
+        "quarantine",
+        description="a new teacher version: quarantine waits for a person (re-evaluation shown, not acted "
+        "on); reevaluate accepts it when re-evaluation passes; accept at once; pause stops sampling",
+    )
+    eval_set: Path | None = Field(
+        None,
+        description="frozen evaluation set, an npz file (x, optional y and slice); unset: the first "
+        "eval_set_size teacher-labelled samples",
+    )
+    eval_set_size: PositiveInt = Field(200, description="rows of the evaluation set taken from samples")
+    reeval_min_agreement: Fraction = Field(
+        0.95,
+        description="a new teacher version passes re-evaluation with at least this agreement against the "
+        "pinned version's stored outputs",
+    )
 
 
 class MonitorConfig(Section):
-    interval_s: Positive = 60.0
-    window: PositiveInt = 5_000
-    window_s: Positive | None = None
-    reference: Path | None = None
-    drift_method: str = "psi"
-    drift_threshold: Positive = 0.1
-    # Drift tests run on at most this many rows per scope (the window, each slice): a uniform
-    # random sample; None: every row. The stat tests' time grows with their rows.
-    drift_sample: PositiveInt | None = 20_000
-    top_slices: PositiveInt = 20
-    min_rows: PositiveInt = 50  # a cycle with fewer usable rows is skipped (recorded, no policy step)
-    cycle_timeout_s: Positive = 600.0
-    leader_poll_s: Positive = 5.0  # how often a replica tries for (or checks) the scheduler lock
-    retention_s: Positive = 7 * 86400.0  # samples and cycles older than this are deleted
-    # Folders of runs never promoted (rejected, failed, declined) are deleted this long after their
-    # last change; None: `retention_s`. Promoted runs keep theirs.
-    run_retention_s: Positive | None = None
-    retention_interval_s: Positive = 3600.0
-    teacher_reeval_interval_s: Positive = 600.0
+    interval_s: Positive = Field(60.0, description="time between monitor cycles")
+    window: PositiveInt = Field(5_000, description="a cycle reads the newest this many sampled rows")
+    window_s: Positive | None = Field(
+        None, description="and only rows younger than this; unset: no age limit"
+    )
+    reference: Path | None = Field(
+        None,
+        description="npz of reference features for drift before the first promotion; later the promoted "
+        "run's training rows",
+    )
+    drift_method: str | None = Field(
+        None,
+        description="Evidently stat test for every column (e.g. psi, ks, wasserstein); "
+        "unset: Evidently's own choice per column, by reference size and number of values",
+    )
+    drift_threshold: Positive | None = Field(
+        None, description="drift threshold of the stat test; unset: the test's own default"
+    )
+    drift_sample: PositiveInt | None = Field(
+        20_000,
+        description="drift tests of each scope (the window, each slice) run on at most this many of its "
+        "rows, a uniform random sample; unset: every row",
+    )
+    top_slices: PositiveInt = Field(
+        20, description="slices with their own metrics and alerts per cycle (the largest; the rest: other)"
+    )
+    min_rows: PositiveInt = Field(
+        50, description="a cycle with fewer usable rows is skipped (recorded, no policy step)"
+    )
+    cycle_timeout_s: Positive = Field(
+        600.0, description="a cycle's child process is killed and restarted after this"
+    )
+    leader_poll_s: Positive = Field(
+        5.0, description="how often a replica tries for (or checks) the scheduler lock"
+    )
+    retention_s: Positive = Field(7 * 86400.0, description="samples and cycles older than this are deleted")
+    run_retention_s: Positive | None = Field(
+        None,
+        description="folders of runs never promoted (rejected, failed, declined) are deleted this long after "
+        "their last change; unset: retention_s; promoted runs keep theirs",
+    )
+    retention_interval_s: Positive = Field(3600.0, description="how often the leader applies retention")
+    teacher_reeval_interval_s: Positive = Field(
+        600.0, description="how often a quarantined teacher version is re-evaluated"
+    )
 
 
 class PolicyConfig(Section):
-    min_agreement: Fraction = 0.9
-    max_ece: Fraction = 0.1
-    max_drift_share: Fraction = 0.5
-    hysteresis: PositiveInt = 2
-    cooldown_s: Annotated[float, _within(0)] = 3600.0
-    max_runs_per_day: Annotated[int, _within(0)] = 4  # 0: monitor only, the policy never starts a run
-    min_samples: PositiveInt = 200
-    min_gain: Annotated[float, _within(0)] = 0.01
-    max_regression: Annotated[float, _within(0)] = 0.01
-    auto_promote: bool = False
-    weak_slice_weight: Positive = 3.0  # training weight of weak slices' rows since they were last healthy
-    warm_start: bool = True  # candidates start from the active student's weights (same architecture)
-    holdout_share: Annotated[float, _within(0.05, 0.5)] = 0.2  # newest samples kept out of training for gates
-    max_train_rows: PositiveInt = 50_000
+    min_agreement: Fraction = Field(0.9, description="a cycle breaches below this agreement with the teacher")
+    max_ece: Fraction = Field(
+        0.1, description="a cycle breaches above this ECE against the teacher; also the candidates' ECE gate"
+    )
+    max_drift_share: Fraction = Field(
+        0.5, description="a cycle breaches above this share of drifted features"
+    )
+    hysteresis: PositiveInt = Field(2, description="breaching cycles in a row before a run starts")
+    cooldown_s: Annotated[float, _within(0)] = Field(3600.0, description="least time between two runs")
+    max_runs_per_day: Annotated[int, _within(0)] = Field(
+        4, description="runs the policy may start per day; 0: monitor only, never a run"
+    )
+    min_samples: PositiveInt = Field(200, description="rows a slice needs before it can be found weak")
+    min_gain: Annotated[float, _within(0)] = Field(
+        0.01, description="gate: each weak slice's agreement on the hold-out improves by at least this"
+    )
+    max_regression: Annotated[float, _within(0)] = Field(
+        0.01, description="gate: no slice drops by more than this (95% interval below zero)"
+    )
+    auto_promote: bool = Field(
+        False, description="a candidate that passes the gates is promoted at once; else it waits for approval"
+    )
+    weak_slice_weight: Positive = Field(
+        3.0, description="training weight of weak slices' rows since they were last healthy"
+    )
+    warm_start: bool = Field(
+        True, description="candidates start from the active student's weights (same architecture)"
+    )
+    holdout_share: Annotated[float, _within(0.05, 0.5)] = Field(
+        0.2, description="share of the recent rows held out for the gates, drawn per slice and time"
+    )
+    max_train_rows: PositiveInt = Field(50_000, description="stored samples a run reads at most")
+    min_weak_train_rows: PositiveInt = Field(
+        50, description="recent rows of each weak slice a run needs to train on (else it waits for data)"
+    )
+    min_weak_holdout_rows: PositiveInt = Field(
+        30, description="recent rows of each weak slice a run needs in its hold-out (else it waits)"
+    )
+    synthesis: bool = Field(
+        True,
+        description="teacher-labelled synthetic rows for the weak slices' training rows (the engine's "
+        "synthesis stage; its options in distill.job.synthesis)",
+    )
+    wider_candidates: Annotated[int, _within(0, 8)] = Field(
+        2,
+        description="wider students trained besides the first candidate when it is capacity-limited; 0: none",
+    )
+    max_params_factor: Annotated[float, _within(1)] = Field(
+        4.0, description="a wider candidate has at most this many times the parent's parameters"
+    )
+    ceiling_retries: Annotated[int, _within(0)] = Field(
+        2,
+        description="runs allowed after a ceiling verdict once new rows of the weak slices arrived, "
+        "before the ceiling blocks until the teachers or the weak slices change",
+    )
 
 
 class DistillConfig(Section):
-    launcher: Literal["process", "torchrun", "command"] = "process"
-    command: str | None = None
-    nproc_per_node: PositiveInt = 1
-    timeout_s: Positive = 3600.0
-    job: dict[str, Any] = Field(default_factory=dict)
-    # Student factories a stored card may name (`module:function`, or `module:*`), besides
-    # `distill_engine.zoo:*`: a card arrives by upload, and its factory is imported and called.
-    allowed_factories: list[str] = Field(default_factory=list)
+    launcher: Literal["process", "torchrun", "command"] = Field(
+        "process", description="how a run's training is started (docs/loop.md)"
+    )
+    command: str | None = Field(
+        None, description="launcher command: a template with {job}, {out}, {run_id}, {python}"
+    )
+    nproc_per_node: PositiveInt = Field(1, description="processes of the torchrun launcher")
+    timeout_s: Positive = Field(3600.0, description="a run's training is killed after this")
+    job: dict[str, Any] = Field(
+        default_factory=dict, description="overlays the job defaults (student factory, loss, epochs...)"
+    )
+    allowed_factories: list[str] = Field(
+        default_factory=list,
+        description="student factories a stored card may name (module:function or module:*), besides "
+        "distill_engine.zoo:*; a card arrives by upload and its factory is imported and called",
+    )
 
 
 class AlertsConfig(Section):
-    alertmanager_url: str | None = None
-    webhook_urls: list[str] = Field(default_factory=list)
-    timeout_s: Positive = 5.0
-    retries: Annotated[int, _within(0, 10)] = 3
-    backoff_s: Annotated[float, _within(0)] = 0.5
-    repeat_s: Positive = 60.0  # a firing alert is re-sent this often (and duplicates within it suppressed)
-    # No alert ends sooner than max(repeat_s, min_notice_s) after it started, so that one that
-    # is resolved at once (a teacher change accepted automatically) still outlives
-    # Alertmanager's group_wait (30 s by default) and reaches a person.
-    min_notice_s: Annotated[float, _within(0)] = 60.0
-    queue_size: PositiveInt = 1000
+    alertmanager_url: str | None = Field(None, description="Alertmanager base URL; unset: none")
+    webhook_urls: list[str] = Field(default_factory=list, description="URLs that get every alert as JSON")
+    timeout_s: Positive = Field(5.0, description="one delivery's time limit")
+    retries: Annotated[int, _within(0, 10)] = Field(3, description="retries of a failed delivery")
+    backoff_s: Annotated[float, _within(0)] = Field(0.5, description="wait before the first retry (doubling)")
+    repeat_s: Positive = Field(
+        60.0, description="a firing alert is re-sent this often (duplicates within it suppressed)"
+    )
+    min_notice_s: Annotated[float, _within(0)] = Field(
+        60.0,
+        description="no alert ends sooner than max(repeat_s, this) after it started, so that one resolved "
+        "at once still outlives Alertmanager's group_wait and reaches a person",
+    )
+    queue_size: PositiveInt = Field(
+        1000, description="alerts waiting for delivery; more are dropped, counted"
+    )
 
 
 def _slice_key(value: str) -> str:
@@ -222,35 +365,43 @@ SliceValue = Annotated[str, AfterValidator(_slice_value)]
 class BinRule(Section):
     """Puts a row into a slice by the value of one feature: `name=<label of the bin>`."""
 
-    name: SliceKey
-    feature: int | str
-    edges: list[float]
-    labels: list[SliceValue] | None = None
+    name: SliceKey = Field(description="the slice key this rule sets")
+    feature: int | str = Field(description="feature index, or a name from the card's feature_names")
+    edges: list[float] = Field(description="ascending bin edges: len(edges) + 1 bins")
+    labels: list[SliceValue] | None = Field(
+        None, description="one label per bin; unset: <e0, e0..e1, ..., >=eN"
+    )
 
 
 class SlicesConfig(Section):
-    keys: list[SliceKey] = Field(default_factory=list)
-    bins: list[BinRule] = Field(default_factory=list)
-    # A monitor cycle keeps its own metrics for at most this many values of one key (the
-    # largest by rows; the rest of the key's rows form `key=(other)`) and this many labels in all.
-    max_values_per_key: PositiveInt = 50
-    max_slices: PositiveInt = 200
+    keys: list[SliceKey] = Field(
+        default_factory=list, description="request slice keys kept (others ignored); empty: every key"
+    )
+    bins: list[BinRule] = Field(default_factory=list, description="feature-binning rules")
+    max_values_per_key: PositiveInt = Field(
+        50,
+        description="a monitor cycle keeps its own metrics for at most this many values of one key (the "
+        "largest by rows; the rest form key=(other))",
+    )
+    max_slices: PositiveInt = Field(200, description="and for at most this many slice labels in all")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
-    data_dir: Path = Path("data")
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    student: StudentConfig = Field(default_factory=StudentConfig)
-    teachers: list[TeacherConfig] = Field(default_factory=list)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
-    slices: SlicesConfig = Field(default_factory=SlicesConfig)
+    data_dir: Path = Field(Path("data"), description="models, runs and the default SQLite store live here")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="HTTP server")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="where versions and samples are kept")
+    student: StudentConfig = Field(default_factory=StudentConfig, description="the served model")
+    teachers: list[TeacherConfig] = Field(
+        default_factory=list, description="the teachers rows are shadowed to"
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="shadow sampling")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="monitor cycles and retention")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="when to redistill, and the gates")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="how a run trains")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="where alerts go")
+    slices: SlicesConfig = Field(default_factory=SlicesConfig, description="how rows are put into slices")
 
     @classmethod
     def settings_customise_sources(

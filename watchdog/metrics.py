@@ -297,7 +297,7 @@ drift_share = Gauge(
 weak_slices = Gauge("watchdog_weak_slices", "Slices significantly below the rest.", registry=REGISTRY)
 distill_runs_total = Counter(
     "watchdog_distill_runs",
-    "Redistillation runs by outcome: promoted|pending|rejected|failed|ceiling.",
+    "Redistillation runs by outcome: promoted|pending|rejected|failed|ceiling|waiting.",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -335,7 +335,7 @@ estimated_accuracy = Gauge(
 )
 policy_decisions_total = Counter(
     "watchdog_policy_decisions",
-    "Policy decisions by action: ok|hold|trigger|blocked.",
+    "Policy decisions by action: ok|hold|waiting|trigger|blocked.",
     ["action"],
     registry=REGISTRY,
 )

@@ -87,13 +87,15 @@ def test_too_few_rows_is_skipped(tmp_path: Path, model_files) -> None:
     assert result["outcome"] == "skipped" and "min_rows" in result["reason"]
 
 
-def _cycle(agreement: float, weak: list[str] | None = None, drift: float = 0.0) -> dict:
+def _cycle(
+    agreement: float, weak: list[str] | None = None, drift: float = 0.0, recent: int = 500, new: int = 0
+) -> dict:
     return {
         "outcome": "ok",
         "rows": 1000,
         "overall": {"agreement": agreement, "teacher": {"ece": 0.02}},
         "drift": {"all": {"share": drift}},
-        "weak_slices": [{"slice": s} for s in (weak or [])],
+        "weak_slices": [{"slice": s, "recent_rows": recent, "rows_since_run": new} for s in (weak or [])],
         "teacher_versions": {"big": ["v1"]},
     }
 
@@ -148,6 +150,51 @@ def test_policy_hysteresis_cooldown_budget_and_ceiling(tmp_path: Path) -> None:
     assert all(orjson.loads(d.numbers_json).get("thresholds") or d.action == "ok" for d in decisions)
 
 
+def _add_run(store: Store, run_id: str, at: float, status: str, detail: dict) -> None:
+    store.add_run(
+        DistillRun(
+            id=run_id, created_at=at, updated_at=at, status=status, detail_json=orjson.dumps(detail).decode()
+        )
+    )
+
+
+def test_ceiling_releases_when_new_rows_arrive_a_bounded_number_of_times(tmp_path: Path) -> None:
+    """A ceiling verdict never blocks for good because of a data shortfall: new rows of the weak
+    slice release it, `policy.ceiling_retries` times in a row; the engine's per-slice verdict counts."""
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    cfg = PolicyConfig(hysteresis=1, cooldown_s=0, max_runs_per_day=100, ceiling_retries=1)
+    then = {"teacher_versions": {"big": ["v1"]}, "weak_slices": [{"slice": "sensor=c"}]}
+    # The run's overall verdict says ceiling, but its own slice had room left: no block.
+    room = {"verdict": "ceiling_reached", "slices": {"sensor=c": {"verdict": "room_left"}}}
+    _add_run(store, "r0", time.time() - 30, "rejected", {"stop": room, "trigger_numbers": then})
+    assert policy.decide(store, cfg, _cycle(0.8, ["sensor=c"], new=0)).action == "trigger"
+    at_ceiling = {"verdict": "ceiling_reached", "slices": {"bin=1,sensor=c": {"verdict": "ceiling_reached"}}}
+    _add_run(store, "r1", time.time() - 20, "rejected", {"stop": at_ceiling, "trigger_numbers": then})
+    d = policy.decide(store, cfg, _cycle(0.8, ["sensor=c"], new=10))
+    assert d.action == "blocked" and "waiting for new rows" in d.reason and "sensor=c 10 of 80" in d.reason
+    assert policy.decide(store, cfg, _cycle(0.8, ["sensor=c"], new=80)).action == "trigger"
+    _add_run(store, "r2", time.time() - 10, "rejected", {"stop": at_ceiling, "trigger_numbers": then})
+    d = policy.decide(store, cfg, _cycle(0.8, ["sensor=c"], new=500))
+    assert d.action == "blocked" and "r2, r1" in d.reason and "teacher" in d.reason
+    changed = {**then, "teacher_versions": {"big": ["v2"]}}
+    assert policy.decide(store, cfg, _cycle(0.8, ["sensor=b"], new=500)).action == "trigger"
+    _add_run(store, "r3", time.time(), "rejected", {"stop": at_ceiling, "trigger_numbers": changed})
+    assert policy.decide(store, cfg, _cycle(0.8, ["sensor=c"], new=500)).action == "trigger"
+
+
+def test_a_shortfall_of_weak_rows_waits_then_starts_and_never_counts_as_a_run(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'w.db'}")
+    cfg = PolicyConfig(hysteresis=2, cooldown_s=3600, min_weak_train_rows=50, min_weak_holdout_rows=30)
+    assert policy.decide(store, cfg, _cycle(0.8, ["sensor=c"], recent=20)).action == "hold"
+    d = policy.decide(store, cfg, _cycle(0.8, ["sensor=c"], recent=20))
+    assert d.action == "waiting" and "sensor=c has 20 recent rows" in d.reason and "needs 80" in d.reason
+    assert d.numbers["waiting_for_data"] == {"rows": {"sensor=c": 20}, "need": 80}
+    # The build of a run that found too few rows (a race with the cycle) holds back nothing.
+    _add_run(store, "w1", time.time(), "failed", {"waiting_for_data": {"rows": {"sensor=c": 70}}})
+    d = policy.decide(store, cfg, _cycle(0.8, ["sensor=c"], recent=80))
+    assert d.action == "trigger"  # the streak went on while waiting: no second hysteresis
+
+
 def test_monitor_only_policy_records_breaches_but_never_starts_a_run(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'm.db'}")
     cfg = PolicyConfig(min_agreement=0.9, hysteresis=1, cooldown_s=0, max_runs_per_day=0)
@@ -175,29 +222,43 @@ def test_runs_of_a_dead_replica_are_failed_but_live_ones_kept(tmp_path: Path) ->
     assert store.get_run("dead").status == "failed" and store.get_run("alive").status == "running"
 
 
-def test_job_holds_out_newest_rows_weights_recent_weak_rows_and_replays_reference(
+def _rows_of(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Which seeded sample (by position, oldest first) each stored row is."""
+    where = {r.tobytes(): i for i, r in enumerate(x)}
+    return np.asarray([where[r.astype(np.float32).tobytes()] for r in rows])
+
+
+def test_job_holds_out_recent_rows_per_slice_weights_weak_rows_and_replays_reference(
     tmp_path: Path, model_files
 ) -> None:
     import yaml
 
     from distill_watchdog.jobs.build import build_job, launch_argv
 
-    settings, store, registry, version = _setup(tmp_path, model_files, window=200)
-    seed_samples(store, version, n=600)
+    settings, store, registry, version = _setup(tmp_path, model_files, window=300)
+    x = seed_samples(store, version, n=600)
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(10), size=50)
     np.savez(tmp_path / "ref.npz", x=rng.normal(size=(50, 40)).astype(np.float32), teacher_probs=probs)
     settings.monitor.reference = tmp_path / "ref.npz"
     built = build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
-    assert (
-        built["train_rows"] == 480 and built["holdout_rows"] == 120 and built["replayed_reference_rows"] == 50
-    )
+    assert built["train_rows"] + built["holdout_rows"] == 600 and built["replayed_reference_rows"] == 50
     with np.load(tmp_path / "run" / "train.npz") as train, np.load(tmp_path / "run" / "holdout.npz") as hold:
-        assert len(train["x"]) == 530 and (train["slice"] == "reference").sum() == 50
-        heavy = train["weight"] > 1
-        assert heavy.sum() == built["weak_rows"] > 0
-        assert set(train["slice"][heavy]) == {"sensor=c"} and not heavy[:280].any()  # recent window only
-        assert len(hold["x"]) == 120
+        assert len(train["x"]) == built["train_rows"] + 50 and (train["slice"] == "reference").sum() == 50
+        real = train["slice"] != "reference"
+        trained, held = _rows_of(x, train["x"][real]), _rows_of(x, hold["x"])
+        assert not set(trained) & set(held) and len(held) == built["holdout_rows"]
+        # Held out at random from the recent window (the newest 300), not the newest rows:
+        # every sensor is on both sides, early and late in the window.
+        assert held.min() >= 300 and held.min() < 360 and held.max() > 540
+        assert set(hold["slice"]) == {"sensor=a", "sensor=b", "sensor=c"}
+        c_hold = int((hold["slice"] == "sensor=c").sum())
+        c_train_recent = int(((train["slice"][real] == "sensor=c") & (trained >= 300)).sum())
+        assert c_hold >= 30 and c_train_recent >= 50 and c_hold + c_train_recent == 100
+        assert built["weak_counts"] == {"sensor=c": {"train": c_train_recent, "holdout": c_hold}}
+        heavy = train["weight"][real] > 1
+        assert heavy.sum() == built["weak_rows"] == c_train_recent
+        assert set(train["slice"][real][heavy]) == {"sensor=c"} and trained[heavy].min() >= 300
     assert built["weak_since"] is None and built["warm_start"] is False  # the card names no architecture
     job = yaml.safe_load((tmp_path / "run" / "job.yaml").read_text())
     assert "init_from" not in job["student"]
@@ -217,6 +278,21 @@ def test_job_holds_out_newest_rows_weights_recent_weak_rows_and_replays_referenc
     ]
 
 
+def test_a_weak_slice_short_of_rows_waits_for_data(tmp_path: Path, model_files) -> None:
+    from distill_watchdog.jobs.build import build_job
+    from distill_watchdog.jobs.holdout import WaitingForData
+
+    settings, store, registry, version = _setup(tmp_path, model_files, window=150)
+    seed_samples(store, version, n=600)
+    with pytest.raises(WaitingForData) as exc:  # 50 recent rows of sensor c; 50 + 30 needed
+        build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
+    assert exc.value.counts == {"sensor=c": 50} and exc.value.need == 80
+    settings.policy.min_weak_train_rows, settings.policy.min_weak_holdout_rows = 30, 20
+    built = build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
+    counts = built["weak_counts"]["sensor=c"]
+    assert counts["holdout"] >= 20 and counts["train"] >= 30
+
+
 def test_weak_rows_are_weighted_since_the_slice_was_last_healthy(
     tmp_path: Path, model_files, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -224,19 +300,21 @@ def test_weak_rows_are_weighted_since_the_slice_was_last_healthy(
     from distill_watchdog.jobs import build
 
     settings, store, registry, version = _setup(tmp_path, model_files, window=60)
-    seed_samples(store, version, n=600)
+    x = seed_samples(store, version, n=600)
     assert build.last_healthy_at(store) is None
     store.add_decision(None, "ok", "within thresholds", {"breached": False})
     store.add_decision(None, "hold", "weak slices: sensor=c", {"breached": True})
     assert abs(build.last_healthy_at(store) - time.time()) < 60
     at = [r["at"] for r in store.recent_samples(limit=600)]
-    monkeypatch.setattr(build, "last_healthy_at", lambda _store: sorted(at)[300])
+    monkeypatch.setattr(build, "last_healthy_at", lambda _store: sorted(at)[299])
     built = build.build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
     with np.load(tmp_path / "run" / "train.npz") as train:
         heavy = train["weight"] > 1
         assert set(train["slice"][heavy]) == {"sensor=c"}
-        # rows 301..479 of the 480 training rows: 60 of them are sensor c (window alone: 20)
-        assert heavy.sum() == built["weak_rows"] == 60 and not heavy[:300].any()
+        # the 100 sensor-c rows of the newest 300 (window alone: 20), split between the sides
+        assert heavy.sum() == built["weak_rows"] == built["weak_counts"]["sensor=c"]["train"]
+        assert built["weak_rows"] + built["weak_counts"]["sensor=c"]["holdout"] == 100
+        assert _rows_of(x, train["x"][heavy]).min() >= 300
 
 
 def test_cycle_results_become_gauges_with_bounded_slices_and_alerts(tmp_path: Path) -> None:

@@ -1,15 +1,16 @@
 """Builds a redistillation job folder from stored samples.
 
-- `train.npz`: the older rows (teacher outputs precomputed, feedback labels where present,
-  weak slices' rows in the recent window up-weighted by `policy.weak_slice_weight`);
-- `holdout.npz`: the newest `policy.holdout_share` of rows, never trained on: the engine's
-  eval set and one of the gates' sets;
+- `train.npz`: the rows not held out (teacher outputs precomputed, feedback labels where
+  present, weak slices' recent rows up-weighted by `policy.weak_slice_weight`);
+- `holdout.npz`: `policy.holdout_share` of the recent rows, drawn per slice and time
+  (`holdout.py`), never trained on: the engine's eval set and one of the gates' sets;
 - `production.npz`: the newest `monitor.window` training rows, for production matching;
 - `job.yaml`: `distill.job` defaults overlaid with data, curation and stop-rule inputs.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ import yaml
 from ..config import Settings
 from ..monitor.reference import replay_rows
 from ..monitor.window import Window, read_window
+from ..policy import last_healthy_at
 from ..registry import Registry
 from ..store import Store
-from .factories import trusted_student
+from . import holdout
+from .factories import factory_allowed, trusted_student
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -64,14 +67,6 @@ def _save(
     np.savez(path, **arrays)
 
 
-def last_healthy_at(store: Store, lookback: int = 500) -> float | None:
-    """Time of the newest policy decision that found nothing wrong (None: none in `lookback`)."""
-    for d in store.recent_decisions(lookback):
-        if not orjson.loads(d.numbers_json).get("breached", True):
-            return float(d.at)
-    return None
-
-
 def _parent_student(card: Any) -> dict[str, Any] | None:
     """The active student's own factory and kwargs, from its card (None when it does not say)."""
     training = getattr(card, "training", None)
@@ -81,46 +76,32 @@ def _parent_student(card: Any) -> dict[str, Any] | None:
     return {"factory": student["factory"], "kwargs": dict(student.get("kwargs") or {})}
 
 
-def build_job(
-    settings: Settings,
-    store: Store,
-    registry: Registry,
-    run_dir: Path,
-    run_id: str,
-    weak: list[str],
-) -> dict[str, Any]:
-    """Writes the job folder; returns what went into it (rows, weights, paths)."""
-    cfg = settings.policy
-    w = read_window(store, cfg.max_train_rows, {t.name: t.weight for t in settings.teachers})
-    n = len(w)
-    n_hold = int(round(n * cfg.holdout_share))
-    if n - n_hold < 50 or n_hold < 10:
-        raise ValueError(f"too few usable samples to redistill ({n}; need 60 or more)")
-    order = np.argsort(w.at, kind="stable")
-    train_idx, hold_idx = np.sort(order[: n - n_hold]), np.sort(order[n - n_hold :])
-    # Up-weight the weak slices' rows since the loop last saw them healthy (at least those of the
-    # recent window): that is where the monitor saw them fail; the same slice's older rows
-    # describe the distribution before the change. A change is usually noticed a few cycles
-    # late, so weighting only the last window would leave most of the new rows at weight 1.
-    weight = np.ones(len(train_idx))
-    recent = np.zeros(len(train_idx), dtype=bool)
+def _weights(
+    settings: Settings, store: Store, w: Window, weak: list[str]
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], float | None]:
+    """Row weights, the recent rows, each weak slice's rows and when the loop last saw it healthy.
+
+    Recent: the newest window and everything since the last healthy decision. A change is
+    usually noticed a few cycles late, so the window alone would leave most new rows at weight 1;
+    the same slice's older rows describe the distribution before the change.
+    """
+    recent = np.zeros(len(w), dtype=bool)
     recent[-settings.monitor.window :] = True
     healthy_at = last_healthy_at(store)
-    since = recent | (w.at[train_idx] > healthy_at) if healthy_at is not None else recent
-    in_weak = np.zeros(len(train_idx), dtype=bool)
-    for label in weak:
-        in_weak |= w.mask(label)[train_idx]
-    in_weak &= since
-    weight[in_weak] *= cfg.weak_slice_weight
-    run_dir.mkdir(parents=True, exist_ok=True)
-    active = registry.active_version()
-    if active is None:
-        raise ValueError("no active student to improve on")
-    replay = replay_rows(settings, active)
-    _save(run_dir / "train.npz", w, train_idx, weight, replay)
-    _save(run_dir / "holdout.npz", w, hold_idx)
-    np.savez(run_dir / "production.npz", x=w.x[train_idx[recent]])
+    if healthy_at is not None:
+        recent |= w.at > healthy_at
+    masks = {label: w.mask(label) for label in weak}
+    in_weak = np.zeros(len(w), dtype=bool)
+    for m in masks.values():
+        in_weak |= m
+    weight = np.ones(len(w))
+    weight[in_weak & recent] *= settings.policy.weak_slice_weight
+    return weight, recent, masks, healthy_at
 
+
+def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The engine job (without data) and what the build says about it (warm start, factory)."""
+    cfg = settings.policy
     info = registry.get(active)
     parent_onnx = registry.models_dir / f"{info.sha256}.onnx"
     parent_student, refused_factory = trusted_student(_parent_student(info.card), settings.distill)
@@ -159,22 +140,135 @@ def build_job(
         job["student"]["init_from"] = str(parent_onnx.resolve())
     elif "init_from" not in settings.distill.job.get("student", {}):
         job["student"].pop("init_from", None)
+    about = {
+        "warm_start": bool(warm),
+        "student_source": "card" if parent_student else "refused" if refused_factory else "default",
+        "refused_factory": refused_factory,
+    }
+    return job, about
+
+
+TEACHER_OPTIONS = (
+    "model_name",
+    "input_name",
+    "output_name",
+    "output_kind",
+    "headers",
+    "request_template",
+    "probabilities_path",
+    "version_path",
+    "version_header",
+    "batch_size",
+    "factory",
+    "kwargs",
+)
+
+
+def _engine_teachers(settings: Settings) -> list[dict[str, Any]]:
+    """The daemon's teachers as the engine's job names them (synthesis labels its rows with them)."""
+    out = []
+    for t in settings.teachers:
+        local = t.kind in ("onnx", "torch")
+        spec: dict[str, Any] = {
+            "name": t.name,
+            "kind": t.kind,
+            "location": str(Path(t.location).resolve()) if local else t.location,
+            "weight": t.weight,
+            "slices": list(t.slices),
+            "timeout_s": t.timeout_s,
+        }
+        spec.update({k: v for k, v in t.options.items() if k in TEACHER_OPTIONS})
+        out.append(spec)
+    return out
+
+
+def _synthesis(
+    settings: Settings, job: dict[str, Any], w: Window, train_idx: np.ndarray, weak: list[str]
+) -> dict[str, Any] | None:
+    """Turns on the engine's synthesis stage for the weak slices' training rows (policy.synthesis).
+
+    Returns what the build says about it, or None when it is off, there is no weak slice, or
+    the engine has no such stage. `distill.job.synthesis` overlays the settings; a user
+    generator is allowed like a student factory.
+    """
+    from distill_engine.job import DistillJob
+
+    if not settings.policy.synthesis or not weak or "synthesis" not in DistillJob.model_fields:
+        return None
+    present = {str(s) for s in w.slice_strings()[train_idx]}
+    slices = sorted(s for s in present if any(label in s.split(",") for label in weak))
+    spec = deep_merge({"enabled": True, "slices": slices}, settings.distill.job.get("synthesis") or {})
+    about: dict[str, Any] = {"enabled": bool(spec.get("enabled")), "slices": spec.get("slices")}
+    generator = spec.get("generator")
+    if generator and not factory_allowed(str(generator), settings.distill.allowed_factories):
+        spec.pop("generator")
+        about["refused_generator"] = str(generator)[:200]
+    job["synthesis"] = spec
+    if spec.get("enabled") and not job.get("teachers"):
+        job["teachers"] = _engine_teachers(settings)
+    return about
+
+
+def build_job(
+    settings: Settings,
+    store: Store,
+    registry: Registry,
+    run_dir: Path,
+    run_id: str,
+    weak: list[str],
+) -> dict[str, Any]:
+    """Writes the job folder; returns what went into it (rows, weights, paths).
+
+    Raises WaitingForData when a weak slice has too few recent rows for both sides.
+    """
+    cfg = settings.policy
+    w = read_window(store, cfg.max_train_rows, {t.name: t.weight for t in settings.teachers})
+    active = registry.active_version()
+    if active is None:
+        raise ValueError("no active student to improve on")
+    weight, recent, masks, healthy_at = _weights(settings, store, w, weak)
+    parts = holdout.split(
+        w.at,
+        w.slice_strings(),
+        recent,
+        masks,
+        cfg.holdout_share,
+        cfg.min_weak_train_rows,
+        cfg.min_weak_holdout_rows,
+        seed=zlib.crc32(run_id.encode()),
+    )
+    train_idx, hold_idx = parts.train, parts.hold
+    if len(train_idx) < 50 or len(hold_idx) < 10:
+        raise ValueError(
+            f"too few usable samples to redistill ({len(w)}: {len(train_idx)} to train on, "
+            f"{len(hold_idx)} held out; need 50 and 10)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    replay = replay_rows(settings, active)
+    _save(run_dir / "train.npz", w, train_idx, weight[train_idx], replay)
+    _save(run_dir / "holdout.npz", w, hold_idx)
+    np.savez(run_dir / "production.npz", x=w.x[train_idx[-settings.monitor.window :]])
+    job, about = _job_spec(settings, registry, active)
+    about["synthesis"] = _synthesis(settings, job, w, train_idx, weak)
     (run_dir / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return {
         "run_id": run_id,
-        "rows": n,
+        "rows": len(w),
         "train_rows": int(len(train_idx)),
-        "holdout_rows": int(n_hold),
-        "weak_rows": int(in_weak.sum()),
+        "holdout_rows": int(len(hold_idx)),
+        "holdout": "stratified by slice and time, from the recent rows",
+        "weak_counts": parts.weak_counts,
+        "weak_rows": int(sum(c["train"] for c in parts.weak_counts.values())),
         "weak_slice_weight": cfg.weak_slice_weight,
         "replayed_reference_rows": 0 if replay is None else int(len(replay[0])),
         "weak_since": healthy_at,
-        "warm_start": bool(warm),
-        "student_source": "card" if parent_student else "refused" if refused_factory else "default",
         "teacher_versions": w.teacher_versions,
         "parent_version": active,
-        "refused_factory": refused_factory,
+        **about,
     }
+
+
+WAITING_EXIT = 3  # the build found too few weak-slice rows: the run waits for data, it did not fail
 
 
 def launch_argv(settings: Settings, job: Path, out: Path, run_id: str) -> list[str]:
@@ -201,34 +295,44 @@ def launch_argv(settings: Settings, job: Path, out: Path, run_id: str) -> list[s
     return [sys.executable, *engine]
 
 
+def child_args() -> tuple[Settings, str]:
+    """`--settings FILE --run ID` of a run's child process: the settings and the run id."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settings", required=True)
+    parser.add_argument("--run", required=True)
+    args = parser.parse_args()
+    with open(args.settings) as fh:
+        return Settings(**json.load(fh)), args.run
+
+
 def main() -> None:
     """`python -m distill_watchdog.jobs.build --settings FILE --run ID`: builds the run's job folder.
 
     A child process, because reading and parsing a large window of samples holds the GIL for
     seconds: in the serving process that would be felt as latency. Writes `build.json`.
     """
-    import argparse
     import json
     import sys
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--settings", required=True)
-    parser.add_argument("--run", required=True)
-    args = parser.parse_args()
-
-    with open(args.settings) as fh:
-        settings = Settings(**json.load(fh))
+    settings, run_id = child_args()
     store = Store(settings.store_url)
     registry = Registry(store, settings.models_dir, ort_threads=1)
-    run = store.get_run(args.run)
+    run = store.get_run(run_id)
     if run is None:
-        print(f"no run {args.run}", file=sys.stderr)
+        print(f"no run {run_id}", file=sys.stderr)
         sys.exit(2)
     numbers = orjson.loads(run.detail_json).get("trigger_numbers", {})
     weak = [w["slice"] for w in numbers.get("weak_slices", [])]
     run_dir = Path(run.run_dir)
     try:
         built = build_job(settings, store, registry, run_dir, run.id, weak)
+    except holdout.WaitingForData as exc:
+        (run_dir / "waiting.json").write_text(json.dumps({"rows": exc.counts, "need": exc.need}))
+        print(str(exc), file=sys.stderr)
+        sys.exit(WAITING_EXIT)
     except ValueError as exc:
         print(f"cannot build the job: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Settings
+from ..policy import last_healthy_at
 from ..registry import Registry
 from ..store import Store
 from ..store.tables import MonitorCycle
@@ -56,6 +57,7 @@ def compute(
     out["slices"] = table
     out["overall"] = table["all"]
     out["weak_slices"] = weak_slices(w, table, slices, settings.policy.min_samples)
+    _count_new_rows(store, w, slices, out["weak_slices"])
     reference = load_reference(settings, registry, active) if active else None
     if reference is None:
         out["drift"] = None
@@ -88,6 +90,23 @@ def _drift(
         )
         drift[label]["window_rows"] = int(len(rows))
     return drift
+
+
+def _count_new_rows(
+    store: Store, w: Window, slices: dict[str, np.ndarray], weak: list[dict[str, Any]]
+) -> None:
+    """Per weak slice: its rows since the loop last saw it healthy (`recent_rows`, what a run
+    would train and judge on) and since the newest run began (`rows_since_run`, new data the
+    ceiling rule waits for)."""
+    if not weak:
+        return
+    healthy_at = last_healthy_at(store)
+    runs = [r for r in store.list_runs(5) if r.status != "failed"]
+    run_at = runs[0].created_at if runs else None
+    for entry in weak:
+        m = slices[entry["slice"]]
+        entry["recent_rows"] = int((m & (w.at > healthy_at)).sum()) if healthy_at else int(m.sum())
+        entry["rows_since_run"] = int((m & (w.at > run_at)).sum()) if run_at else int(m.sum())
 
 
 def run_cycle(settings: Settings, store: Store, registry: Registry) -> dict[str, Any]:
