@@ -408,14 +408,15 @@ def add_samples(store: Any, records: list[SampleRecord]) -> int:
     from sqlalchemy import insert
 
     from distill_watchdog.store.tables import Sample, TeacherOutput
+    from distill_watchdog.store.vectors import to_blob
 
     samples = [
         {
             "id": r.id,
             "request_id": r.request_id,
             "at": r.at,
-            "features_json": _dumps(r.features),
-            "student_probs_json": _dumps(r.student_probs),
+            "features": to_blob(r.features),
+            "student_probs": to_blob(r.student_probs),
             "student_version": r.student_version,
             "slice_json": _dumps(r.slices),
             "quarantined": r.quarantined,
@@ -427,7 +428,7 @@ def add_samples(store: Any, records: list[SampleRecord]) -> int:
             "sample_id": r.id,
             "teacher": name,
             "version": version,
-            "probs_json": None if probs is None else _dumps(probs),
+            "probs": None if probs is None else to_blob(probs),
             "quarantined": quarantined,
         }
         for r in records
@@ -450,6 +451,7 @@ def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
     from sqlalchemy import select
 
     from distill_watchdog.store.tables import Sample, TeacherOutput
+    from distill_watchdog.store.vectors import from_blob
 
     s, t = Sample.__table__.c, TeacherOutput.__table__.c
 
@@ -460,8 +462,8 @@ def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
                 "id": row.id,
                 "request_id": row.request_id,
                 "at": row.at,
-                "features": orjson.loads(row.features_json),
-                "student_probs": orjson.loads(row.student_probs_json),
+                "features": from_blob(row.features).tolist(),
+                "student_probs": from_blob(row.student_probs).tolist(),
                 "student_version": row.student_version,
                 "slices": orjson.loads(row.slice_json),
                 "quarantined": bool(row.quarantined),
@@ -477,7 +479,7 @@ def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
                 rows[out.sample_id]["teachers"][out.teacher] = {
                     "version": out.version,
                     "quarantined": bool(out.quarantined),
-                    "probs": None if out.probs_json is None else orjson.loads(out.probs_json),
+                    "probs": None if out.probs is None else from_blob(out.probs).tolist(),
                 }
         return list(rows.values())
 

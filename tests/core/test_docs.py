@@ -65,6 +65,29 @@ def test_the_docs_hold_config_examples() -> None:
     assert {page for page, _ in _config_examples()} >= {"serving.md", "sampling.md", "alerts.md"}
 
 
+def _job_examples() -> list[tuple[str, str]]:
+    """Every YAML block in the docs that is a distillation job (it names `student` and `data`)."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```ya?ml\n(.*?)```", page.read_text(), re.S):
+            data = yaml.safe_load(block)
+            if isinstance(data, dict) and {"student", "data"} <= set(data):
+                found.append((page.name, block))
+    return found
+
+
+def test_every_job_example_in_the_docs_parses() -> None:
+    from distill_engine import parse_job
+
+    examples = _job_examples()
+    assert {page for page, _ in examples} >= {"contract.md", "engine.md"}
+    for page, block in examples:
+        try:
+            parse_job(yaml.safe_load(block))
+        except Exception as exc:
+            pytest.fail(f"{page}: job example does not parse: {exc}")
+
+
 MAX_LINES = 600
 LINK = re.compile(r"\]\(([^)\s]+)\)|<(https?://[^>]+)>|\bhref=\"([^\"]+)\"")
 

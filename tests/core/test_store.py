@@ -31,6 +31,24 @@ def test_refuses_a_schema_newer_than_this_build(store_url):
         Store(store_url)
 
 
+def test_upgrade_from_an_older_schema_applies_migrations(store_url, monkeypatch):
+    from distill_watchdog.store import db
+
+    Store(store_url)
+    monkeypatch.setattr(db, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+
+    def add_note(engine: sa.Engine) -> bool:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE audit_events ADD COLUMN note VARCHAR(20)"))
+        return True
+
+    monkeypatch.setitem(db.MIGRATIONS, SCHEMA_VERSION + 1, add_note)
+    store = Store(store_url)
+    assert store.db.schema_version() == SCHEMA_VERSION + 1
+    with store.db.engine.connect() as conn:
+        conn.execute(sa.text("SELECT note FROM audit_events"))
+
+
 def _rows(*events: tuple[str, str]) -> list[Activation]:
     return [Activation(version=v, kind=k, actor="t", at=0.0) for k, v in events]
 

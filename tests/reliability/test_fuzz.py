@@ -194,7 +194,7 @@ def test_fuzz(fuzz_server: ServerThread, api_schema: Any, label: str, mode: Gene
     fuzz(fuzz_server, api_schema, label, mode, EXAMPLES, seed=True)
 
 
-@pytest.mark.slow
+@pytest.mark.fuzz_long
 @pytest.mark.skipif(
     not os.environ.get("WATCHDOG_FUZZ_LONG"), reason="tens of minutes: set WATCHDOG_FUZZ_LONG=1 to run"
 )

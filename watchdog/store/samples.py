@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from .db import Database
 from .tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
+from .vectors import from_blob, to_blobs
 
 _CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 _LABEL_CHUNK = 5000  # labels per UPDATE: 2 parameters each, below SQLite's 32,766
@@ -26,25 +27,26 @@ def dumps(value: Any) -> str:
 
 @dataclass
 class SampleColumns:
-    """Sampled rows as the store holds them, newest first, one list per column (JSON as text)."""
+    """Sampled rows as the store holds them, newest first, one list per column (vectors as
+    float32 bytes, slices as JSON text)."""
 
     ids: list[str] = field(default_factory=list)
     at: list[float] = field(default_factory=list)
-    features: list[str] = field(default_factory=list)
-    student_probs: list[str] = field(default_factory=list)
+    features: list[bytes] = field(default_factory=list)
+    student_probs: list[bytes] = field(default_factory=list)
     student_versions: list[str] = field(default_factory=list)
     slices: list[str] = field(default_factory=list)
     labels: list[int | None] = field(default_factory=list)
-    # (row index, teacher, version, quarantined, probs JSON or None when the teacher failed)
-    outputs: list[tuple[int, str, str, bool, str | None]] = field(default_factory=list)
+    # (row index, teacher, version, quarantined, probs bytes or None when the teacher failed)
+    outputs: list[tuple[int, str, str, bool, bytes | None]] = field(default_factory=list)
 
 
 def _outputs_between(session: Session, first: float, last: float) -> Sequence[Any]:
-    """(sample id, teacher, version, quarantined, probs JSON) of the samples stored from `first`
+    """(sample id, teacher, version, quarantined, probs) of the samples stored from `first`
     to `last`: one join over a window's time range; callers skip rows stored since they read."""
     s, t = Sample.__table__.c, TeacherOutput.__table__.c
     query = (
-        sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs_json)
+        sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs)
         .join(Sample.__table__, t.sample_id == s.id)
         .where(s.at >= first, s.at <= last)
     )
@@ -101,18 +103,19 @@ class SampleBatch:
         ids = _new_ids(n)
         for name, column in self.teachers.items():
             flag = column.quarantined and column.probs is not None
-            for k, j in enumerate(column.rows):
-                probs = None if column.probs is None else dumps(column.probs[k])
+            answers = [None] * len(column.rows) if column.probs is None else to_blobs(column.probs)
+            for j, probs in zip(column.rows, answers, strict=True):
                 outputs.append((ids[j], name, column.version, probs, flag))
                 if flag:
                     quarantined[j] = True
+        features, student = to_blobs(self.features), to_blobs(self.student_probs)
         samples = [
             (
                 ids[j],
                 self.request_ids[j],
                 self.at[j],
-                dumps(self.features[j]),
-                dumps(self.student_probs[j]),
+                features[j],
+                student[j],
                 self.student_versions[j],
                 dumps(self.slices[j]),
                 quarantined[j],
@@ -159,11 +162,11 @@ class SampleStore:
             return 0
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
         insert_samples = (
-            f"INSERT INTO {Sample.__tablename__} (id, request_id, at, features_json, student_probs_json, "
+            f"INSERT INTO {Sample.__tablename__} (id, request_id, at, features, student_probs, "
             f"student_version, slice_json, quarantined) VALUES ({', '.join([mark] * 8)})"
         )
         insert_outputs = (
-            f"INSERT INTO {TeacherOutput.__tablename__} (sample_id, teacher, version, probs_json, "
+            f"INSERT INTO {TeacherOutput.__tablename__} (sample_id, teacher, version, probs, "
             f"quarantined) VALUES ({', '.join([mark] * 5)})"
         )
 
@@ -186,7 +189,7 @@ class SampleStore:
         return self.db.retry("count_samples", op)
 
     def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
-        """The newest `limit` unquarantined rows (at or after `since`), as columns of stored text.
+        """The newest `limit` unquarantined rows (at or after `since`), as columns as stored.
 
         For the monitor window and a run's training set: tens of thousands of rows, where a
         dict per row with its JSON parsed one by one was most of a cycle (window.py parses
@@ -196,7 +199,7 @@ class SampleStore:
 
         def op(session: Session) -> SampleColumns:
             query = sa_select(
-                s.id, s.at, s.features_json, s.student_probs_json, s.student_version, s.slice_json, s.label
+                s.id, s.at, s.features, s.student_probs, s.student_version, s.slice_json, s.label
             ).where(s.quarantined.is_(False))
             if since is not None:
                 query = query.where(s.at >= since)
@@ -337,10 +340,10 @@ class SampleStore:
             )
             return [
                 {
-                    "features": orjson.loads(s.features_json),
+                    "features": from_blob(s.features),
                     "label": s.label,
                     "slices": orjson.loads(s.slice_json),
-                    "probs": orjson.loads(t.probs_json or "null"),
+                    "probs": None if t.probs is None else from_blob(t.probs),
                 }
                 for s, t in session.exec(query)
             ]
@@ -353,6 +356,6 @@ def _answered_by(teacher: str, version: str) -> list[Any]:
     return [
         col(TeacherOutput.teacher) == teacher,
         col(TeacherOutput.version) == version,
-        col(TeacherOutput.probs_json).is_not(None),
+        col(TeacherOutput.probs).is_not(None),
         col(TeacherOutput.quarantined).is_(False),
     ]
