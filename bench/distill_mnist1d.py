@@ -23,7 +23,7 @@ from common import command_line, record
 
 from distill_engine import parse_job, run
 from distill_engine.dist import DistContext
-from distill_engine.job import LossSpec
+from distill_engine.job import LossSpec, TrainSpec
 from distill_engine.progress import Progress
 from distill_engine.train import make_data, predict_logits, train_model
 from distill_engine.zoo import cnn1d
@@ -51,11 +51,7 @@ def train_teacher(x: np.ndarray, y: np.ndarray, seed: int, epochs: int) -> torch
         model,
         make_data(x, None, y),
         LossSpec(kd_weight=0.0),
-        epochs=epochs,
-        batch_size=128,
-        lr=3e-3,
-        weight_decay=1e-2,
-        seed=seed,
+        TrainSpec(epochs=epochs, batch_size=128, lr=3e-3, weight_decay=1e-2, seed=seed, lr_schedule="cosine"),
         ctx=DistContext(),
         progress=Progress("none"),
         phase="teacher",

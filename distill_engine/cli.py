@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                     "out": str(res.out_dir),
                     "version": r["version"],
                     "verdict": r["stop"]["verdict"],
+                    "selected": r["selected"]["model"],
+                    "note": r["selected"]["reason"],
                     "student": {k: r["student"].get(k) for k in ("accuracy", "agreement", "ece")},
                     "wall_seconds": r["wall_seconds"],
                 }

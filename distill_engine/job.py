@@ -150,17 +150,35 @@ class StageSpec(_Spec):
 
 
 class TrainSpec(_Spec):
-    epochs: int = Field(30, ge=1)
+    """Optimisation. `epochs` is a maximum: the hold-out stops a plateaued run early."""
+
+    epochs: int = Field(30, ge=1, description="maximum epochs; early stopping may end sooner")
     batch_size: int = Field(256, ge=1)
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    patience: int = Field(
+        10, ge=0, description="epochs without a better hold-out score before stopping; 0: never"
+    )
+    min_epochs: int = Field(5, ge=1, description="epochs always run before early stopping may end the run")
+    lr_schedule: Literal["warmup_hold_decay", "constant", "cosine"] = Field(
+        "warmup_hold_decay", description="warm-up, constant, cosine decay over the last `decay` share"
+    )
+    warmup: float = Field(0.05, ge=0, lt=0.5, description="share of the maximum steps spent warming up")
+    decay: float = Field(0.3, ge=0, le=1, description="share of the maximum steps, at the end, that decay")
+    min_lr_ratio: float = Field(0.05, ge=0, le=1, description="learning rate at the end of the decay, x lr")
 
 
 class CalibrateSpec(_Spec):
+    """The hold-out: a stratified share of the curated rows, never trained on.
+
+    It scores every epoch for early stopping and fits the temperature when `enabled`.
+    """
+
     enabled: bool = True
     holdout: float = Field(0.1, gt=0, lt=0.5)
+    min_holdout_rows: int = Field(30, ge=1, description="floor of the hold-out size (at most half the rows)")
 
 
 class BaselineSpec(_Spec):
@@ -168,6 +186,9 @@ class BaselineSpec(_Spec):
 
     mode: Literal["auto", "labels", "none"] = "auto"
     data: str | None = None  # npz with x, y for the baseline instead of data.train
+    margin: float = Field(
+        0.005, ge=0, description="the baseline is returned when the distilled student trails it by more"
+    )
 
 
 class StopSpec(_Spec):
@@ -177,14 +198,59 @@ class StopSpec(_Spec):
     previous_model: str | None = None
     min_gain: float = 0.0
     teacher_wrong_share: float = Field(0.8, ge=0, le=1)
-    capacity_agreement: float = Field(0.97, ge=0, le=1)
+    capacity_agreement: float = Field(
+        0.97, ge=0, le=1, description="train agreement below which a wider probe is tried; per-slice match"
+    )
     n_boot: int = Field(1000, ge=100)
+    rising_delta: float = Field(
+        0.005, ge=0, description="hold-out gain over the last epochs that counts as still rising"
+    )
+    probe_epochs: int = Field(10, ge=0, description="epochs of the wider probe student; 0: no probe")
+    probe_rows: int = Field(10000, ge=100, description="training rows the probe (and the fit compared) uses")
+    probe_margin: float = Field(
+        0.02, ge=0, description="train-agreement lead that makes the probe clearly better"
+    )
+    max_params_factor: float = Field(
+        4.0, gt=1, description="the probe's parameters at most this x the student's"
+    )
+    min_slice_rows: int = Field(
+        50, ge=1, description="training rows a slice needs before its ceiling can be called"
+    )
 
 
 class ExportSpec(_Spec):
     dynamo: bool = False
     opset: int = Field(17, ge=13)
     parity_tolerance: float = Field(1e-5, gt=0)
+
+
+class SynthesisSpec(_Spec):
+    """Teacher-labelled synthetic rows for (weak) slices; training rows only, never hold-out or eval."""
+
+    enabled: bool = Field(False, description="off by default in the engine")
+    slices: list[str] = Field(default_factory=list, description="slices to synthesise; empty: all")
+    generators: list[Literal["jitter", "smote", "mixup"]] = Field(
+        default_factory=lambda: ["jitter", "smote", "mixup"], description="built-in generators to use"
+    )
+    generator: str | None = Field(None, description="user generator 'module:function' (x, n, rng) -> [n, D]")
+    candidates_per_row: float = Field(3.0, gt=0, description="candidates made per real row of the slice")
+    jitter_scale: float = Field(0.1, gt=0, description="jitter std as a share of each feature's slice std")
+    neighbours: int = Field(5, ge=1, description="SMOTE: same-slice neighbours to pick from")
+    mixup_alpha: float = Field(0.4, gt=0, description="mixup: Beta(alpha, alpha) mixing weight")
+    min_teacher_confidence: float = Field(0.6, ge=0, le=1, description="drop less confident candidates")
+    min_production_weight: float = Field(
+        0.5, ge=0, description="with curation.match_production: drop candidates weighted below this"
+    )
+    max_ratio: float = Field(1.0, gt=0, description="kept per slice <= this x real rows")
+    weight: float = Field(0.5, gt=0, le=1, description="row weight of a synthetic row (real rows: their own)")
+    ablate: bool = Field(False, description="also train without synthetic rows and report both")
+
+    @field_validator("generator")
+    @classmethod
+    def _generator_colon(cls, v: str | None) -> str | None:
+        if v is not None and (":" not in v or v.startswith(":") or v.endswith(":")):
+            raise ValueError("must look like 'module:function'")
+        return v
 
 
 class DistillJob(_Spec):
@@ -201,6 +267,7 @@ class DistillJob(_Spec):
     calibrate: CalibrateSpec = Field(default_factory=CalibrateSpec)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     stop: StopSpec = Field(default_factory=StopSpec)
+    synthesis: SynthesisSpec = Field(default_factory=SynthesisSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     classes: list[str] | None = None
     feature_names: list[str] | None = None
@@ -221,6 +288,10 @@ class DistillJob(_Spec):
         names = [t.name for t in self.teachers]
         if len(set(names)) != len(names):
             raise ValueError("teacher names must be unique")
+        if self.synthesis.enabled and self.loss.hints:
+            raise ValueError(
+                "synthesis cannot be combined with loss.hints (synthetic rows have no teacher features)"
+            )
         return self
 
     def resolve(self, path: str) -> Path:

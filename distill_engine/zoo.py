@@ -11,6 +11,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -128,3 +129,68 @@ def build_model(
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+_WIDTH_KEYS = ("hidden", "channels", "width", "widths", "hidden_size", "units")
+
+
+def _factory_defaults(fn: Callable[..., Any]) -> dict[str, Any]:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+def _scaled(value: Any, factor: float) -> Any:
+    """Widths times `factor` (ints and sequences of ints; 0 stays 0, others stay as they are)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return max(1, int(round(value * factor))) if value > 0 else value
+    if isinstance(value, list | tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [_scaled(v, factor) for v in value]
+    return value
+
+
+def wider_variants(
+    factory: str,
+    kwargs: dict[str, Any],
+    num_features: int,
+    num_classes: int,
+    max_params_factor: float = 4.0,
+    k: int = 3,
+) -> list[dict[str, Any]]:
+    """Up to `k` wider versions of a student, same factory, each within `max_params_factor` x params.
+
+    Width arguments (`hidden`, `channels`, `width`, ... from the kwargs or the factory's
+    defaults) are scaled by growing factors; the variants returned are spread between the
+    smallest wider one and the largest that fits, largest last. Each item is
+    `{"factory", "kwargs", "params", "params_factor"}`; empty when nothing can be widened.
+    """
+    fn = resolve_factory(factory)
+    merged = {**_factory_defaults(fn), **kwargs}
+    keys = [key for key in _WIDTH_KEYS if key in merged and _scaled(merged[key], 2.0) != merged[key]]
+    if not keys or k <= 0:
+        return []
+    parent = count_params(build_model(factory, kwargs, num_features, num_classes))
+    found: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for step in range(1, 41):
+        factor = 1.0 + 0.25 * step
+        new_kwargs = {**kwargs, **{key: _scaled(merged[key], factor) for key in keys}}
+        params = count_params(build_model(factory, new_kwargs, num_features, num_classes))
+        if params > max_params_factor * parent:
+            break
+        sig = repr(sorted(new_kwargs.items()))
+        if params > parent and sig not in seen:
+            seen.add(sig)
+            found.append(
+                {"factory": factory, "kwargs": new_kwargs, "params": params, "params_factor": params / parent}
+            )
+    if len(found) <= k:
+        return found
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(found) - 1, k)})
+    return [found[i] for i in picks]

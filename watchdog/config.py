@@ -212,8 +212,14 @@ class MonitorConfig(Section):
         description="npz of reference features for drift before the first promotion; later the promoted "
         "run's training rows",
     )
-    drift_method: str = Field("psi", description="Evidently column stat test for drift")
-    drift_threshold: Positive = Field(0.1, description="threshold of that test per feature")
+    drift_method: str | None = Field(
+        None,
+        description="Evidently stat test for every column (e.g. psi, ks, wasserstein); "
+        "unset: Evidently's own choice per column, by reference size and number of values",
+    )
+    drift_threshold: Positive | None = Field(
+        None, description="drift threshold of the stat test; unset: the test's own default"
+    )
     top_slices: PositiveInt = Field(
         20, description="slices with their own metrics and alerts per cycle (the largest; the rest: other)"
     )
@@ -276,6 +282,18 @@ class PolicyConfig(Section):
     )
     min_weak_holdout_rows: PositiveInt = Field(
         30, description="recent rows of each weak slice a run needs in its hold-out (else it waits)"
+    )
+    synthesis: bool = Field(
+        True,
+        description="teacher-labelled synthetic rows for the weak slices' training rows (the engine's "
+        "synthesis stage; its options in distill.job.synthesis)",
+    )
+    wider_candidates: Annotated[int, _within(0, 8)] = Field(
+        2,
+        description="wider students trained besides the first candidate when it is capacity-limited; 0: none",
+    )
+    max_params_factor: Annotated[float, _within(1)] = Field(
+        4.0, description="a wider candidate has at most this many times the parent's parameters"
     )
     ceiling_retries: Annotated[int, _within(0)] = Field(
         2,

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 from .store import Store
-from .store.samples import dumps
 from .store.tables import EvalRow
+from .store.vectors import from_blob, to_blob
 
 
 @dataclass(slots=True)
@@ -65,8 +64,8 @@ def rows_from_arrays(
         EvalRow(
             teacher=teacher,
             ordinal=i,
-            features_json=dumps(x[i]),
-            probs_json=dumps(probs[i]),
+            features=to_blob(x[i]),
+            probs=to_blob(probs[i]),
             version=version,
             label=None if y is None else int(y[i]),
             slice="" if slices is None else str(slices[i])[:200],
@@ -81,8 +80,7 @@ def freeze_from_samples(store: Store, teacher: str, version: str, size: int, min
     if store.eval_count(teacher) > 0:
         return 0
     # Counted before anything is loaded: the sampler tries after every write until the set is
-    # full (at a low sampling rate, for a long time), and loading the still-too-few rows each
-    # time (ORM objects, JSON) is work for nothing in the serving process.
+    # full (at a low sampling rate, for a long time), and loading too few rows is wasted work.
     if store.count_teacher_labelled(teacher, version, max(minimum, 1)) < max(minimum, 1):
         return 0
     found = store.first_teacher_labelled(teacher, version, size)
@@ -109,8 +107,8 @@ def frozen(store: Store, teacher: str) -> FrozenSet | None:
     rows = store.eval_rows(teacher)
     if not rows:
         return None
-    x = np.asarray([orjson.loads(r.features_json) for r in rows], dtype=np.float32)
-    probs = np.asarray([orjson.loads(r.probs_json) for r in rows], dtype=np.float32)
+    x = np.stack([from_blob(r.features) for r in rows])
+    probs = np.stack([from_blob(r.probs) for r in rows])
     y = np.asarray([r.label for r in rows]) if all(r.label is not None for r in rows) else None
     return FrozenSet(x, probs, y, rows[0].version)
 

@@ -36,9 +36,13 @@ def test_upgrade_from_an_older_schema_applies_migrations(store_url, monkeypatch)
 
     Store(store_url)
     monkeypatch.setattr(db, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setitem(
-        db.MIGRATIONS, SCHEMA_VERSION + 1, ["ALTER TABLE audit_events ADD COLUMN note VARCHAR(20)"]
-    )
+
+    def add_note(engine: sa.Engine) -> bool:
+        with engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE audit_events ADD COLUMN note VARCHAR(20)"))
+        return True
+
+    monkeypatch.setitem(db.MIGRATIONS, SCHEMA_VERSION + 1, add_note)
     store = Store(store_url)
     assert store.db.schema_version() == SCHEMA_VERSION + 1
     with store.db.engine.connect() as conn:

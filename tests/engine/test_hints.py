@@ -13,7 +13,7 @@ from distill_engine.dist import DistContext
 from distill_engine.errors import JobError
 from distill_engine.export import export_onnx
 from distill_engine.hints import HintedStudent, hint_loss
-from distill_engine.job import HintSpec, LossSpec
+from distill_engine.job import HintSpec, LossSpec, TrainSpec
 from distill_engine.progress import Progress
 from distill_engine.train import make_data, train_model
 from distill_engine.zoo import cnn1d, count_params, mlp
@@ -60,11 +60,7 @@ def test_hint_stage_learns_teacher_features_and_export_has_no_projector(tmp_path
         student,
         data,
         LossSpec(hints=hints),
-        epochs=1,
-        batch_size=64,
-        lr=0.01,
-        weight_decay=0.0,
-        seed=0,
+        TrainSpec(epochs=1, batch_size=64, lr=0.01, seed=0),
         ctx=DistContext(),
         progress=Progress("none"),
         phase="s",
@@ -72,7 +68,7 @@ def test_hint_stage_learns_teacher_features_and_export_has_no_projector(tmp_path
         hint_epochs=6,
         num_features=40,
     )
-    hint_curve = [c["hint_loss"] for c in curves if "hint_loss" in c]
+    hint_curve = [c["hint_loss"] for c in curves.curves if "hint_loss" in c]
     assert len(hint_curve) == 6 and hint_curve[-1] < 0.7 * hint_curve[0]
     path = export_onnx(student, 40, tmp_path / "s.onnx")
     n_onnx = sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)

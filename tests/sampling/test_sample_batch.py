@@ -44,8 +44,8 @@ def test_outcomes_and_rows_follow_the_settled_quarantine():
     by_row = {(sample_id, teacher): rest for sample_id, teacher, *rest in outputs}
     assert by_row[ids[0], "expert"] == ["", None, False]  # a failure is never quarantined
     assert (ids[1], "expert") not in by_row
-    assert by_row[ids[1], "big"] == ["v2", "[0.0,1.0]", True]
-    assert orjson.loads(samples[2][3]) == pytest.approx(batch.features[2].tolist())
+    assert by_row[ids[1], "big"] == ["v2", np.float32([0, 1]).tobytes(), True]  # float32 bytes
+    assert np.frombuffer(samples[2][3], "<f4").tolist() == batch.features[2].tolist()
     assert samples[2][5] == "s2" and orjson.loads(samples[2][6]) == {"sensor": "b"}
 
 

@@ -25,7 +25,7 @@ from ..policy import last_healthy_at
 from ..registry import Registry
 from ..store import Store
 from . import holdout
-from .factories import trusted_student
+from .factories import factory_allowed, trusted_student
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
             "student": parent_student
             or {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [128, 128]}},
             "loss": {"temperature": 2.0, "kd_weight": 1.0},
-            "train": {"epochs": 20, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+            "train": {"epochs": 100, "batch_size": 256, "lr": 0.003, "device": "cpu"},  # early stop ends it
             "baseline": "none",
             "calibrate": True,
         },
@@ -127,6 +127,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
             "classes": [str(c) for c in info.card.classes],
         },
     )
+    job.pop("synthesis", None)  # policy.synthesis decides, and vets a user generator (`_synthesis`)
     if info.card.feature_names:
         job["feature_names"] = list(info.card.feature_names)
     # Warm start: the candidate begins as the active student and spends the round on what
@@ -146,6 +147,67 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
         "refused_factory": refused_factory,
     }
     return job, about
+
+
+TEACHER_OPTIONS = (
+    "model_name",
+    "input_name",
+    "output_name",
+    "output_kind",
+    "headers",
+    "request_template",
+    "probabilities_path",
+    "version_path",
+    "version_header",
+    "batch_size",
+    "factory",
+    "kwargs",
+)
+
+
+def _engine_teachers(settings: Settings) -> list[dict[str, Any]]:
+    """The daemon's teachers as the engine's job names them (synthesis labels its rows with them)."""
+    out = []
+    for t in settings.teachers:
+        local = t.kind in ("onnx", "torch")
+        spec: dict[str, Any] = {
+            "name": t.name,
+            "kind": t.kind,
+            "location": str(Path(t.location).resolve()) if local else t.location,
+            "weight": t.weight,
+            "slices": list(t.slices),
+            "timeout_s": t.timeout_s,
+        }
+        spec.update({k: v for k, v in t.options.items() if k in TEACHER_OPTIONS})
+        out.append(spec)
+    return out
+
+
+def _synthesis(
+    settings: Settings, job: dict[str, Any], w: Window, train_idx: np.ndarray, weak: list[str]
+) -> dict[str, Any] | None:
+    """Turns on the engine's synthesis stage for the weak slices' training rows (policy.synthesis).
+
+    Returns what the build says about it, or None when it is off, there is no weak slice, or
+    the engine has no such stage. `distill.job.synthesis` overlays the settings; a user
+    generator is allowed like a student factory.
+    """
+    from distill_engine.job import DistillJob
+
+    if not settings.policy.synthesis or not weak or "synthesis" not in DistillJob.model_fields:
+        return None
+    present = {str(s) for s in w.slice_strings()[train_idx]}
+    slices = sorted(s for s in present if any(label in s.split(",") for label in weak))
+    spec = deep_merge({"enabled": True, "slices": slices}, settings.distill.job.get("synthesis") or {})
+    about: dict[str, Any] = {"enabled": bool(spec.get("enabled")), "slices": spec.get("slices")}
+    generator = spec.get("generator")
+    if generator and not factory_allowed(str(generator), settings.distill.allowed_factories):
+        spec.pop("generator")
+        about["refused_generator"] = str(generator)[:200]
+    job["synthesis"] = spec
+    if spec.get("enabled") and not job.get("teachers"):
+        job["teachers"] = _engine_teachers(settings)
+    return about
 
 
 def build_job(
@@ -190,6 +252,7 @@ def build_job(
     _save(run_dir / "holdout.npz", w, hold_idx)
     np.savez(run_dir / "production.npz", x=w.x[train_idx[-settings.monitor.window :]])
     job, about = _job_spec(settings, registry, active)
+    about["synthesis"] = _synthesis(settings, job, w, train_idx, weak)
     (run_dir / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return {
         "run_id": run_id,
@@ -235,28 +298,34 @@ def launch_argv(settings: Settings, job: Path, out: Path, run_id: str) -> list[s
     return [sys.executable, *engine]
 
 
+def child_args() -> tuple[Settings, str]:
+    """`--settings FILE --run ID` of a run's child process: the settings and the run id."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--settings", required=True)
+    parser.add_argument("--run", required=True)
+    args = parser.parse_args()
+    with open(args.settings) as fh:
+        return Settings(**json.load(fh)), args.run
+
+
 def main() -> None:
     """`python -m distill_watchdog.jobs.build --settings FILE --run ID`: builds the run's job folder.
 
     A child process, because reading and parsing a large window of samples holds the GIL for
     seconds: in the serving process that would be felt as latency. Writes `build.json`.
     """
-    import argparse
     import json
     import sys
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--settings", required=True)
-    parser.add_argument("--run", required=True)
-    args = parser.parse_args()
-
-    with open(args.settings) as fh:
-        settings = Settings(**json.load(fh))
+    settings, run_id = child_args()
     store = Store(settings.store_url)
     registry = Registry(store, settings.models_dir, ort_threads=1)
-    run = store.get_run(args.run)
+    run = store.get_run(run_id)
     if run is None:
-        print(f"no run {args.run}", file=sys.stderr)
+        print(f"no run {run_id}", file=sys.stderr)
         sys.exit(2)
     numbers = orjson.loads(run.detail_json).get("trigger_numbers", {})
     weak = [w["slice"] for w in numbers.get("weak_slices", [])]

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..store.vectors import from_blob
+
 
 def _holdout(path: Path) -> Any:
     from .gates import EvalSet
@@ -44,53 +46,82 @@ def _frozen(store: Any, settings: Any) -> Any:
         labels = [r.label for r in rows]
         return EvalSet(
             "frozen",
-            np.asarray([orjson.loads(r.features_json) for r in rows], dtype=np.float32),
-            np.asarray([orjson.loads(r.probs_json) for r in rows], dtype=np.float64),
+            np.stack([from_blob(r.features) for r in rows]),
+            np.stack([from_blob(r.probs) for r in rows]).astype(np.float64),
             np.asarray(labels) if all(v is not None for v in labels) else None,
             [[s for s in r.slice.split(",") if s] for r in rows],
         )
     return None
 
 
-def finish(settings: Any, run_id: str) -> dict[str, Any]:
-    from distill_engine import metrics as M
+def _candidate_dirs(run_dir: Path) -> list[str]:
+    """The run's candidates: `out`, then each wider variant that trained (`widen.json`)."""
+    names = ["out"]
+    widen = run_dir / "widen.json"
+    if widen.exists():
+        for v in json.loads(widen.read_text()).get("variants", []):
+            if not v.get("error") and (run_dir / v["out"] / "student.onnx").exists():
+                names.append(v["out"])
+    return names
 
-    from ..card import ModelCard
-    from ..monitor.drift import evidently_report
-    from ..monitor.reference import load_reference
-    from ..registry import Registry
+
+def _score(table: dict[str, Any], weak: list[str]) -> tuple[float, float]:
+    """How a candidate ranks among those that pass: its weak slices' mean gain on the hold-out,
+    then its hold-out agreement overall."""
+    gains = [table[w]["change"] for w in weak if w in table]
+    overall = table.get("all", {}).get("after", 0.0)
+    return (sum(gains) / len(gains) if gains else overall, overall)
+
+
+def _judge_all(settings: Any, run_dir: Path, parent: Any, weak: list[str], store: Any) -> dict[str, Any]:
+    """Gates for every candidate; the chosen one is the best that passes (else the first)."""
+    from ..card import parse_card
     from ..runtime import load_model
-    from ..store import Store
     from .gates import judge
 
-    store = Store(settings.store_url)
-    registry = Registry(store, settings.models_dir, ort_threads=1)
-    run = store.get_run(run_id)
-    if run is None:
-        raise ValueError(f"no run {run_id}")
-    detail = orjson.loads(run.detail_json)
-    run_dir = Path(run.run_dir)
-    out = run_dir / "out"
-    result = json.loads((out / "result.json").read_text())
-    card = ModelCard.parse(json.loads((out / "card.json").read_text()))
-    candidate = load_model((out / "student.onnx").read_bytes(), card, "candidate", threads=1)
-    parent = registry.load(run.parent_version)
-    weak = [w["slice"] for w in detail.get("trigger_numbers", {}).get("weak_slices", [])]
-    sets = []
     hold = _holdout(run_dir / "holdout.npz")
-    sets.append((hold, parent.predict_proba(hold.x), candidate.predict_proba(hold.x)))
+    bases: list[tuple[Any, np.ndarray]] = [(hold, parent.predict_proba(hold.x))]
     frozen = _frozen(store, settings)
     if frozen is not None and frozen.x.shape[1] == hold.x.shape[1]:
-        sets.append((frozen, parent.predict_proba(frozen.x), candidate.predict_proba(frozen.x)))
+        bases.append((frozen, parent.predict_proba(frozen.x)))
     cfg = settings.policy
-    gates = judge(sets, weak, cfg.min_gain, cfg.max_regression, cfg.max_ece)
-    _, before, after = sets[0]
-    target = hold.labels if hold.labels is not None else hold.teacher.argmax(1)
-    reliability = {
-        "before": M.reliability_bins(before, target),
-        "after": M.reliability_bins(after, target),
-        "against": "labels" if hold.labels is not None else "teacher",
-    }
+    judged = []
+    for name in _candidate_dirs(run_dir):
+        out = run_dir / name
+        result = json.loads((out / "result.json").read_text())
+        card = parse_card(json.loads((out / "card.json").read_text()))
+        model = load_model((out / "student.onnx").read_bytes(), card, name, threads=1)
+        sets = [(es, before, model.predict_proba(es.x)) for es, before in bases]
+        gates = judge(sets, weak, cfg.min_gain, cfg.max_regression, cfg.max_ece)
+        judged.append({"name": name, "result": result, "card": card, "sets": sets, "gates": gates})
+    passing = [c for c in judged if c["gates"]["passed"]]
+    chosen = (
+        max(passing, key=lambda c: _score(c["gates"]["tables"]["holdout"], weak)) if passing else judged[0]
+    )
+    summary = [
+        {
+            "name": c["name"],
+            "student": (c["result"].get("params") or {}).get("student"),
+            "architecture": (c["card"].training or {}).get("student"),
+            "passed": c["gates"]["passed"],
+            "failed": [f"{g['gate']} {g.get('slice', '')}".strip() for g in c["gates"]["failed"]],
+            "weak_gain": _score(c["gates"]["tables"]["holdout"], weak)[0],
+            "holdout_agreement": c["gates"]["tables"]["holdout"].get("all", {}).get("after"),
+            "stop": (c["result"].get("stop") or {}).get("verdict"),
+            "chosen": c is chosen,
+        }
+        for c in judged
+    ]
+    return {"chosen": chosen, "candidates": summary, "hold": hold}
+
+
+def _drift(
+    settings: Any, registry: Any, run: Any, hold: Any, before: np.ndarray, card: Any
+) -> dict[str, Any]:
+    from ..monitor.drift import evidently_report
+    from ..monitor.reference import load_reference
+
+    detail = orjson.loads(run.detail_json)
     drift: dict[str, Any] = {"cycle": detail.get("trigger_drift")}
     try:
         reference = load_reference(settings, registry, run.parent_version)
@@ -102,11 +133,39 @@ def finish(settings: Any, run_id: str) -> dict[str, Any]:
                 before.argmax(1),
                 settings.monitor.drift_method,
                 settings.monitor.drift_threshold,
-                run_dir / "drift.html",
+                Path(run.run_dir) / "drift.html",
                 card.feature_names,
             )
     except Exception as exc:  # the report still stands without Evidently's page
         drift["evidently_error"] = f"{type(exc).__name__}: {exc}"
+    return drift
+
+
+def finish(settings: Any, run_id: str) -> dict[str, Any]:
+    from distill_engine import metrics as M
+
+    from ..registry import Registry
+    from ..store import Store
+
+    store = Store(settings.store_url)
+    registry = Registry(store, settings.models_dir, ort_threads=1)
+    run = store.get_run(run_id)
+    if run is None:
+        raise ValueError(f"no run {run_id}")
+    detail = orjson.loads(run.detail_json)
+    run_dir = Path(run.run_dir)
+    parent = registry.load(run.parent_version)
+    weak = [w["slice"] for w in detail.get("trigger_numbers", {}).get("weak_slices", [])]
+    judged = _judge_all(settings, run_dir, parent, weak, store)
+    chosen, hold = judged["chosen"], judged["hold"]
+    result, gates = chosen["result"], chosen["gates"]
+    _, before, after = chosen["sets"][0]
+    target = hold.labels if hold.labels is not None else hold.teacher.argmax(1)
+    reliability = {
+        "before": M.reliability_bins(before, target),
+        "after": M.reliability_bins(after, target),
+        "against": "labels" if hold.labels is not None else "teacher",
+    }
     report = {
         "run_id": run.id,
         "created_at": run.created_at,
@@ -114,11 +173,14 @@ def finish(settings: Any, run_id: str) -> dict[str, Any]:
         "reason": detail.get("reason", ""),
         "trigger_numbers": detail.get("trigger_numbers", {}),
         "parent_version": run.parent_version,
-        "drift": drift,
+        "drift": _drift(settings, registry, run, hold, before, chosen["card"]),
         "gates": {"passed": gates["passed"], "failed": gates["failed"], "gates": gates["gates"]},
         "slices": gates["tables"],
+        "candidates": judged["candidates"],
+        "chosen": chosen["name"],
         "reliability": reliability,
         "curation": result.get("curation", {}),
+        "synthesis": result.get("synthesis"),
         "stop": result.get("stop", {}),
         "teacher_versions": detail.get("build", {}).get("teacher_versions", {}),
         "engine": {
@@ -135,7 +197,7 @@ def finish(settings: Any, run_id: str) -> dict[str, Any]:
     (run_dir / "report.json").write_text(
         orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2).decode()
     )
-    return {"passed": gates["passed"], "verdict": report["stop"].get("verdict")}
+    return {"passed": gates["passed"], "verdict": report["stop"].get("verdict"), "chosen": chosen["name"]}
 
 
 def main() -> None:

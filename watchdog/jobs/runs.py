@@ -151,6 +151,7 @@ class RunManager:
             built = orjson.loads((run_dir / "build.json").read_bytes())
             await self._db(store.update_run, run_id, detail={"build": built})
             await self._train(run_id, run_dir)
+            await self._widen(run_id, run_dir)
             await self._finish(run_id, run_dir)
             await self._db(compress_drift_page, run_dir)
             await self._decide(run_id, run_dir)
@@ -199,16 +200,36 @@ class RunManager:
             tail = _tail(log_path)
             raise RunError(f"{what}: exit code {code}" + (f": {tail}" if tail else ""))
 
-    async def _train(self, run_id: str, run_dir: Path) -> None:
-        out = run_dir / "out"
-        argv = launch_argv(self.settings, run_dir / "job.yaml", out, run_id)
-        await self._db(self.daemon.store.update_run, run_id, detail={"argv": argv})
+    async def _train(self, run_id: str, run_dir: Path, job: str = "job.yaml", out_name: str = "out") -> None:
+        out = run_dir / out_name
+        argv = launch_argv(self.settings, run_dir / job, out, run_id)
+        if out_name == "out":
+            await self._db(self.daemon.store.update_run, run_id, detail={"argv": argv})
+        log_name = "train.log" if out_name == "out" else f"train-{out_name}.log"
         await self._spawn(
-            run_id, argv, run_dir / "train.log", self.settings.distill.timeout_s, "training", "reduced"
+            run_id, argv, run_dir / log_name, self.settings.distill.timeout_s, "training", "reduced"
         )
         for name in ("student.onnx", "card.json", "result.json"):
             if not (out / name).exists():
                 raise RunError(f"training: finished without writing {name}")
+
+    async def _widen(self, run_id: str, run_dir: Path) -> None:
+        """A capacity-limited candidate: train the wider variants too (`widen.py`). A variant
+        that fails is recorded and left out; the first candidate still stands."""
+        if self.settings.policy.wider_candidates == 0:
+            return
+        argv = [sys.executable, "-m", "distill_watchdog.jobs.widen", "--settings", str(self.settings_file)]
+        await self._spawn(
+            run_id, [*argv, "--run", run_id], run_dir / "widen.log", FINISH_TIMEOUT_S, "widening", "idle"
+        )
+        planned = orjson.loads((run_dir / "widen.json").read_bytes())
+        for variant in planned["variants"]:
+            try:
+                await self._train(run_id, run_dir, variant["job"], variant["out"])
+            except RunError as exc:
+                variant["error"] = str(exc)[:500]
+        (run_dir / "widen.json").write_bytes(orjson.dumps(planned))
+        await self._db(self.daemon.store.update_run, run_id, detail={"widen": planned})
 
     async def _finish(self, run_id: str, run_dir: Path) -> None:
         argv = [
@@ -225,12 +246,10 @@ class RunManager:
     async def _decide(self, run_id: str, run_dir: Path) -> None:
         store, registry = self.daemon.store, self.daemon.registry
         report = orjson.loads((run_dir / "report.json").read_bytes())
+        chosen = run_dir / report.get("chosen", "out")
         try:
             info = await self._db(
-                registry.register_files,
-                run_dir / "out" / "student.onnx",
-                run_dir / "out" / "card.json",
-                "policy",
+                registry.register_files, chosen / "student.onnx", chosen / "card.json", "policy"
             )
         except Exception as exc:
             raise RunError(f"registry refused the candidate: {exc}") from None
@@ -240,6 +259,8 @@ class RunManager:
             "stop": report.get("stop"),
             "gates_passed": gates["passed"],
             "failed_gates": gates["failed"],
+            "candidates": report.get("candidates", []),
+            "chosen": report.get("chosen", "out"),
         }
         # One alert per state change of a run: the stop verdict rides on it (the policy's block by
         # the ceiling rule is its own alert, from the scheduler, while it blocks).

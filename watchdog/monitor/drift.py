@@ -25,22 +25,29 @@ def column_drift(
     ref_pred: np.ndarray,
     cur_x: np.ndarray,
     cur_pred: np.ndarray,
-    method: str,
-    threshold: float,
+    method: str | None,
+    threshold: float | None,
     names: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Share of drifted feature columns, and the prediction column's drift (Evidently stat tests)."""
+    """Share of drifted feature columns, and the prediction column's drift (Evidently stat tests).
+
+    `method` None lets Evidently pick each column's test by the reference's size and the number
+    of distinct values (K-S up to 1,000 reference rows, normed Wasserstein above; chi-squared or
+    Jensen-Shannon for few values), each at its own default threshold unless `threshold` is set.
+    A fixed PSI at 0.1 flags every column of discrete, image-like inputs given tiny noise.
+    """
     import pandas as pd
     from evidently.legacy.calculations.stattests.registry import get_stattest
     from evidently.legacy.core import ColumnType
 
     cols = _columns(ref_x.shape[1], names)
-    drifted, scores = [], {}
+    drifted, scores, used = [], {}, {}
     for i, name in enumerate(cols):
         ref, cur = pd.Series(ref_x[:, i]), pd.Series(cur_x[:, i])
         test = get_stattest(ref, cur, ColumnType.Numerical, method)
         res = test(ref, cur, ColumnType.Numerical, threshold)
         scores[name] = float(res.drift_score)
+        used[test.name] = used.get(test.name, 0) + 1
         if res.drifted:
             drifted.append(name)
     ref_p, cur_p = pd.Series(ref_pred.astype(str)), pd.Series(cur_pred.astype(str))
@@ -48,8 +55,9 @@ def column_drift(
     pres = ptest(ref_p, cur_p, ColumnType.Categorical, threshold)
     top = sorted(scores.items(), key=lambda kv: -abs(kv[1]))[:5]
     return {
-        "method": method,
+        "method": method or "auto",
         "threshold": threshold,
+        "tests": used,
         "columns": len(cols),
         "drifted_columns": len(drifted),
         "share": len(drifted) / max(1, len(cols)),
@@ -65,8 +73,8 @@ def evidently_report(
     ref_pred: np.ndarray,
     cur_x: np.ndarray,
     cur_pred: np.ndarray,
-    method: str,
-    threshold: float,
+    method: str | None,
+    threshold: float | None,
     html_path: Path,
     names: list[str] | None = None,
 ) -> dict[str, Any]:

@@ -110,14 +110,14 @@ def run_context(store: Store, run_id: str) -> dict[str, Any] | None:
         "detail": detail,
         "report": report,
         "drift_page": drift_page(Path(row.run_dir)),
-        "trained_student": _trained_student(Path(row.run_dir)),
+        "trained_student": _trained_student(Path(row.run_dir) / report.get("chosen", "out")),
     }
 
 
-def _trained_student(run_dir: Path) -> dict[str, Any] | None:
-    """The architecture the engine trained: the candidate card's `training.student`."""
+def _trained_student(out: Path) -> dict[str, Any] | None:
+    """The architecture the engine trained: the chosen candidate card's `training.student`."""
     try:
-        card = orjson.loads((run_dir / "out" / "card.json").read_bytes())
+        card = orjson.loads((out / "card.json").read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return None
     student = (card.get("training") or {}).get("student") if isinstance(card, dict) else None

@@ -16,14 +16,12 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from .. import metrics
 from ..errors import WatchdogError
+from .migrate import MIGRATIONS
 from .tables import SchemaInfo
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-# Statements that take the schema from version N-1 to N, for tables that already exist
-# (create_all makes new tables by itself).
-MIGRATIONS: dict[int, list[str]] = {}
+SCHEMA_VERSION = 2  # 2: vectors as float32 bytes (migrate.py)
 
 T = TypeVar("T")
 
@@ -100,31 +98,42 @@ class Database:
         raise AssertionError("unreachable")
 
     def ensure_schema(self) -> int:
-        """Creates missing tables and applies migrations; refuses a schema newer than this build."""
-        with self.engine.begin() as conn:
-            if self.is_postgres:
-                # Replicas starting together must not race on CREATE TABLE.
-                conn.execute(text("SELECT pg_advisory_xact_lock(727001)"))
-            SQLModel.metadata.create_all(conn)
-            with Session(bind=conn) as session:
-                info = session.exec(select(SchemaInfo)).first()
+        """Creates missing tables and upgrades older schemas; refuses one newer than this build."""
+        with self._schema_lock():
+            with self.engine.begin() as conn:
+                SQLModel.metadata.create_all(conn)
+                info = Session(bind=conn).exec(select(SchemaInfo)).first()
                 current = info.version if info else SCHEMA_VERSION
-                if current > SCHEMA_VERSION:
-                    raise WatchdogError(
-                        f"store: database schema version {current} is newer than "
-                        f"this build's {SCHEMA_VERSION}"
-                    )
-                for version in range(current + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS.get(version, []):
-                        conn.execute(text(statement))
-                    log.info("store: schema upgraded to version %d", version)
-                if info is None:
-                    session.add(SchemaInfo(id=1, version=SCHEMA_VERSION))
-                else:
-                    info.version = SCHEMA_VERSION
-                    session.add(info)
+            if current > SCHEMA_VERSION:
+                raise WatchdogError(
+                    f"store: database schema version {current} is newer than this build's {SCHEMA_VERSION}"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                # Batched, each batch committed: an interrupted upgrade resumes at the next start.
+                MIGRATIONS[version](self.engine)
+                log.info("store: schema upgraded to version %d", version)
+            with self.engine.begin() as conn, Session(bind=conn) as session:
+                info = session.exec(select(SchemaInfo)).first() or SchemaInfo(id=1, version=SCHEMA_VERSION)
+                info.version = SCHEMA_VERSION
+                session.add(info)
                 session.flush()
         return SCHEMA_VERSION
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """PostgreSQL: replicas starting together wait for the one creating or upgrading the schema
+        (a session lock, held across the upgrade's many transactions). SQLite: writes serialise."""
+        if not self.is_postgres:
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(727001)"))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(727001)"))
+                conn.commit()
 
     def schema_version(self) -> int:
         with self.session() as session:

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from .db import Database
 from .tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
+from .vectors import from_blob, to_blobs
 
 _CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 _LABEL_CHUNK = 5000  # labels per UPDATE: 2 parameters each, below SQLite's 32,766
@@ -26,45 +27,30 @@ def dumps(value: Any) -> str:
 
 @dataclass
 class SampleColumns:
-    """Sampled rows as the store holds them, newest first, one list per column (JSON as text)."""
+    """Sampled rows as the store holds them, newest first, one list per column (vectors as
+    float32 bytes, slices as JSON text)."""
 
     ids: list[str] = field(default_factory=list)
     at: list[float] = field(default_factory=list)
-    features: list[str] = field(default_factory=list)
-    student_probs: list[str] = field(default_factory=list)
+    features: list[bytes] = field(default_factory=list)
+    student_probs: list[bytes] = field(default_factory=list)
     student_versions: list[str] = field(default_factory=list)
     slices: list[str] = field(default_factory=list)
     labels: list[int | None] = field(default_factory=list)
-    # (row index, teacher, version, quarantined, probs JSON or None when the teacher failed)
-    outputs: list[tuple[int, str, str, bool, str | None]] = field(default_factory=list)
+    # (row index, teacher, version, quarantined, probs bytes or None when the teacher failed)
+    outputs: list[tuple[int, str, str, bool, bytes | None]] = field(default_factory=list)
 
 
 def _outputs_between(session: Session, first: float, last: float) -> Sequence[Any]:
-    """(sample id, teacher, version, quarantined, probs JSON) of the samples stored from `first`
+    """(sample id, teacher, version, quarantined, probs) of the samples stored from `first`
     to `last`: one join over a window's time range; callers skip rows stored since they read."""
     s, t = Sample.__table__.c, TeacherOutput.__table__.c
     query = (
-        sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs_json)
+        sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs)
         .join(Sample.__table__, t.sample_id == s.id)
         .where(s.at >= first, s.at <= last)
     )
     return session.execute(query).all()
-
-
-@dataclass(slots=True)
-class SampleRecord:
-    """A sampled row with its teachers' answers, ready for one bulk insert."""
-
-    id: str
-    request_id: str
-    at: float
-    features: Any
-    student_probs: Any
-    student_version: str
-    slices: dict[str, str]
-    quarantined: bool
-    # teacher name -> (version, probs or None when the teacher failed, quarantined)
-    teachers: dict[str, tuple[str, Any, bool]]
 
 
 @dataclass(slots=True)
@@ -79,11 +65,10 @@ class TeacherColumn:
 
 @dataclass(slots=True)
 class SampleBatch:
-    """Sampled rows as columns: what the serving process hands to a teacher process for storing.
+    """Sampled rows as columns: what the shadow process hands to a teacher process for storing.
 
-    A few arrays pickle in microseconds where one object per row (each with its own small
-    arrays) costs the serving process's GIL a few milliseconds per write; the rows are expanded
-    into `SampleRecord`s, with their ids, in the process that writes them.
+    A few arrays pickle in microseconds where one object per row would not; the insert tuples
+    and row ids are built in the process that writes them (`rows`).
     """
 
     request_ids: list[str]
@@ -118,18 +103,19 @@ class SampleBatch:
         ids = _new_ids(n)
         for name, column in self.teachers.items():
             flag = column.quarantined and column.probs is not None
-            for k, j in enumerate(column.rows):
-                probs = None if column.probs is None else dumps(column.probs[k])
+            answers = [None] * len(column.rows) if column.probs is None else to_blobs(column.probs)
+            for j, probs in zip(column.rows, answers, strict=True):
                 outputs.append((ids[j], name, column.version, probs, flag))
                 if flag:
                     quarantined[j] = True
+        features, student = to_blobs(self.features), to_blobs(self.student_probs)
         samples = [
             (
                 ids[j],
                 self.request_ids[j],
                 self.at[j],
-                dumps(self.features[j]),
-                dumps(self.student_probs[j]),
+                features[j],
+                student[j],
                 self.student_versions[j],
                 dumps(self.slices[j]),
                 quarantined[j],
@@ -145,11 +131,9 @@ def _new_ids(n: int) -> list[str]:
     millisecond interleave, but all of them sort after every earlier row, which is what keeps
     the index pages written few.
 
-    The sample id is the primary key of `samples` and is indexed in `teacher_outputs`. Random
-    ids (uuid4's) put every row of a bulk insert on its own page of both indexes, so the bytes
-    written per row grew with the table: on SQLite, 30 µs of CPU and 17 KB written per row once
-    it held 200k rows, against 13 µs and 2.3 KB in time order, at any size
-    (bench/sample_store.py).
+    The sample id is the primary key of `samples` and is indexed in `teacher_outputs`: random
+    ids would put every row of a bulk insert on its own index page, so the cost of a write would
+    grow with the table (bench/sample_store.py).
     """
     head = f"{time.time_ns() // 1_000_000:012x}"
     raw = os.urandom(8 * n).hex()
@@ -160,28 +144,6 @@ class SampleStore:
     db: Database
 
     # --- samples ------------------------------------------------------------------------------
-
-    def add_samples(self, records: list[SampleRecord]) -> int:
-        """Bulk insert of rows built one by one (tests, imports); see `add_sample_batches`."""
-        samples = [
-            (
-                r.id,
-                r.request_id,
-                r.at,
-                dumps(r.features),
-                dumps(r.student_probs),
-                r.student_version,
-                dumps(r.slices),
-                r.quarantined,
-            )
-            for r in records
-        ]
-        outputs = [
-            (r.id, name, version, None if probs is None else dumps(probs), quarantined)
-            for r in records
-            for name, (version, probs, quarantined) in r.teachers.items()
-        ]
-        return self._insert_samples(samples, outputs)
 
     def add_sample_batches(self, batches: list[SampleBatch]) -> int:
         """Bulk insert of what the sampling worker gathered, in one transaction."""
@@ -194,17 +156,17 @@ class SampleStore:
         return self._insert_samples(samples, outputs)
 
     def _insert_samples(self, samples: list[tuple[Any, ...]], outputs: list[tuple[Any, ...]]) -> int:
-        """Two executemany statements through the driver itself. With SQLAlchemy's `insert()` and a
-        record object per row, storing a sampled row cost 22 µs of CPU on SQLite; this way, 11-13."""
+        """Two executemany statements through the driver itself: no object per row on the hot
+        write path."""
         if not samples:
             return 0
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
         insert_samples = (
-            f"INSERT INTO {Sample.__tablename__} (id, request_id, at, features_json, student_probs_json, "
+            f"INSERT INTO {Sample.__tablename__} (id, request_id, at, features, student_probs, "
             f"student_version, slice_json, quarantined) VALUES ({', '.join([mark] * 8)})"
         )
         insert_outputs = (
-            f"INSERT INTO {TeacherOutput.__tablename__} (sample_id, teacher, version, probs_json, "
+            f"INSERT INTO {TeacherOutput.__tablename__} (sample_id, teacher, version, probs, "
             f"quarantined) VALUES ({', '.join([mark] * 5)})"
         )
 
@@ -226,65 +188,8 @@ class SampleStore:
 
         return self.db.retry("count_samples", op)
 
-    def recent_samples(self, limit: int = 1000, include_quarantined: bool = False) -> list[dict[str, Any]]:
-        """Newest first, with teacher outputs; quarantined rows only when asked for.
-
-        Selects columns, not ORM entities: a monitor window is tens of thousands of rows, and
-        building an instance per row was most of a cycle's time.
-        """
-        s = Sample.__table__.c
-
-        def op(session: Session) -> list[dict[str, Any]]:
-            query = sa_select(
-                s.id,
-                s.request_id,
-                s.at,
-                s.features_json,
-                s.student_probs_json,
-                s.student_version,
-                s.slice_json,
-                s.quarantined,
-                s.label,
-            )
-            if not include_quarantined:
-                query = query.where(s.quarantined.is_(False))
-            query = query.order_by(s.at.desc()).limit(limit)
-            loads = orjson.loads
-            by_id: dict[str, dict[str, Any]] = {
-                sid: {
-                    "id": sid,
-                    "request_id": rid,
-                    "at": at,
-                    "features": loads(features),
-                    "student_probs": loads(probs),
-                    "student_version": version,
-                    "slices": loads(slices),
-                    "quarantined": bool(quarantined),
-                    "label": label,
-                    "teachers": {},
-                }
-                for sid, rid, at, features, probs, version, slices, quarantined, label in session.execute(
-                    query
-                ).all()
-            }
-            if not by_id:
-                return []
-            times = [row["at"] for row in by_id.values()]
-            for sid, teacher, version, quarantined, probs in _outputs_between(
-                session, min(times), max(times)
-            ):
-                if sid in by_id:
-                    by_id[sid]["teachers"][teacher] = {
-                        "version": version,
-                        "quarantined": bool(quarantined),
-                        "probs": None if probs is None else loads(probs),
-                    }
-            return list(by_id.values())
-
-        return self.db.retry("recent_samples", op)
-
     def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
-        """The newest `limit` unquarantined rows (at or after `since`), as columns of stored text.
+        """The newest `limit` unquarantined rows (at or after `since`), as columns as stored.
 
         For the monitor window and a run's training set: tens of thousands of rows, where a
         dict per row with its JSON parsed one by one was most of a cycle (window.py parses
@@ -294,7 +199,7 @@ class SampleStore:
 
         def op(session: Session) -> SampleColumns:
             query = sa_select(
-                s.id, s.at, s.features_json, s.student_probs_json, s.student_version, s.slice_json, s.label
+                s.id, s.at, s.features, s.student_probs, s.student_version, s.slice_json, s.label
             ).where(s.quarantined.is_(False))
             if since is not None:
                 query = query.where(s.at >= since)
@@ -366,9 +271,6 @@ class SampleStore:
 
     # --- teacher pins and events -----------------------------------------------------------
 
-    def get_pin(self, teacher: str) -> TeacherPin | None:
-        return self.db.retry("get_pin", lambda s: s.get(TeacherPin, teacher))
-
     def list_pins(self) -> list[TeacherPin]:
         return self.db.retry("list_pins", lambda s: list(s.exec(select(TeacherPin))))
 
@@ -438,10 +340,10 @@ class SampleStore:
             )
             return [
                 {
-                    "features": orjson.loads(s.features_json),
+                    "features": from_blob(s.features),
                     "label": s.label,
                     "slices": orjson.loads(s.slice_json),
-                    "probs": orjson.loads(t.probs_json or "null"),
+                    "probs": None if t.probs is None else from_blob(t.probs),
                 }
                 for s, t in session.exec(query)
             ]
@@ -454,6 +356,6 @@ def _answered_by(teacher: str, version: str) -> list[Any]:
     return [
         col(TeacherOutput.teacher) == teacher,
         col(TeacherOutput.version) == version,
-        col(TeacherOutput.probs_json).is_not(None),
+        col(TeacherOutput.probs).is_not(None),
         col(TeacherOutput.quarantined).is_(False),
     ]

@@ -63,8 +63,8 @@ class Sample(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     request_id: str = Field(index=True, max_length=128)
     at: float = Field(index=True)
-    features_json: str
-    student_probs_json: str
+    features: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32 (vectors.py)
+    student_probs: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     student_version: str = Field(max_length=64)
     slice_json: str = "{}"
     quarantined: bool = Field(default=False, index=True)
@@ -73,14 +73,14 @@ class Sample(SQLModel, table=True):
 
 
 class TeacherOutput(SQLModel, table=True):
-    """A teacher's answer for one sample; `probs_json` is null when the teacher failed."""
+    """A teacher's answer for one sample; `probs` (float32) is null when the teacher failed."""
 
     __tablename__ = "teacher_outputs"
     id: int | None = Field(default=None, primary_key=True)
     sample_id: str = Field(index=True, max_length=32)
     teacher: str = Field(max_length=200)
     version: str = Field(default="", max_length=200)
-    probs_json: str | None = None
+    probs: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     quarantined: bool = False
 
 
@@ -113,10 +113,10 @@ class EvalRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     teacher: str = Field(index=True, max_length=200)
     ordinal: int
-    features_json: str
+    features: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32 (vectors.py)
     label: int | None = None
     slice: str = Field(default="", max_length=200)
-    probs_json: str
+    probs: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     version: str = Field(max_length=200)
     source: str = Field(max_length=16)  # file | samples
 

@@ -1,0 +1,106 @@
+"""Teacher-labelled synthesis: generators stay in the slice's ranges, filter counts add up,
+synthetic rows never reach the hold-out or the eval set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from distill_engine import JobError, load_job, parse_job, run
+from distill_engine.job import SynthesisSpec
+from distill_engine.synthesis import generate, synthesize
+from distill_engine.teachers import make_teacher
+from distill_engine.zoo import resolve_factory
+
+from .helpers import blobs, teacher_onnx, write_job
+
+
+def double_rows(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A user generator that steps outside the slice on purpose (the engine clips it back)."""
+    return x[rng.integers(0, len(x), n)] * 2.0
+
+
+@pytest.mark.parametrize("kind", ["jitter", "smote", "mixup"])
+def test_generators_stay_inside_the_slice_feature_ranges(kind: str) -> None:
+    x, _ = blobs(80, 3)
+    spec = SynthesisSpec(generators=[kind], candidates_per_row=2.0, jitter_scale=3.0)
+    cand, counts = generate(x.astype(np.float64), spec, np.random.default_rng(0))
+    assert counts == {kind: 160} and cand.shape == (160, x.shape[1])
+    assert (cand >= x.min(0) - 1e-6).all() and (cand <= x.max(0) + 1e-6).all()
+    assert len(np.unique(cand.round(5), axis=0)) > 100  # new points, not copies
+
+
+def test_user_generator_is_clipped_and_counted() -> None:
+    x, _ = blobs(50, 3)
+    spec = SynthesisSpec(generators=[], generator=f"{double_rows.__module__}:double_rows")
+    user = resolve_factory(str(spec.generator), "synthesis.generator")
+    cand, counts = generate(x.astype(np.float64), spec, np.random.default_rng(0), user)
+    assert counts == {"user": 150} and (cand <= x.max(0) + 1e-6).all() and (cand >= x.min(0) - 1e-6).all()
+
+
+def test_filters_remove_what_they_say(tmp_path) -> None:
+    teacher_onnx(tmp_path / "t.onnx")
+    x, _ = blobs(300, 1)
+    slices = np.where(np.arange(300) < 60, "weak", "other")
+    job = parse_job(
+        {
+            "data": {"train": "a", "eval": "b"},
+            "teachers": [{"name": "t", "kind": "onnx", "path": str(tmp_path / "t.onnx"), "batch_size": 50}],
+            "synthesis": {
+                "enabled": True,
+                "slices": ["weak"],
+                "min_teacher_confidence": 0.9,
+                "max_ratio": 0.5,
+            },
+        }
+    )
+    adapters = {"t": make_teacher(job.teachers[0], None)}
+    syn = synthesize(job, adapters, x, slices, None, seed=0)
+    c = syn.counts["weak"]
+    assert set(syn.counts) == {"weak"} and c["real_rows"] == 60 and c["generated"] == 180
+    removed = c["low_confidence"] + c["duplicates"] + c["unlike_production"] + c["over_max_ratio"]
+    assert c["generated"] - removed == c["kept"] == len(syn) <= 30
+    assert c["low_confidence"] > 0 and (syn.probs.max(1) >= 0.9).all()
+    assert syn.teacher_calls == 4 and (syn.weights == 0.5).all() and set(syn.slices) == {"weak"}
+    w = x[:60]
+    assert (syn.x >= w.min(0) - 1e-6).all() and (syn.x <= w.max(0) + 1e-6).all()
+    # Candidates that repeat a real row are dropped as duplicates.
+    dup_job = job.model_copy(deep=True)
+    dup_job.synthesis.generators = ["mixup"]
+    dup_job.synthesis.mixup_alpha = 0.001  # mixing weight ~0 or ~1: almost every candidate is a real row
+    dup_job.synthesis.min_teacher_confidence = 0.0
+    d = synthesize(dup_job, adapters, x, slices, None, seed=0).counts["weak"]
+    assert d["duplicates"] > 0.5 * d["generated"]
+    for ad in adapters.values():
+        ad.close()
+
+
+def test_synthetic_rows_train_but_never_reach_holdout_or_eval(tmp_path) -> None:
+    (tmp_path / "off").mkdir()
+    (tmp_path / "on").mkdir()
+    off = run(load_job(write_job(tmp_path / "off", epochs=6)), tmp_path / "off" / "out", progress="none")
+    path = write_job(
+        tmp_path / "on",
+        epochs=6,
+        synthesis={"enabled": True, "slices": ["a"], "ablate": True, "max_ratio": 0.5},
+    )
+    on = run(load_job(path), tmp_path / "on" / "out", progress="none")
+    syn = on.result["synthesis"]
+    assert syn["rows"] == syn["slices"]["a"]["kept"] > 0 and syn["teacher_calls"] >= 1
+    assert on.card["training"]["synthetic_rows"] == syn["rows"]
+    for key in ("train_rows", "holdout_rows"):  # the real split is the same with and without synthesis
+        assert on.card["training"][key] == off.card["training"][key]
+    assert on.result["student"]["n"] == off.result["student"]["n"] == 300
+    assert on.result["calibration_holdout"]["before"]["n"] == off.result["calibration_holdout"]["before"]["n"]
+    ab = syn["ablation"]
+    assert ab["with_synthesis"]["accuracy"] == on.result["student"]["accuracy"]
+    assert ab["without_synthesis"]["n"] == 300 and "Synthesis" in on.report_path.read_text()
+    assert off.result["synthesis"] is None
+
+
+def test_synthesis_needs_teachers_and_no_hints(tmp_path) -> None:
+    with pytest.raises(JobError, match="synthesis cannot be combined"):
+        parse_job({"data": {"train": "a", "eval": "b"}, "synthesis": {"enabled": True},
+                   "loss": {"hints": [{"teacher": "t", "student": "s"}]}})  # fmt: skip
+    with pytest.raises(JobError, match=r"^synthesis\.generator: "):
+        parse_job({"data": {"train": "a", "eval": "b"}, "synthesis": {"generator": "nocolon"}})

@@ -1,0 +1,141 @@
+"""Candidates that can grow: every candidate is gated and reported; the best that passes wins.
+
+Real parts: ONNX students (the parent, a copy of it, and the teacher's own network as the
+"wider" candidate), a real store and hold-out built by the loop, the gates' child code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import orjson
+
+from distill_watchdog.config import load_settings
+from distill_watchdog.jobs.build import build_job
+from distill_watchdog.jobs.finish import finish
+from distill_watchdog.registry import Registry
+from distill_watchdog.store import Store
+from distill_watchdog.store.tables import DistillRun
+
+from .helpers import seed_samples
+from support import write_model
+
+SYNTH = {
+    "rows": 40,
+    "weight": 0.5,
+    "teacher_calls": 1,
+    "slices": {"sensor=c": {"real_rows": 70, "generated": 210, "low_confidence": 100, "duplicates": 0,
+                            "unlike_production": 30, "over_max_ratio": 40, "kept": 40}},
+}  # fmt: skip
+
+
+def _candidate(folder: Path, model: tuple[Path, Path], stop: str, params: int) -> None:
+    folder.mkdir(parents=True)
+    shutil.copy(model[0], folder / "student.onnx")
+    card = json.loads(model[1].read_text())
+    card["training"] = {"student": {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [params]}}}
+    (folder / "card.json").write_text(json.dumps(card))
+    result = {"stop": {"verdict": stop, "training": stop}, "params": {"student": params}, "synthesis": SYNTH}
+    (folder / "result.json").write_text(json.dumps(result))
+
+
+def test_the_wider_candidate_is_tried_gated_reported_and_chosen(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        data_dir=str(tmp_path / "data"),
+        teachers=[{"name": "big", "kind": "onnx", "location": "unused.onnx"}],
+        monitor={"window": 600},
+        policy={"min_samples": 60, "max_ece": 1.0},  # the test networks are not calibrated
+    )
+    store = Store(settings.store_url)
+    registry = Registry(store, settings.models_dir)
+    parent = write_model(tmp_path / "src", stem="parent", seed=0)
+    info = registry.register_files(*parent)
+    registry.record_activation(info.version, actor="test")
+    seed_samples(store, info.version, n=900, shift_c=3.0, teacher_seed=1)  # the teacher: seed 1
+    run_dir = tmp_path / "data" / "runs" / "r1"
+    weak = {"weak_slices": [{"slice": "sensor=c"}]}
+    store.add_run(
+        DistillRun(
+            id="r1",
+            created_at=time.time(),
+            updated_at=time.time(),
+            status="running",
+            parent_version=info.version,
+            run_dir=str(run_dir),
+            detail_json=orjson.dumps({"trigger_numbers": weak}).decode(),
+        )
+    )
+    build_job(settings, store, registry, run_dir, "r1", ["sensor=c"])
+    # The first candidate learned nothing (the parent's own network) and was capacity-limited;
+    # the wider one is the teacher's network: it gains everywhere.
+    _candidate(run_dir / "out", parent, "capacity_limited", 826)
+    _candidate(run_dir / "out-wide-1", write_model(tmp_path / "src", stem="wide", seed=1), "converged", 3000)
+    widen = {"variants": [{"out": "out-wide-1", "kwargs": {"hidden": [64]}, "params": 3000}]}
+    (run_dir / "widen.json").write_text(json.dumps(widen))
+    outcome = finish(settings, "r1")
+    assert outcome == {"passed": True, "verdict": "converged", "chosen": "out-wide-1"}
+    report = json.loads((run_dir / "report.json").read_text())
+    first, wide = report["candidates"]
+    assert first["name"] == "out" and not first["passed"] and "min_gain sensor=c" in first["failed"]
+    assert wide["name"] == "out-wide-1" and wide["passed"] and wide["chosen"] and wide["student"] == 3000
+    assert wide["weak_gain"] > 0.2 and first["weak_gain"] == 0.0
+    assert report["chosen"] == "out-wide-1" and report["gates"]["passed"]
+    from distill_watchdog.reports.render import render_run
+
+    page = render_run(store, "r1").read_text()
+    assert 'id="candidates"' in page and "out-wide-1 <strong>(chosen)</strong>" in page
+    assert 'id="synthesis"' in page and "<td>sensor=c</td><td>70</td><td>210</td>" in page
+
+
+def test_a_labelled_slice_that_loses_accuracy_fails_the_regression_gate() -> None:
+    """Agreeing more with the teacher where the teacher is wrong is still a regression in accuracy."""
+    import numpy as np
+
+    from distill_watchdog.jobs.gates import EvalSet, judge
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    teacher_pred = labels.copy()
+    teacher_pred[:40] = (labels[:40] + 1) % 5  # the teacher is wrong on 40 rows
+    eye = np.eye(5)
+    es = EvalSet("frozen", np.zeros((200, 3), np.float32), eye[teacher_pred], labels, [["s=a"]] * 200)
+    verdict = judge([(es, eye[labels], eye[teacher_pred])], [], 0.01, 0.01, 1.0)
+    gate = next(g for g in verdict["gates"] if g["slice"] == "s=a")
+    assert gate["change"] > 0.15 and gate["accuracy_change"] < -0.15 and not gate["passed"]
+    same = judge([(es, eye[labels], eye[labels])], [], 0.01, 0.01, 1.0)
+    assert same["passed"]
+
+
+def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Path) -> None:
+    import yaml
+
+    from distill_watchdog.config import PolicyConfig
+    from distill_watchdog.jobs.widen import plan
+
+    (tmp_path / "out").mkdir()
+    job = {
+        "student": {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [8]}},
+        "train": {"epochs": 5},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    (tmp_path / "out" / "card.json").write_text(
+        json.dumps({"num_features": 64, "classes": list("0123456789")})
+    )
+    result = {"stop": {"verdict": "converged", "training": "converged"}}
+    (tmp_path / "out" / "result.json").write_text(json.dumps(result))
+    assert plan(tmp_path, PolicyConfig())["variants"] == []  # not capacity-limited: nothing to grow
+    result["stop"]["training"] = "capacity_limited"
+    (tmp_path / "out" / "result.json").write_text(json.dumps(result))
+    planned = plan(tmp_path, PolicyConfig(wider_candidates=2, max_params_factor=3.0))
+    parent = 64 * 8 + 8 + 8 * 10 + 10
+    assert len(planned["variants"]) == 2 and planned["diagnosis"] == "capacity_limited"
+    for v in planned["variants"]:
+        assert parent < v["params"] <= 3 * parent
+        wide = yaml.safe_load((tmp_path / v["job"]).read_text())
+        assert wide["student"] == {"factory": "distill_engine.zoo:mlp", "kwargs": v["kwargs"]}
+        assert wide["train"] == {"epochs": 5} and "init_from" not in wide["student"]
+    assert plan(tmp_path, PolicyConfig(wider_candidates=0))["variants"] == []
