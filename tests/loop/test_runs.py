@@ -54,6 +54,7 @@ def _trigger(url: str, **body) -> str:
     return r.json()["id"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_crashing_and_hanging_jobs_fail_alert_and_leave_serving_alone(
     make_settings, model_files, webhook: Webhook
