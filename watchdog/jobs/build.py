@@ -20,7 +20,7 @@ import yaml
 
 from ..config import Settings
 from ..monitor.reference import replay_rows
-from ..monitor.window import Window, window_from_columns
+from ..monitor.window import Window, read_window
 from ..policy import last_healthy_at
 from ..registry import Registry
 from ..store import Store
@@ -223,9 +223,7 @@ def build_job(
     Raises WaitingForData when a weak slice has too few recent rows for both sides.
     """
     cfg = settings.policy
-    w = window_from_columns(
-        store.sample_columns(cfg.max_train_rows), {t.name: t.weight for t in settings.teachers}
-    )
+    w = read_window(store, cfg.max_train_rows, {t.name: t.weight for t in settings.teachers})
     active = registry.active_version()
     if active is None:
         raise ValueError("no active student to improve on")
