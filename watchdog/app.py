@@ -21,14 +21,14 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import metrics, ui
+from . import metrics
 from .config import Settings
 from .errors import WatchdogError
-from .jobs import api as runs_api
 from .registry import Registry
-from .serving import admin, routes
+from .serving import routes
 from .serving.asgi import send_error
 from .serving.batcher import MicroBatcher, ModelUnavailableError
+from .serving.endpoints import route_label, starlette_routes
 from .serving.hot_swap import ModelManager
 from .serving.validation import BadRequest
 from .store import Store
@@ -72,41 +72,7 @@ class Daemon:
         self.max_rows_per_request = self.settings.server.max_rows_per_request
 
 
-# Route templates bound the `route` label of the request metrics.
-_EXACT = {
-    "/v1/predict",
-    "/v1/feedback",
-    "/v2",
-    "/v2/health/live",
-    "/v2/health/ready",
-    "/metrics",
-    "/openapi.json",
-    "/admin/models",
-    "/admin/models/rollback",
-    "/admin/teachers",
-    "/admin/runs",
-}
-_PATTERNS = [
-    (re.compile(r"^/v2/models/[^/]+/infer$"), "/v2/models/{name}/infer"),
-    (re.compile(r"^/v2/models/[^/]+/versions/[^/]+/infer$"), "/v2/models/{name}/versions/{version}/infer"),
-    (re.compile(r"^/v2/models/[^/]+/ready$"), "/v2/models/{name}/ready"),
-    (re.compile(r"^/v2/models/[^/]+$"), "/v2/models/{name}"),
-    (re.compile(r"^/admin/models/[^/]+/activate$"), "/admin/models/{version}/activate"),
-    (re.compile(r"^/admin/teachers/[^/]+/accept$"), "/admin/teachers/{name}/accept"),
-    (re.compile(r"^/admin/runs/[^/]+/(approve|reject)$"), "/admin/runs/{id}/{action}"),
-    (re.compile(r"^/admin/runs/[^/]+$"), "/admin/runs/{id}"),
-    (re.compile(r"^/ui(/.*)?$"), "/ui"),
-]
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
-
-
-def route_label(path: str) -> str:
-    if path in _EXACT:
-        return path
-    for pattern, label in _PATTERNS:
-        if pattern.match(path):
-            return label
-    return "other"
 
 
 class WatchdogASGI:
@@ -282,7 +248,7 @@ def create_app(
             daemon.store.close()
 
     framework = Starlette(
-        routes=[*routes.ROUTES, *admin.ROUTES, *runs_api.ROUTES, *ui.ROUTES],
+        routes=starlette_routes(),
         lifespan=lifespan,
         exception_handlers={
             HTTPException: _http_error,

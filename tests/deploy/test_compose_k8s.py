@@ -63,9 +63,9 @@ def _daemon_services() -> dict[str, dict]:
 
 
 def _http_paths() -> set[str]:
-    from distill_watchdog.serving import admin, routes
+    from distill_watchdog.serving.endpoints import ENDPOINTS
 
-    return {r.path for r in [*routes.ROUTES, *admin.ROUTES]}
+    return {e.path for e in ENDPOINTS}
 
 
 def _load_with_env(monkeypatch: pytest.MonkeyPatch, config: Path, env: dict[str, str]):

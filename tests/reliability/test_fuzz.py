@@ -145,7 +145,6 @@ def api_schema(fuzz_server: ServerThread) -> Any:
 
 
 def _operations() -> list[str]:
-    import distill_watchdog.app  # noqa: F401 - registers the routes of every room
     from distill_watchdog.serving.openapi import document
 
     return [f"{m.upper()} {p}" for p, ops in document(None)["paths"].items() for m in ops]

@@ -8,13 +8,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
-from ..serving.admin import admin, read_json
-from ..serving.openapi import EXTRA_PATHS, operation
+from ..serving.admin import admin, read_model
 from ..serving.routes import JSON
+from ..serving.schemas import RejectRunRequest, TriggerRunRequest
 from ..serving.validation import BadRequest
-from ..ui.charts import RANGES
 from .runs import RunError
 
 if TYPE_CHECKING:
@@ -74,13 +72,8 @@ async def trigger_run(request: Request) -> Response:
     """Starts a run now (no policy checks), on this replica; weak slices from the body or the last cycle."""
     daemon: Daemon = request.app.state.daemon
     runs = _runs(daemon)
-    data = await read_json(request, daemon.settings.server.max_body_bytes)
-    if not isinstance(data, dict):
-        raise BadRequest(422, "body: must be a JSON object")
-    reason = str(data.get("reason") or "manual trigger")[:500]
-    weak = data.get("weak_slices")
-    if weak is not None and (not isinstance(weak, list) or not all(isinstance(s, str) for s in weak)):
-        raise BadRequest(422, "weak_slices: must be a list of slice labels like 'sensor=c'")
+    body = await read_model(request, TriggerRunRequest, daemon.settings.server.max_body_bytes)
+    reason, weak = (body.reason or "manual trigger")[:500], body.weak_slices
     running = [r for r in await asyncio.to_thread(daemon.store.list_runs, 20) if r.status == "running"]
     if running:  # one training child at a time: a flood of triggers must not fork a process each
         raise BadRequest(409, f"run {running[0].id} is still running; wait for it or reject it")
@@ -109,66 +102,9 @@ async def approve_run(request: Request) -> Response:
 async def reject_run(request: Request) -> Response:
     daemon: Daemon = request.app.state.daemon
     row = await _get(daemon, request.path_params["id"])
-    data = await read_json(request, daemon.settings.server.max_body_bytes)
-    reason = str(data.get("reason", ""))[:500] if isinstance(data, dict) else ""
+    body = await read_model(request, RejectRunRequest, daemon.settings.server.max_body_bytes)
     try:
-        row = await _runs(daemon).reject(row.id, actor="admin-api", reason=reason)
+        row = await _runs(daemon).reject(row.id, actor="admin-api", reason=(body.reason or "")[:500])
     except RunError as exc:
         raise BadRequest(409, str(exc)) from None
     return JSON(run_dict(row))
-
-
-ROUTES = [
-    Route("/admin/runs", list_runs, methods=["GET"]),
-    Route("/admin/runs", trigger_run, methods=["POST"]),
-    Route("/admin/runs/{id}", get_run, methods=["GET"]),
-    Route("/admin/runs/{id}/approve", approve_run, methods=["POST"]),
-    Route("/admin/runs/{id}/reject", reject_run, methods=["POST"]),
-]
-
-_OBJ = {"type": "object"}
-EXTRA_PATHS.update(
-    {
-        "/admin/runs": {
-            "get": operation("Redistillation runs, newest first", _OBJ, admin=True),
-            "post": operation(
-                "Start a redistillation run now (body: reason?, weak_slices?)",
-                _OBJ,
-                errors=(409, 422),
-                admin=True,
-                ok_code=202,
-            ),
-        },
-        "/admin/runs/{id}": {
-            "get": operation("One run with its detail", _OBJ, errors=(404,), admin=True, params=["id"])
-        },
-        "/admin/runs/{id}/approve": {
-            "post": operation(
-                "Promote a run's candidate awaiting approval",
-                _OBJ,
-                errors=(404, 409),
-                admin=True,
-                params=["id"],
-            )
-        },
-        "/admin/runs/{id}/reject": {
-            "post": operation(
-                "Decline a run's candidate (body: reason?)",
-                _OBJ,
-                errors=(404, 409),
-                admin=True,
-                params=["id"],
-            )
-        },
-        "/ui/": {
-            "get": {
-                **operation(
-                    "Review UI (server-rendered HTML); `range`: the curves' time range", errors=(400,)
-                ),
-                "parameters": [
-                    {"name": "range", "in": "query", "required": False, "schema": {"enum": list(RANGES)}}
-                ],
-            }
-        },
-    }
-)

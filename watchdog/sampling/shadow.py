@@ -4,7 +4,7 @@ Batching, teacher calls, pinning and writes would each wake the serving process'
 here the serving process only sends admitted rows, a chunk at a time, and reads a few small
 messages back.
 
-One socket pair, length-prefixed pickles (the framing of teachers/child.py):
+One socket pair, length-prefixed pickles (procs.py, as for every child process):
 
 - serving -> shadow: `("rows", Rows)`, `("call", id, method, args, kwargs)` (accept,
   reevaluate), `("stop",)`.
@@ -31,7 +31,7 @@ from typing import Any
 from .. import metrics
 from ..config import Settings
 from ..errors import WatchdogError
-from ..teachers.child import RESTART_DELAYS_S, START_TIMEOUT_S, die_with, frame, receive
+from ..procs import START_TIMEOUT_S, Restarts, die_with, frame, receive, spawn
 from .waiting import Rows
 
 log = logging.getLogger(__name__)
@@ -82,87 +82,108 @@ async def _run(
     sock: socket.socket, settings: Settings, feature_names: list[str] | None, alerts: bool
 ) -> None:
     from ..store import Store
-    from .worker import TeacherWorker
 
     reader, writer = await asyncio.open_connection(sock=sock)
-    send = lambda message: writer.write(frame(message))  # noqa: E731 - one line, used below
-    received = 0
-    pushed: dict[str, Any] = {}
-
-    def push(kind: str, *value: Any) -> None:
-        if pushed.get(kind) != value:
-            pushed[kind] = value
-            send((kind, *value))
-
-    def taken() -> None:
-        push("taken", received - len(worker.waiting), worker.in_hand)
-
     store = await asyncio.to_thread(Store, settings.store_url, False)
-    alerter = _Alerts(send, settings.alerts) if alerts else None
-    worker = TeacherWorker(settings, store, alerter, feature_names, taken, lambda: push_all())
-
-    def push_all() -> None:
-        push("metrics", metrics.shadow_snapshot())
-        push("state", worker.states(), worker.status())
-        taken()
-
+    shadow = _Shadow(writer, settings, store, feature_names, alerts)
     try:
-        await worker.start()
+        await shadow.worker.start()
     except Exception as exc:
         log.exception("sampling: the shadow process could not start the teacher worker")
-        send(("ready", os.getpid(), False, f"{type(exc).__name__}: {exc}"[:300]))
+        shadow.send(("ready", os.getpid(), False, f"{type(exc).__name__}: {exc}"[:300]))
         await writer.drain()
         return
-    push_all()  # the teachers' states are known when the daemon says it is ready
-    send(("ready", os.getpid(), worker.running, ""))
+    shadow.push_all()  # the teachers' states are known when the daemon says it is ready
+    shadow.send(("ready", os.getpid(), shadow.worker.running, ""))
+    await shadow.serve(reader)
 
-    async def push_forever() -> None:
+
+class _Shadow:
+    """The shadow process's end of the socket: rows and calls in, states and metrics out."""
+
+    def __init__(
+        self,
+        writer: asyncio.StreamWriter,
+        settings: Settings,
+        store: Any,
+        feature_names: list[str] | None,
+        alerts: bool,
+    ) -> None:
+        from .worker import TeacherWorker
+
+        self.writer = writer
+        self.received = 0
+        self.pushed: dict[str, Any] = {}
+        alerter = _Alerts(self.send, settings.alerts) if alerts else None
+        self.worker = TeacherWorker(settings, store, alerter, feature_names, self.taken, self.push_all)
+
+    def send(self, message: Any) -> None:
+        self.writer.write(frame(message))
+
+    def push(self, kind: str, *value: Any) -> None:
+        """Sends what changed since it was last sent."""
+        if self.pushed.get(kind) != value:
+            self.pushed[kind] = value
+            self.send((kind, *value))
+
+    def taken(self) -> None:
+        self.push("taken", self.received - len(self.worker.waiting), self.worker.in_hand)
+
+    def push_all(self) -> None:
+        self.push("metrics", metrics.shadow_snapshot())
+        self.push("state", self.worker.states(), self.worker.status())
+        self.taken()
+
+    async def push_forever(self) -> None:
         while True:
             await asyncio.sleep(PUSH_S)
-            push_all()
+            self.push_all()
 
-    async def answer(call_id: int, method: str, args: tuple, kwargs: dict) -> None:
+    async def answer(self, call_id: int, method: str, args: tuple, kwargs: dict) -> None:
         try:
             if method not in CALLS:
                 raise ValueError(f"not a worker call: {method!r}")
-            value = await getattr(worker, method)(*args, **kwargs)
+            value = await getattr(self.worker, method)(*args, **kwargs)
             reply = ("reply", call_id, True, value)
         except WatchdogError as exc:  # the caller's error (an unknown teacher, no candidate): 4xx
             reply = ("reply", call_id, False, exc)
         except Exception as exc:
             reply = ("reply", call_id, False, f"{type(exc).__name__}: {exc}"[:500])
-        push_all()  # the state the answer describes arrives before the answer
-        send(reply)
+        self.push_all()  # the state the answer describes arrives before the answer
+        self.send(reply)
 
-    pusher = asyncio.get_running_loop().create_task(push_forever())
-    calls: set[asyncio.Task[None]] = set()
-    try:
-        while True:
-            try:
-                message = await receive(reader)
-            except (asyncio.IncompleteReadError, OSError):
-                return  # the daemon is gone (its death also ends this process: die_with)
-            if message[0] == "rows":
-                rows: Rows = message[1]
-                received += len(rows)
-                worker.receive(rows)
-                taken()
-            elif message[0] == "call":
-                task = asyncio.get_running_loop().create_task(answer(*message[1:]))
-                calls.add(task)
-                task.add_done_callback(calls.discard)
-            elif message[0] == "stop":
-                break
-    finally:
-        pusher.cancel()
-        for task in calls:
-            task.cancel()
-        await worker.stop()
-        with contextlib.suppress(Exception):
-            push_all()
-            send(("stopped",))
-            await writer.drain()
-            writer.close()
+    async def serve(self, reader: asyncio.StreamReader) -> None:
+        """Reads the daemon's messages until it says stop or goes away, then stops the worker."""
+        loop = asyncio.get_running_loop()
+        pusher = loop.create_task(self.push_forever())
+        calls: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                try:
+                    message = await receive(reader)
+                except (asyncio.IncompleteReadError, OSError):
+                    return  # the daemon is gone (its death also ends this process: die_with)
+                if message[0] == "rows":
+                    rows: Rows = message[1]
+                    self.received += len(rows)
+                    self.worker.receive(rows)
+                    self.taken()
+                elif message[0] == "call":
+                    task = loop.create_task(self.answer(*message[1:]))
+                    calls.add(task)
+                    task.add_done_callback(calls.discard)
+                elif message[0] == "stop":
+                    break
+        finally:
+            pusher.cancel()
+            for task in calls:
+                task.cancel()
+            await self.worker.stop()
+            with contextlib.suppress(Exception):
+                self.push_all()
+                self.send(("stopped",))
+                await self.writer.drain()
+                self.writer.close()
 
 
 # --- the serving process's side -------------------------------------------------------------------
@@ -188,7 +209,7 @@ class ShadowProcess:
         self._process: Any = None
         self._writer: asyncio.StreamWriter | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._restart: asyncio.Task[None] | None = None
+        self._restarts = Restarts("sampling", self._start_again)
         self._sent = 0  # rows sent to this shadow process
         self._taken = 0  # of those, rows that left its waiting rows
         self._in_hand = 0  # rows it took and has not yet settled (stored, dropped, ...)
@@ -214,21 +235,9 @@ class ShadowProcess:
 
     async def start(self) -> None:
         """Starts the process and waits for its worker (raises if the process cannot start)."""
-        context = multiprocessing.get_context("spawn")  # never fork a process with an event loop and threads
-        mine, theirs = socket.socketpair()
-        args = (
-            theirs,
-            self.settings.child_json(),
-            self.feature_names,
-            self.alerter is not None,
-            os.getpid(),
-        )
-        process = context.Process(target=_main, args=args, name="shadow", daemon=True)
-        try:
-            process.start()
-        finally:
-            theirs.close()
-        reader, writer = await asyncio.open_connection(sock=mine)
+        args = (self.settings.child_json(), self.feature_names, self.alerter is not None, os.getpid())
+        started = await spawn(_main, args, "shadow")
+        process, reader, writer = started.process, started.reader, started.writer
         try:
             async with asyncio.timeout(START_TIMEOUT_S):
                 while (message := await receive(reader))[0] != "ready":
@@ -299,25 +308,16 @@ class ShadowProcess:
         if lost:
             metrics.samples_total.labels(outcome="dropped").inc(lost)
         self._sent = self._taken = self._in_hand = 0
-        metrics.sampler_errors_total.labels(stage="worker").inc()
         code = self._process.exitcode if self._process is not None else None
-        log.error("sampling: the shadow process exited (code %s); %d rows lost; starting another", code, lost)
-        self._restart = asyncio.get_running_loop().create_task(self._replace())
+        process = self._process
+        self._restarts.lost(
+            f"the shadow process exited (code {code}); {lost} rows lost",
+            before=lambda: asyncio.to_thread(process.join, 5),
+        )
 
-    async def _replace(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self._process.join, 5)
-        for attempt in itertools.count():
-            if self._closing:
-                return
-            try:
-                await self.start()
-                log.info("sampling: a new shadow process (pid %s) took over", self.pid)
-                return
-            except Exception as exc:
-                delay = RESTART_DELAYS_S[min(attempt, len(RESTART_DELAYS_S) - 1)]
-                log.error("sampling: %s; trying again in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
+    async def _start_again(self) -> None:
+        await self.start()
+        log.info("sampling: a new shadow process (pid %s) took over", self.pid)
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Runs `await worker.<method>(...)` in the shadow process; its error raises RuntimeError."""
@@ -332,8 +332,7 @@ class ShadowProcess:
         """Asks the worker to write what it answered and count what it did not, waits for its last
         metrics, then ends the process."""
         self._closing = True
-        if self._restart is not None:
-            self._restart.cancel()
+        self._restarts.close()
         if self._writer is not None and self._listener is not None:
             self._stopped = asyncio.get_running_loop().create_future()
             with contextlib.suppress(Exception):

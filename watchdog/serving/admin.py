@@ -8,22 +8,24 @@ import binascii
 import hmac
 from collections.abc import Awaitable, Callable
 from functools import wraps
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from .asgi import bounded, read_request
 from .routes import JSON
+from .schemas import AcceptTeacherRequest, ActivateRequest
 from .validation import BadRequest
 
 if TYPE_CHECKING:
     from ..app import Daemon
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+M = TypeVar("M", bound=BaseModel)
 
 
 def check_token(daemon: Daemon, authorization: str | None) -> None:
@@ -61,6 +63,18 @@ async def read_json(request: Request, limit: int) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(400, f"body: not valid JSON ({exc})") from None
+
+
+async def read_model(request: Request, model: type[M], limit: int) -> M:
+    """The body validated by `model` (an empty body is `{}`), or a 422 naming each faulty field."""
+    data = await read_json(request, limit)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        faults = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise BadRequest(422, faults) from None
 
 
 @admin
@@ -116,8 +130,8 @@ async def upload_model(request: Request) -> Response:
 @admin
 async def activate_model(request: Request) -> Response:
     daemon = _daemon(request)
-    data = await read_json(request, daemon.settings.server.max_body_bytes)
-    reason = str(data.get("reason", ""))[:500] if isinstance(data, dict) else ""
+    body = await read_model(request, ActivateRequest, daemon.settings.server.max_body_bytes)
+    reason = (body.reason or "")[:500]
     model = await daemon.models.activate(request.path_params["version"], actor="admin-api", reason=reason)
     return JSON({"active": model.version})
 
@@ -163,21 +177,6 @@ async def accept_teacher(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in service.states:
         raise BadRequest(404, f"teacher: unknown teacher {name[:64]!r}")
-    data = await read_json(request, daemon.settings.server.max_body_bytes)
-    if not isinstance(data, dict):
-        raise BadRequest(422, "body: must be a JSON object")
-    version, reason = data.get("version"), str(data.get("reason", ""))[:500]
-    if version is not None and not isinstance(version, str):
-        raise BadRequest(422, "version: must be a string")
-    state = await service.accept(name, version, actor="admin-api", reason=reason)
+    body = await read_model(request, AcceptTeacherRequest, daemon.settings.server.max_body_bytes)
+    state = await service.accept(name, body.version, actor="admin-api", reason=(body.reason or "")[:500])
     return JSON(state.as_dict())
-
-
-ROUTES = [
-    Route("/admin/teachers", list_teachers, methods=["GET"]),
-    Route("/admin/teachers/{name}/accept", accept_teacher, methods=["POST"]),
-    Route("/admin/models", list_models, methods=["GET"]),
-    Route("/admin/models", upload_model, methods=["POST"]),
-    Route("/admin/models/rollback", rollback_model, methods=["POST"]),
-    Route("/admin/models/{version}/activate", activate_model, methods=["POST"]),
-]

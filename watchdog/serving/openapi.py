@@ -1,136 +1,17 @@
-"""The OpenAPI 3 document of every route: schemas come from pydantic models of the bodies."""
+"""The OpenAPI 3 document, built from the route table (endpoints.py) and the body models (schemas.py)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from .. import __version__
-from ..card import ModelCard
-from .validation import MAX_ID_LENGTH, MAX_SLICE_KEYS, MAX_SLICE_TEXT
+from .endpoints import ENDPOINTS, Endpoint
+from .schemas import MODELS, SLICE_SCHEMA, ErrorBody
 
 if TYPE_CHECKING:
     from ..app import Daemon
-
-
-class ErrorBody(BaseModel):
-    error: str
-
-
-F32_MAX = 3.4028234663852886e38  # values must fit float32 (the batcher's NonFiniteInputError)
-RowId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
-SliceText = Annotated[str, Field(max_length=MAX_SLICE_TEXT)]
-# A row's labels are `key=value` joined by `,`: keys hold neither, values no `,` (validation.py).
-SLICE_SCHEMA = {
-    "type": "object",
-    "maxProperties": MAX_SLICE_KEYS,
-    "propertyNames": {"minLength": 1, "maxLength": MAX_SLICE_TEXT, "pattern": "^[^=,]*$"},
-    "additionalProperties": {"type": "string", "maxLength": MAX_SLICE_TEXT, "pattern": "^[^,]*$"},
-}
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    inputs: list[list[Annotated[float, Field(ge=-F32_MAX, le=F32_MAX)]]] = Field(
-        min_length=1, description="Rows of features, [N, D] (D and the row limit: see the served document)"
-    )
-    slice: dict[SliceText, SliceText] | None = Field(
-        default=None,
-        max_length=MAX_SLICE_KEYS,
-        description="Slice labels for sampling and monitoring (keys without '=' or ',', values without ',')",
-    )
-    ids: list[RowId] | None = Field(
-        default=None,
-        description="One id per row, unique within the request (for feedback); generated (random) if "
-        "absent. Client ids share one namespace with every other client's",
-    )
-
-
-class PredictResponse(BaseModel):
-    model_version: str
-    predictions: list[int]
-    probabilities: list[list[float]]
-    ids: list[str]
-
-
-class InferTensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any] | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class InferRequest(BaseModel):
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[InferTensor]
-    outputs: list[dict[str, Any]] | None = None
-
-
-class InferResponse(BaseModel):
-    model_name: str
-    model_version: str
-    id: str | None = None
-    outputs: list[InferTensor]
-
-
-class UploadRequest(BaseModel):
-    model_base64: str = Field(description="The student ONNX file, base64")
-    card: ModelCard
-    activate: bool = False
-
-
-class ActivateRequest(BaseModel):
-    reason: str | None = None
-
-
-class FeedbackLabel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: RowId = Field(description="The id of a predicted row (from /v1/predict)")
-    label: int = Field(
-        ge=0,
-        le=2**31 - 1,
-        description="A class index of the active student: 0 <= label < its number of classes",
-    )
-
-
-class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    labels: list[FeedbackLabel] = Field(description="At most server.max_feedback_labels labels (413 beyond)")
-
-
-class FeedbackResponse(BaseModel):
-    accepted: int
-    unknown_ids: list[str] = Field(description="Ids with no sampled row (not an error)")
-
-
-class AcceptTeacherRequest(BaseModel):
-    version: str | None = Field(default=None, description="Defaults to the quarantined candidate version")
-    reason: str | None = None
-
-
-_MODELS: list[type[BaseModel]] = [
-    FeedbackLabel,
-    FeedbackRequest,
-    FeedbackResponse,
-    AcceptTeacherRequest,
-    ErrorBody,
-    PredictRequest,
-    PredictResponse,
-    InferTensor,
-    InferRequest,
-    InferResponse,
-    UploadRequest,
-    ActivateRequest,
-    ModelCard,
-]
-# Routes added by other rooms register their operations here: path -> method -> operation.
-EXTRA_PATHS: dict[str, dict[str, Any]] = {}
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -142,33 +23,33 @@ def _json(model: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): {"description": "error", **_json(ErrorBody)} for c in codes}
-
-
-def operation(
-    summary: str,
-    ok: type[BaseModel] | dict[str, Any] | None = None,
-    body: type[BaseModel] | None = None,
-    errors: tuple[int, ...] = (),
-    admin: bool = False,
-    params: list[str] = (),  # type: ignore[assignment]
-    ok_code: int = 200,
-) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "responses": {str(ok_code): {"description": "ok"}}}
-    if ok is not None:
-        op["responses"][str(ok_code)].update(_json(ok))
-    if body is not None:
-        op["requestBody"] = {"required": True, **_json(body)}
-    if admin:
+def operation(e: Endpoint) -> dict[str, Any]:
+    """The document's entry for one endpoint."""
+    ok: dict[str, Any] = {"description": "ok"}
+    if e.ok_media != "application/json":
+        ok["content"] = {e.ok_media: {}}
+    elif e.ok is not None:
+        ok.update(_json(e.ok))
+    op: dict[str, Any] = {"summary": e.summary, "responses": {str(e.ok_code): ok}}
+    if e.body is not None:
+        op["requestBody"] = {"required": e.body_required, **_json(e.body)}
+    errors = (*e.errors, 401) if e.admin else e.errors
+    if e.admin:
         op["security"] = [{"bearer": []}]
-        errors = (*errors, 401)
-    op["responses"].update(_errors(*errors))
-    if params:
-        op["parameters"] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
-        ]
+    op["responses"].update({str(c): {"description": "error", **_json(ErrorBody)} for c in errors})
+    parameters = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in e.params]
+    parameters += [{"name": n, "in": "query", "required": False, "schema": s} for n, s in e.query.items()]
+    if parameters:
+        op["parameters"] = parameters
     return op
+
+
+def paths() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for e in ENDPOINTS:
+        if e.summary:
+            out.setdefault(e.path, {})[e.method.lower()] = operation(e)
+    return out
 
 
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -177,101 +58,25 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def document(daemon: Daemon | None = None) -> dict[str, Any]:
-    obj = {"type": "object"}
-    paths: dict[str, dict[str, Any]] = {
-        "/v1/predict": {
-            "post": operation(
-                "Predict with the active student", PredictResponse, PredictRequest, (400, 413, 422, 503)
-            )
-        },
-        "/v2": {"get": operation("OIP v2 server metadata", obj)},
-        "/v2/health/live": {"get": operation("OIP v2 liveness", obj)},
-        "/v2/health/ready": {"get": operation("OIP v2 readiness", obj, errors=(503,))},
-        "/v2/models/{name}": {
-            "get": operation("OIP v2 model metadata", obj, errors=(404, 503), params=["name"])
-        },
-        "/v2/models/{name}/ready": {
-            "get": operation("OIP v2 model readiness", obj, errors=(404, 503), params=["name"])
-        },
-        "/v2/models/{name}/infer": {
-            "post": operation(
-                "OIP v2 inference (JSON or binary tensor extension)",
-                InferResponse,
-                InferRequest,
-                (400, 404, 413, 422, 503),
-                params=["name"],
-            )
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus text exposition",
-                "responses": {"200": {"description": "ok", "content": {"text/plain": {}}}},
-            }
-        },
-        "/openapi.json": {"get": operation("This document", obj)},
-        "/admin/models": {
-            "get": operation("List student versions", obj, admin=True),
-            "post": operation(
-                "Upload a student (multipart 'model' + 'card', or JSON)",
-                obj,
-                UploadRequest,
-                (400, 413, 422),
-                admin=True,
-                ok_code=201,
-            ),
-        },
-        "/admin/models/{version}/activate": {
-            "post": operation(
-                "Activate a version (load, warm, swap)",
-                obj,
-                ActivateRequest,
-                (400, 404, 413, 422),
-                admin=True,
-                params=["version"],
-            )
-        },
-        "/v1/feedback": {
-            "post": operation(
-                "Join delayed true labels to sampled rows by id",
-                FeedbackResponse,
-                FeedbackRequest,
-                (400, 413, 422, 503),
-            )
-        },
-        "/admin/teachers": {
-            "get": operation(
-                "Teachers: pins, candidates, circuit state, recent events", obj, errors=(404,), admin=True
-            )
-        },
-        "/admin/teachers/{name}/accept": {
-            "post": operation(
-                "Accept a teacher version (pins it, releases its quarantined rows; audited)",
-                obj,
-                AcceptTeacherRequest,
-                (404, 409, 422),
-                admin=True,
-                params=["name"],
-            )
-        },
-        "/admin/models/rollback": {
-            "post": operation("Return to the previous active version", obj, errors=(409,), admin=True)
-        },
-    }
-    for path, ops in EXTRA_PATHS.items():
-        paths.setdefault(path, {}).update(ops)
-    schemas = {m.__name__: _schema(m) for m in _MODELS}
-    predict = schemas["PredictRequest"]["properties"]
+def schemas() -> dict[str, Any]:
+    """Every body model's schema, with what pydantic cannot say (slice label syntax, unique ids)."""
+    out = {m.__name__: _schema(m) for m in MODELS}
+    predict = out["PredictRequest"]["properties"]
     predict["slice"]["anyOf"][0] = SLICE_SCHEMA
     predict["ids"]["anyOf"][0]["uniqueItems"] = True
+    return out
+
+
+def document(daemon: Daemon | None = None) -> dict[str, Any]:
+    components = schemas()
     if daemon is not None:
-        _served_shape(schemas, daemon)
+        _served_shape(components, daemon)
     return {
         "openapi": "3.0.3",
         "info": {"title": "Distill Watchdog", "version": __version__},
-        "paths": paths,
+        "paths": paths(),
         "components": {
-            "schemas": schemas,
+            "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -1,7 +1,7 @@
 """Public HTTP routes: the simple JSON API, Open Inference Protocol v2, health, metrics.
 
 `/v1/predict` and `/v2/models/{name}/infer` are raw ASGI handlers (no framework objects on
-the hot path); everything else is a Starlette route.
+the hot path); everything else is a Starlette handler. endpoints.py lists them all.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from .. import __version__, metrics
 from .asgi import (
@@ -28,6 +27,7 @@ from .asgi import (
 )
 from .batcher import NonFiniteInputError, NonFiniteOutputError
 from .validation import (
+    MAX_ID_LENGTH,
     NON_FINITE_INPUT,
     OIP_OUTPUT,
     BadRequest,
@@ -221,8 +221,10 @@ def parse_feedback(data: Any, num_classes: int, max_labels: int) -> list[tuple[s
         if not isinstance(item, dict) or set(item) != {"id", "label"}:
             raise BadRequest(422, f"labels[{i}]: must be an object with exactly 'id' and 'label'")
         rid, label = item["id"], item["label"]
-        if not isinstance(rid, str) or not 0 < len(rid) <= 128:
-            raise BadRequest(422, f"labels[{i}].id: must be a non-empty string of at most 128 characters")
+        if not isinstance(rid, str) or not 0 < len(rid) <= MAX_ID_LENGTH:
+            raise BadRequest(
+                422, f"labels[{i}].id: must be a non-empty string of at most {MAX_ID_LENGTH} characters"
+            )
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
             raise BadRequest(
                 422,
@@ -256,15 +258,4 @@ async def openapi(request: Request) -> Response:
     return JSON(document(_daemon(request)))
 
 
-ROUTES = [
-    Route("/v2", server_metadata, methods=["GET"]),
-    Route("/v2/health/live", live, methods=["GET"]),
-    Route("/v2/health/ready", ready, methods=["GET"]),
-    Route("/v2/models/{name}", model_metadata, methods=["GET"]),
-    Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
-    Route("/metrics", metrics_endpoint, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/v1/feedback", feedback, methods=["POST"]),
-]
-
-__all__ = ["JSON_HEADERS", "ROUTES", "error", "infer", "predict"]
+__all__ = ["JSON_HEADERS", "error", "infer", "predict"]

@@ -4,39 +4,28 @@ Request encoding, response decoding, local models and SQL inserts never share th
 worker's GIL (nor load torch into its process: the shadow process, sampling/shadow.py). Each
 child holds every configured teacher's adapter and answers one request at a time over its own
 socket pair: length-prefixed pickles, written and read by the worker's event loop, with no
-helper thread beside it. A child that dies is replaced; so is one that still has not answered a
-call some time after its caller gave up, so that a hung local model cannot hold a slot for ever.
+helper thread beside it. A child that dies is replaced (procs.Restarts); so is one that still has
+not answered a call some time after its caller gave up, so that a hung local model cannot hold a
+slot for ever. Start, framing and restarts are procs.py's, as for every child process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import itertools
-import logging
-import multiprocessing
 import os
 import pickle
-import signal
 import socket
-import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .. import metrics
 from ..config import TeacherConfig
+from ..procs import HEADER, START_TIMEOUT_S, Restarts, Spawned, die_with, frame, receive, spawn
 
 Result = tuple[str, Any, Any]  # ("ok", probs, version) | ("fail", outcome, message)
-HEADER = struct.Struct("<Q")  # payload length, before each pickle
-START_TIMEOUT_S = 180.0  # spawn, imports (torch for local teachers) and building the adapters
-RESTART_DELAYS_S = (1.0, 5.0, 30.0)  # between attempts to replace a dead child (the last repeats)
-
-log = logging.getLogger(__name__)
 
 
 class ChildError(RuntimeError):
@@ -48,16 +37,6 @@ class ChildError(RuntimeError):
 _adapters: dict[str, Any] = {}
 _stores: dict[str, Any] = {}
 _writer: ThreadPoolExecutor | None = None  # the child's insert thread (see _init)
-
-
-def die_with(parent: int) -> None:
-    """Ask Linux to end this process when the daemon dies, even by SIGKILL or the OOM killer
-    (a child busy with a slow call would otherwise see its socket close only after the call)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the daemon died before the request took effect
-        os._exit(0)
 
 
 def _init(configs: list[dict[str, Any]], parent: int, cpus: list[int] | None) -> None:
@@ -116,18 +95,6 @@ def _predict(name: str, x: np.ndarray) -> Result:
 _OPS = {"predict": _predict, "store": _store_rows}
 
 
-def frame(message: Any) -> bytes:
-    """One message as written on these sockets (and the shadow process's): length, then pickle."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    return HEADER.pack(len(payload)) + payload
-
-
-async def receive(reader: asyncio.StreamReader) -> Any:
-    """One message written by `frame`, read on an event loop."""
-    head = await reader.readexactly(HEADER.size)
-    return pickle.loads(await reader.readexactly(HEADER.unpack(head)[0]))
-
-
 def _send(sock: socket.socket, message: Any) -> None:
     sock.sendall(frame(message))
 
@@ -156,11 +123,7 @@ def _serve(sock: socket.socket, configs: list[dict[str, Any]], parent: int, cpus
 
 
 @dataclass(eq=False)
-class _Child:
-    process: Any  # multiprocessing.Process
-    sock: socket.socket
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+class _Child(Spawned):
     alive: bool = True
     pending: asyncio.Future[Any] | None = None  # the answer being waited for
     overdue: asyncio.TimerHandle | None = None  # retires it unless it answers an abandoned call
@@ -186,8 +149,7 @@ class TeacherProcesses:
         self._configs = [t.model_dump(mode="json") for t in teachers]
         self._children: list[_Child] = []
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
-        self._restarts: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self._restarts = Restarts("teachers", self._spawn)
 
     def pids(self) -> list[int]:
         return [c.process.pid for c in self._children if c.alive]
@@ -212,7 +174,7 @@ class TeacherProcesses:
     async def _run(self, op: str, *args: Any) -> Any:
         message = frame((op, args))
         while True:
-            if self._closed:
+            if self._restarts.closed:
                 raise ChildError("the teacher processes are closed")
             child = await self._idle.get()
             if child.alive:  # one that died while idle is skipped (it is being replaced)
@@ -235,17 +197,9 @@ class TeacherProcesses:
         return value
 
     async def _spawn(self) -> _Child:
-        context = multiprocessing.get_context("spawn")  # never fork a process with an event loop and threads
-        mine, theirs = socket.socketpair()
-        process = context.Process(
-            target=_serve, args=(theirs, self._configs, os.getpid(), self.cpus), name="teacher", daemon=True
-        )
-        try:
-            process.start()
-        finally:
-            theirs.close()
-        reader, writer = await asyncio.open_connection(sock=mine)
-        child = _Child(process, mine, reader, writer)
+        started = await spawn(_serve, (self._configs, os.getpid(), self.cpus), "teacher")
+        process = started.process
+        child = _Child(process, started.sock, started.reader, started.writer)
         self._children.append(child)
         try:
             status, detail = await asyncio.wait_for(receive(child.reader), START_TIMEOUT_S)
@@ -293,31 +247,12 @@ class TeacherProcesses:
         if child.listener is not None and child.listener is not asyncio.current_task():
             child.listener.cancel()
         _end(child)
-        if replace and not self._closed:
-            metrics.sampler_errors_total.labels(stage="worker").inc()
-            log.warning("teachers: teacher process %s %s; starting another", child.process.pid, why)
-            task = asyncio.get_running_loop().create_task(self._replace())
-            self._restarts.add(task)
-            task.add_done_callback(self._restarts.discard)
-
-    async def _replace(self) -> None:
-        for attempt in itertools.count():
-            if self._closed:
-                return
-            try:
-                await self._spawn()
-                return
-            except ChildError as exc:
-                delay = RESTART_DELAYS_S[min(attempt, len(RESTART_DELAYS_S) - 1)]
-                log.error("teachers: %s; trying again in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
+        if replace:
+            self._restarts.lost(f"teacher process {child.process.pid} {why}")
 
     def close(self) -> None:
         """Stops the children now (callable with or without a running event loop)."""
-        self._closed = True
-        for task in list(self._restarts):
-            with contextlib.suppress(RuntimeError):  # its loop may be closed already
-                task.cancel()
+        self._restarts.close()
         children, self._children = self._children, []
         for child in children:
             child.alive = False

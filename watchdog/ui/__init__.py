@@ -3,7 +3,3 @@
 Pages: dashboard (active model, teachers, last cycle, slice table, recent alerts), runs list,
 a run's report (with its Evidently drift page), approve/reject forms that need the admin token.
 """
-
-from .pages import ROUTES
-
-__all__ = ["ROUTES"]

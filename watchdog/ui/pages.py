@@ -15,7 +15,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from ..jobs.runs import RunError
 from ..reports.render import ENV, TEMPLATES, run_context
@@ -215,14 +214,3 @@ async def accept_teacher(request: Request) -> Response:
         raise BadRequest(404, f"teacher: unknown teacher {name!r}")
     await daemon.teachers.accept(name, None, actor="ui", reason=form.get("reason", "")[:500])
     return RedirectResponse("/ui/", status_code=303)
-
-
-ROUTES = [
-    Route("/ui", lambda request: RedirectResponse("/ui/", status_code=307), methods=["GET"]),
-    Route("/ui/", dashboard, methods=["GET"]),
-    Route("/ui/runs", runs_page, methods=["GET"]),
-    Route("/ui/runs/{id}", run_page, methods=["GET"]),
-    Route("/ui/runs/{id}/{file:str}", run_file, methods=["GET"]),
-    Route("/ui/runs/{id}/{action:str}", review, methods=["POST"]),
-    Route("/ui/teachers/{name}/accept", accept_teacher, methods=["POST"]),
-]
