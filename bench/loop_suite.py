@@ -225,8 +225,11 @@ def prepare(root: Path, case: Case, seed: int = 0) -> dict[str, Any]:
     teacher = root / "teacher.onnx"
     extra = pools.shifted if case.name == "label-prior" else pools.teacher_extra  # prior: all classes
     tx, ty = np.concatenate([pools.train[0], extra[0]]), np.concatenate([pools.train[1], extra[1]])
-    _train_teacher(tx, ty, case.teacher_hidden, case.teacher_epochs, teacher)
-    student = _first_student(root, case, pools, teacher)
+    if not teacher.exists():  # a --workdir of an earlier run keeps its models (same seed, same data)
+        _train_teacher(tx, ty, case.teacher_hidden, case.teacher_epochs, teacher)
+    student = root / "student"
+    if not (student / "student.onnx").exists():
+        student = _first_student(root, case, pools, teacher)
     if case.name == "label-prior":
         pools = _prior_shift(pools, lambda v: teacher_probs(teacher, v), student / "student.onnx", rng)
     x = pools.train[0]
@@ -345,7 +348,8 @@ def _traffic_until(
 def run_case(
     case: Case, files: dict[str, Any], root: Path, limit: int | None, synthesis: bool | None, clean_s: float
 ) -> dict[str, Any]:
-    """One daemon session on a prepared scenario (`root`: this session's own folder)."""
+    """One daemon session on a prepared scenario (`root`: this session's own folder, emptied first)."""
+    shutil.rmtree(root, ignore_errors=True)
     pools: Pools = files["pools"]
     # Sources a and b (and c before the shift) send clean rows: one clean probe set stands for them.
     probes = {"clean": pools.probe_clean, "shifted": pools.probe_shifted}
@@ -436,11 +440,13 @@ def main() -> None:
     ap.add_argument("--limit-shifted", type=int, default=None)
     ap.add_argument("--clean-s", type=float, default=40.0)
     ap.add_argument("--no-record", action="store_true")
+    ap.add_argument("--workdir", help="keep each scenario's data and models here (reused when present)")
     args = ap.parse_args()
     results = []
     settings = [None] if args.limit_shifted is None else [True, False]
     for name in args.cases.split(","):
-        tmp = tempfile.mkdtemp(prefix=f"suite-{name}-")
+        tmp = str(Path(args.workdir) / name) if args.workdir else tempfile.mkdtemp(prefix=f"suite-{name}-")
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         files = prepare(Path(tmp), CASES[name])
         for synthesis in settings:
             began = time.perf_counter()
@@ -454,7 +460,8 @@ def main() -> None:
                 )
             )
             results.append(res)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.workdir:
+            shutil.rmtree(tmp, ignore_errors=True)
     table = HEADER + "\n" + "\n".join(_row(r) for r in results)
     print(table)
     if args.no_record:
