@@ -59,7 +59,9 @@ def seed_store(url: str, version: str, n: int, seed: int = 0) -> None:
     """n sampled rows of three sensors, answered by the seed-0 student and a seed-1 teacher."""
     import uuid
 
-    from distill_watchdog.store import SampleRecord, Store
+    from distill_watchdog.store import Store
+
+    from support import SampleRecord, add_samples
 
     def softmax(z: np.ndarray) -> np.ndarray:
         e = np.exp(z - z.max(1, keepdims=True))
@@ -74,7 +76,8 @@ def seed_store(url: str, version: str, n: int, seed: int = 0) -> None:
         x[2::3] += 0.5  # sensor c drifts
         s = softmax(mlp_reference(x, mlp_weights(40, 10, seed=0)))
         t = softmax(mlp_reference(x, mlp_weights(40, 10, seed=1)))
-        store.add_samples(
+        add_samples(
+            store,
             [
                 SampleRecord(
                     id=uuid.uuid4().hex,
@@ -88,7 +91,7 @@ def seed_store(url: str, version: str, n: int, seed: int = 0) -> None:
                     teachers={"big": ("v1", t[i].round(6), False)},
                 )
                 for i in range(m)
-            ]
+            ],
         )
     store.close()
 

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -375,3 +376,121 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --- rows in the store: written and read directly, beside the daemon's own paths -----------------
+
+
+@dataclass(slots=True)
+class SampleRecord:
+    """A sampled row with its teachers' answers, for `add_samples`."""
+
+    id: str
+    request_id: str
+    at: float
+    features: Any
+    student_probs: Any
+    student_version: str
+    slices: dict[str, str]
+    quarantined: bool
+    # teacher name -> (version, probs or None when the teacher failed, quarantined)
+    teachers: dict[str, tuple[str, Any, bool]]
+
+
+def _dumps(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def add_samples(store: Any, records: list[SampleRecord]) -> int:
+    """Inserts rows built one by one (each with its own id), in one transaction."""
+    from sqlalchemy import insert
+
+    from distill_watchdog.store.tables import Sample, TeacherOutput
+    from distill_watchdog.store.vectors import to_blob
+
+    samples = [
+        {
+            "id": r.id,
+            "request_id": r.request_id,
+            "at": r.at,
+            "features": to_blob(r.features),
+            "student_probs": to_blob(r.student_probs),
+            "student_version": r.student_version,
+            "slice_json": _dumps(r.slices),
+            "quarantined": r.quarantined,
+        }
+        for r in records
+    ]
+    outputs = [
+        {
+            "sample_id": r.id,
+            "teacher": name,
+            "version": version,
+            "probs": None if probs is None else to_blob(probs),
+            "quarantined": quarantined,
+        }
+        for r in records
+        for name, (version, probs, quarantined) in r.teachers.items()
+    ]
+
+    def op(session: Any) -> int:
+        if samples:
+            session.execute(insert(Sample), samples)
+        if outputs:
+            session.execute(insert(TeacherOutput), outputs)
+        return len(samples)
+
+    return store.db.retry("add_samples", op)
+
+
+def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
+    """The newest unquarantined rows, newest first, each with its teachers' outputs."""
+    import orjson
+    from sqlalchemy import select
+
+    from distill_watchdog.store.tables import Sample, TeacherOutput
+    from distill_watchdog.store.vectors import from_blob
+
+    s, t = Sample.__table__.c, TeacherOutput.__table__.c
+
+    def op(session: Any) -> list[dict[str, Any]]:
+        query = (
+            select(Sample.__table__)
+            .where(s.quarantined.is_(False))
+            .order_by(s.at.desc(), s.id.desc())
+            .limit(limit)
+        )
+        rows = {
+            row.id: {
+                "id": row.id,
+                "request_id": row.request_id,
+                "at": row.at,
+                "features": from_blob(row.features).tolist(),
+                "student_probs": from_blob(row.student_probs).tolist(),
+                "student_version": row.student_version,
+                "slices": orjson.loads(row.slice_json),
+                "quarantined": bool(row.quarantined),
+                "label": row.label,
+                "teachers": {},
+            }
+            for row in session.execute(query).all()
+        }
+        ids = list(rows)
+        for start in range(0, len(ids), 500):
+            chunk = select(TeacherOutput.__table__).where(t.sample_id.in_(ids[start : start + 500]))
+            for out in session.execute(chunk).all():
+                rows[out.sample_id]["teachers"][out.teacher] = {
+                    "version": out.version,
+                    "quarantined": bool(out.quarantined),
+                    "probs": None if out.probs is None else from_blob(out.probs).tolist(),
+                }
+        return list(rows.values())
+
+    return store.db.retry("recent_samples", op)
+
+
+def get_pin(store: Any, teacher: str) -> Any:
+    """The stored pin of `teacher` (a TeacherPin), or None."""
+    return {pin.teacher: pin for pin in store.list_pins()}.get(teacher)

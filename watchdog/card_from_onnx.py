@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from .card import ModelCard
+from .card import ModelCard, parse_card
 from .errors import ModelRejectedError
 
 OutputKind = Literal["logits", "probabilities"]
@@ -227,4 +227,4 @@ def card_from_onnx(
             "training.student: not given; redistillation trains `distill.job.student` or the default "
             "architecture from scratch, and each run's report says which (--student-factory names it)"
         )
-    return ModelCard.parse(data), notes
+    return parse_card(data), notes

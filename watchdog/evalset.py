@@ -80,8 +80,7 @@ def freeze_from_samples(store: Store, teacher: str, version: str, size: int, min
     if store.eval_count(teacher) > 0:
         return 0
     # Counted before anything is loaded: the sampler tries after every write until the set is
-    # full (at a low sampling rate, for a long time), and loading the still-too-few rows each
-    # time (ORM objects, JSON) is work for nothing in the serving process.
+    # full (at a low sampling rate, for a long time), and loading too few rows is wasted work.
     if store.count_teacher_labelled(teacher, version, max(minimum, 1)) < max(minimum, 1):
         return 0
     found = store.first_teacher_labelled(teacher, version, size)

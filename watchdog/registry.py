@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from . import metrics
-from .card import ModelCard
+from .card import ModelCard, parse_card
 from .errors import ConflictError, ModelRejectedError, NotFoundError
 from .runtime import LoadedModel, load_model
 from .store import ModelVersion, Store
@@ -63,7 +63,7 @@ class Registry:
     def register(self, model_bytes: bytes, card_data: Any, actor: str = "cli") -> VersionInfo:
         """Validates by loading in ONNX Runtime, then stores; a refused model changes nothing."""
         try:
-            card = ModelCard.parse(card_data)
+            card = parse_card(card_data)
             sha = hashlib.sha256(model_bytes).hexdigest()
             version = hashlib.sha256(sha.encode() + _card_digest(card)).hexdigest()[:16]
             load_model(model_bytes, card, version, threads=1)

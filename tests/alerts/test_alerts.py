@@ -17,7 +17,7 @@ from distill_watchdog.server import default_components
 
 from .servers import ALERTMANAGER, Alertmanager, Webhook
 from sampling.helpers import ADMIN, daemon_settings, eventually, predict, teacher_config
-from support import ServerThread, free_port
+from support import ServerThread, free_port, get_pin
 from teachers.fake_teacher import FakeTeacher
 
 
@@ -216,7 +216,9 @@ def test_a_version_accepted_by_reevaluation_still_notifies_through_alertmanager(
                 eventually(lambda: store.eval_count("big") == 8, what="eval set frozen")
                 teacher.version = "v2"  # identical answers: re-evaluation passes, the pin moves at once
                 predict(server.url, rows=4, seed=1)
-                eventually(lambda: store.get_pin("big").pinned_version == "v2", what="accepted automatically")
+                eventually(
+                    lambda: get_pin(store, "big").pinned_version == "v2", what="accepted automatically"
+                )
                 fired = eventually(
                     lambda: [
                         a for a in _notified(hook, "WatchdogTeacherVersionChanged") if a["status"] == "firing"
@@ -271,7 +273,7 @@ def test_quarantined_change_keeps_firing_in_alertmanager_until_a_person_accepts(
             )
             time.sleep(4)  # several repeat_s: still firing, still quarantined, pin unchanged
             assert passed()
-            assert store.get_pin("big").pinned_version == "v1"
+            assert get_pin(store, "big").pinned_version == "v1"
             assert store.count_samples(quarantined=True) == 4
             reply = httpx.post(f"{server.url}/admin/teachers/big/accept", headers=ADMIN)
             assert reply.status_code == 200

@@ -9,8 +9,10 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from distill_watchdog.store import SCHEMA_VERSION, SampleRecord, Store, migrate
+from distill_watchdog.store import SCHEMA_VERSION, Store, migrate
 from distill_watchdog.store.db import make_engine
+
+from support import SampleRecord, add_samples, recent_samples
 
 # The version-1 tables that held vectors, as that build created them.
 _OLD = sa.MetaData()
@@ -117,7 +119,7 @@ def _old_store(url: str, n: int) -> dict[str, list]:
 
 
 def _check_identical(store: Store, want: dict, n: int) -> None:
-    rows = sorted(store.recent_samples(n), key=lambda r: r["at"])
+    rows = sorted(recent_samples(store, n), key=lambda r: r["at"])
     assert len(rows) == n
     np.testing.assert_array_equal(np.asarray([r["features"] for r in rows], np.float32), want["x"])
     np.testing.assert_array_equal(np.asarray([r["student_probs"] for r in rows], np.float32), want["p"])
@@ -158,7 +160,8 @@ def test_an_interrupted_upgrade_resumes(store_url, monkeypatch):
 def test_vectors_are_stored_as_float32_bytes(store_url):
     store = Store(store_url)
     x = np.arange(64, dtype=np.float32) / 7
-    store.add_samples(
+    add_samples(
+        store,
         [
             SampleRecord(
                 id="a" * 32,
@@ -171,7 +174,7 @@ def test_vectors_are_stored_as_float32_bytes(store_url):
                 quarantined=False,
                 teachers={"t": ("1", [0.5, 0.5, 0, 0], False)},
             )
-        ]
+        ],
     )
     with store.db.engine.connect() as conn:
         blob = conn.execute(sa.text("SELECT features FROM samples")).scalar()

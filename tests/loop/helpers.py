@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 
 from distill_watchdog import metrics
-from distill_watchdog.store import SampleRecord, Store
+from distill_watchdog.store import Store
 
 from support import (
+    SampleRecord,
+    add_samples,
     eventually,  # noqa: F401 - re-exported for the suites
     mlp_reference,
     mlp_weights,
@@ -59,7 +61,7 @@ def seed_samples(
         )
         for i in range(n)
     ]
-    store.add_samples(records)
+    add_samples(store, records)
     return x
 
 

@@ -18,10 +18,10 @@ from distill_watchdog import policy
 from distill_watchdog.config import load_settings
 from distill_watchdog.monitor.cycle import run_cycle
 from distill_watchdog.registry import Registry
-from distill_watchdog.store import SampleRecord, Store
+from distill_watchdog.store import Store
 
 from .helpers import softmax
-from support import mlp_reference, mlp_weights, write_model
+from support import SampleRecord, add_samples, mlp_reference, mlp_weights, write_model
 
 
 def _daemon_parts(tmp_path: Path, **monitor: object) -> tuple:
@@ -44,7 +44,8 @@ def _daemon_parts(tmp_path: Path, **monitor: object) -> tuple:
     # Confident answers of the same model: student and teacher agree, calibration is fine.
     probs = softmax(20 * mlp_reference(held, mlp_weights(64, 10, seed=0)))
     now = time.time()
-    store.add_samples(
+    add_samples(
+        store,
         [
             SampleRecord(
                 id=uuid.uuid4().hex,
@@ -58,7 +59,7 @@ def _daemon_parts(tmp_path: Path, **monitor: object) -> tuple:
                 teachers={"big": ("v1", probs[i], False)},
             )
             for i in range(len(held))
-        ]
+        ],
     )
     return settings, store, registry
 

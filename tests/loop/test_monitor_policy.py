@@ -18,6 +18,7 @@ from distill_watchdog.store import Store
 from distill_watchdog.store.tables import DistillRun
 
 from .helpers import seed_samples
+from support import recent_samples
 
 
 def test_wilson_interval_is_proper() -> None:
@@ -305,7 +306,7 @@ def test_weak_rows_are_weighted_since_the_slice_was_last_healthy(
     store.add_decision(None, "ok", "within thresholds", {"breached": False})
     store.add_decision(None, "hold", "weak slices: sensor=c", {"breached": True})
     assert abs(build.last_healthy_at(store) - time.time()) < 60
-    at = [r["at"] for r in store.recent_samples(limit=600)]
+    at = [r["at"] for r in recent_samples(store, limit=600)]
     monkeypatch.setattr(build, "last_healthy_at", lambda _store: sorted(at)[299])
     built = build.build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
     with np.load(tmp_path / "run" / "train.npz") as train:

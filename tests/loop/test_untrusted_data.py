@@ -15,9 +15,10 @@ from distill_watchdog.config import load_settings
 from distill_watchdog.jobs.factories import factory_allowed
 from distill_watchdog.monitor.cycle import run_cycle
 from distill_watchdog.registry import Registry
-from distill_watchdog.store import SampleRecord, Store
+from distill_watchdog.store import Store
 
 from .helpers import seed_samples, softmax
+from support import SampleRecord, add_samples
 
 
 def _setup(tmp_path: Path, store_url: str, model_files, card_extra=None, **sections):
@@ -64,7 +65,7 @@ def test_twenty_thousand_slice_values_make_a_bounded_cycle(tmp_path, store_url, 
     settings, store, registry, version = _setup(
         tmp_path, store_url, model_files, monitor={"min_rows": 50, "window": n}
     )
-    store.add_samples(_rows(version, n, lambda i: {"user": f"u{i}", "sensor": "abc"[i % 3]}))
+    add_samples(store, _rows(version, n, lambda i: {"user": f"u{i}", "sensor": "abc"[i % 3]}))
     result = run_cycle(settings, store, registry)
     assert result["outcome"] == "ok" and result["rows"] == n
     table = result["slices"]
@@ -88,7 +89,7 @@ def test_stored_labels_outside_the_classes_are_skipped_and_counted(tmp_path, sto
     """Labels stored before they were checked (or for a student with more classes) must not make
     every cycle fail: they are left out of the label metrics and counted."""
     settings, store, registry, version = _setup(tmp_path, store_url, model_files)
-    store.add_samples(_rows(version, 300, lambda i: {"sensor": "abc"[i % 3]}))
+    add_samples(store, _rows(version, 300, lambda i: {"sensor": "abc"[i % 3]}))
     accepted, _ = store.add_labels([(f"r{i}", 12 if i < 5 else i % 10) for i in range(40)] + [("r40", -7)])
     assert accepted == 41
     result = run_cycle(settings, store, registry)

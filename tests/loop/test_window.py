@@ -7,7 +7,9 @@ import time
 import numpy as np
 
 from distill_watchdog.monitor.window import load_window, read_window, window_from_columns
-from distill_watchdog.store import SampleRecord, Store
+from distill_watchdog.store import Store
+
+from support import SampleRecord, add_samples, recent_samples
 
 WEIGHTS = {"a": 1.0, "b": 2.0, "c": 0.0}  # c's answers count for nothing
 
@@ -38,7 +40,7 @@ def _seed(store: Store, n: int, now: float) -> None:
                 teachers=teachers,
             )
         )
-    store.add_samples(records)
+    add_samples(store, records)
     store.add_labels([(f"r{k}", k % 3) for k in range(0, n, 4)])
 
 
@@ -67,7 +69,7 @@ def test_the_columnar_window_matches_the_rows(store_url, make_settings) -> None:
     now = time.time()
     _seed(store, 400, now)
     w = window_from_columns(store.sample_columns(300), WEIGHTS)
-    want = _expected(store.recent_samples(300))
+    want = _expected(recent_samples(store, 300))
     assert len(w) + w.dropped_no_teacher == 300 and w.dropped_no_teacher == want["dropped"] > 0
     np.testing.assert_allclose(w.x, want["x"], rtol=1e-6)
     np.testing.assert_allclose(w.teacher, want["teacher"], rtol=1e-12)
@@ -105,7 +107,7 @@ def test_rows_of_another_shape_are_skipped(store_url) -> None:
         )
         for k in range(30)
     ]  # fmt: skip
-    store.add_samples(wide)
+    add_samples(store, wide)
     narrow = read_window(store, 1000, WEIGHTS, features=4, classes=3)
     assert narrow.x.shape[1] == 4 and len(narrow) + narrow.dropped_no_teacher == 90  # 10 quarantined
     assert len(read_window(store, 1000, WEIGHTS, features=9, classes=2)) == 30

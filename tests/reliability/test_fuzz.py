@@ -240,7 +240,7 @@ def test_served_document_states_the_width_and_limits(fuzz_server: ServerThread) 
     assert ids["uniqueItems"] is True
     assert slice_["propertyNames"]["pattern"] == "^[^=,]*$"
     assert slice_["additionalProperties"]["pattern"] == "^[^,]*$"
-    assert schemas["UploadRequest"]["properties"]["card"] == {"$ref": "#/components/schemas/CardBody"}
+    assert schemas["UploadRequest"]["properties"]["card"] == {"$ref": "#/components/schemas/ModelCard"}
 
 
 def test_fuzz_totals(fuzz_server: ServerThread) -> None:

@@ -9,7 +9,7 @@ import pytest
 from distill_watchdog.server import default_components
 
 from .helpers import ADMIN, counter, daemon_settings, eventually, predict, sample_count, teacher_config
-from support import ServerThread
+from support import ServerThread, get_pin, recent_samples
 from teachers.fake_teacher import FakeTeacher
 
 
@@ -60,7 +60,7 @@ def test_quarantine_waits_for_a_person_even_after_a_passing_reevaluation(
         assert "until a person accepts it" in notes["summary"]
         predict(server.url, rows=3, seed=2)  # more v2 rows: still quarantined
         eventually(lambda: store.count_samples(quarantined=True) == 7, what="later v2 rows quarantined")
-        assert store.get_pin("big").pinned_version == "v1"
+        assert get_pin(store, "big").pinned_version == "v1"
         assert _alert(server) is not None
         assert not any(a.action.startswith("teacher.") for a in store.audit_events())
         status = httpx.get(f"{server.url}/admin/teachers", headers=ADMIN).json()["teachers"][0]
@@ -148,7 +148,7 @@ def test_failed_reevaluation_keeps_quarantine_until_an_operator_accepts(
         )
         eventually(lambda: store.count_samples(quarantined=True) == 4, what="rows written as quarantined")
         eventually(lambda: sample_count("quarantined") - quarantined_before == 4, what="quarantined counted")
-        assert store.recent_samples(10) == []  # quarantined rows are not handed downstream
+        assert recent_samples(store, 10) == []  # quarantined rows are not handed downstream
         status = httpx.get(f"{server.url}/admin/teachers", headers=ADMIN).json()
         assert status["teachers"][0]["state"] == "quarantine"
         assert status["teachers"][0]["candidate_version"] == "v2"
@@ -198,7 +198,12 @@ def test_accept_policy_moves_the_pin_at_once(make_settings, model_files, teacher
         eventually(lambda: store.count_samples() == 3, what="rows stored")
         assert store.count_samples(quarantined=True) == 0
         assert _events(store) == [("changed", "v0", "v1")]
-        assert store.get_pin("big").pinned_version == "v1"
+        assert get_pin(store, "big").pinned_version == "v1"
+
+
+def _refresh(pins) -> bool:
+    """What the sampler does on each store poll, on one thread: adopt what other replicas stored."""
+    return pins.adopt(pins.read_stored())
 
 
 def test_a_pin_accepted_on_one_replica_is_adopted_by_the_other(store_url) -> None:
@@ -210,16 +215,16 @@ def test_a_pin_accepted_on_one_replica_is_adopted_by_the_other(store_url) -> Non
         pins.load({"big": None})
     one.observe("big", "v1")
     one.persist()
-    assert two.refresh() and two.teachers["big"].pinned == "v1"
+    assert _refresh(two) and two.teachers["big"].pinned == "v1"
     for pins in (one, two):
         assert pins.observe("big", "v2").quarantined
         pins.persist()
     one.accept("big", "v2", actor="operator")
     one.persist()
-    assert two.refresh()
+    assert _refresh(two)
     assert two.teachers["big"].pinned == "v2" and two.teachers["big"].state == "ok"
     assert not two.observe("big", "v2").quarantined
-    assert not two.refresh()  # nothing new
+    assert not _refresh(two)  # nothing new
 
 
 def test_a_stored_pin_read_before_a_local_change_does_not_undo_it(store_url) -> None:
@@ -254,14 +259,14 @@ def test_paused_follows_every_change_of_state(store_url) -> None:
     assert not one.paused
     assert one.observe("big", "v2").quarantined and one.paused  # a change under the pause policy
     one.persist()
-    assert two.refresh() and two.paused  # adopted from another replica
+    assert _refresh(two) and two.paused  # adopted from another replica
     restarted = Pins(Store(store_url), "pause")
     restarted.load({"big": None})
     assert restarted.paused  # read back at start
     one.accept("big", "v2", actor="operator")
     assert not one.paused
     one.persist()
-    assert two.refresh() and not two.paused
+    assert _refresh(two) and not two.paused
 
 
 def test_a_stored_pin_read_before_an_accept_does_not_undo_it_during_the_write(store_url) -> None:

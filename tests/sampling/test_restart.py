@@ -8,7 +8,7 @@ import pytest
 from distill_watchdog.store import Store
 
 from .helpers import ADMIN, eventually, predict, teacher_config
-from support import DaemonProcess, free_port
+from support import DaemonProcess, free_port, recent_samples
 from teachers.fake_teacher import FakeTeacher
 
 
@@ -33,7 +33,7 @@ def test_samples_and_pins_survive_a_restart(store_url, tmp_path, model_files, wr
             stored = lambda: store.count_samples() == 6 and store.eval_count("big") == 4  # noqa: E731
             eventually(stored, what="rows stored", timeout=60)
         with DaemonProcess(config, port=port) as daemon:
-            ids = {r["request_id"] for r in store.recent_samples(100)}
+            ids = {r["request_id"] for r in recent_samples(store, 100)}
             assert ids == set(first["ids"])
             reply = httpx.post(
                 f"{daemon.url}/v1/feedback", json={"labels": [{"id": first["ids"][0], "label": 2}]}

@@ -9,7 +9,7 @@ import pytest
 from distill_watchdog.server import default_components
 
 from .helpers import ADMIN, counter, daemon_settings, eventually, predict, sample_count, teacher_config
-from support import ServerThread
+from support import ServerThread, recent_samples
 from teachers.fake_teacher import FakeTeacher
 
 
@@ -32,7 +32,7 @@ def test_sampled_rows_are_stored_with_teacher_outputs_and_feedback_joins_labels(
         answers = [predict(server.url, rows=4, seed=s, slice={"region": "eu"}) for s in range(3)]
         store = server.daemon.store
         eventually(lambda: store.count_samples() == 12, what="12 stored samples")
-        rows = store.recent_samples(100)
+        rows = recent_samples(store, 100)
         by_id = {r["request_id"]: r for r in rows}
         first = answers[0]
         row = by_id[first["ids"][0]]
@@ -59,7 +59,7 @@ def test_sampled_rows_are_stored_with_teacher_outputs_and_feedback_joins_labels(
         )
         assert reply.status_code == 200
         assert reply.json() == {"accepted": 2, "unknown_ids": ["never-seen"]}
-        labelled = {r["request_id"]: r["label"] for r in store.recent_samples(100)}
+        labelled = {r["request_id"]: r["label"] for r in recent_samples(store, 100)}
         assert labelled[ids[0]] == 3 and labelled[ids[1]] == 1
 
         bad = httpx.post(f"{server.url}/v1/feedback", json={"labels": [{"id": "x", "label": "cat"}]})
@@ -139,7 +139,7 @@ def test_per_slice_rates_oversample_a_slice(make_settings, model_files, teacher:
         assert httpx.post(f"{server.url}/v1/predict", json={"inputs": big}).status_code == 200
         store = server.daemon.store
         eventually(lambda: store.count_samples() == 4, what="3 eu rows + 1 high-x0 row")
-        slices = sorted(tuple(sorted(r["slices"].items())) for r in store.recent_samples(100))
+        slices = sorted(tuple(sorted(r["slices"].items())) for r in recent_samples(store, 100))
         assert slices == [*[(("region", "eu"), ("x0", "low"))] * 3, (("x0", "high"),)]
 
 
@@ -158,6 +158,6 @@ def test_oip_v2_traffic_is_shadowed_with_ids_from_the_request_id(
         client.close()
         store = server.daemon.store
         eventually(lambda: store.count_samples() == 3, what="3 stored samples")
-        assert {r["request_id"] for r in store.recent_samples(10)} == {"req-7:0", "req-7:1", "req-7:2"}
+        assert {r["request_id"] for r in recent_samples(store, 10)} == {"req-7:0", "req-7:1", "req-7:2"}
         reply = httpx.post(f"{server.url}/v1/feedback", json={"labels": [{"id": "req-7:1", "label": 4}]})
         assert reply.json() == {"accepted": 1, "unknown_ids": []}

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from distill_watchdog.sampling.waiting import Rows, WaitingRows
 
 
+def _add_row(
+    rows: WaitingRows, x: np.ndarray, probs: np.ndarray, row_id: str, at: float, version: str, given: Any
+) -> bool:
+    """One row ([D] or [1, D] each); whether it was kept."""
+    one = Rows(x.reshape(1, -1), probs.reshape(1, -1), [row_id], [at], [version], [given])
+    return rows.extend(one) == 1
+
+
 def _add(rows: WaitingRows, k: int) -> bool:
     x = np.full((1, 3), k, dtype=np.float64)  # as parsed: a one-row request's own array
     given = {"sensor": str(k)} if k else None
-    return rows.add(x, np.full((1, 2), k / 10), f"r{k}", float(k), f"v{k % 2}", given)
+    return _add_row(rows, x, np.full((1, 2), k / 10), f"r{k}", float(k), f"v{k % 2}", given)
 
 
 def test_rows_come_out_oldest_first_as_columns_and_a_full_buffer_refuses() -> None:
@@ -40,7 +50,7 @@ def test_rows_keep_their_order_and_values_through_wrap_around_and_growth() -> No
         for _ in range(int(rng.integers(0, 15))):
             one_row = bool(rng.integers(0, 2))  # a one-row request's own array, or a row of a bigger one
             x = np.full((1, 3), k, dtype=np.float64) if one_row else np.full((4, 3), k, dtype=np.int64)[2]
-            kept = rows.add(x, np.full((1, 2), k, dtype=np.float32), f"r{k}", float(k), "v", None)
+            kept = _add_row(rows, x, np.full((1, 2), k, dtype=np.float32), f"r{k}", float(k), "v", None)
             assert kept == (len(expected) < 700)
             if kept:
                 expected.append(k)
@@ -63,10 +73,10 @@ def test_rows_of_another_width_wait_until_the_old_ones_are_taken() -> None:
     rows = WaitingRows(capacity=10)
     assert _add(rows, 1)
     wider = np.zeros((1, 5))
-    assert not rows.add(wider, np.zeros((1, 2)), "w1", 0.0, "v2", None)
+    assert not _add_row(rows, wider, np.zeros((1, 2)), "w1", 0.0, "v2", None)
     old = rows.take(5)
     assert old is not None and old.x.shape == (1, 3)
-    assert rows.add(wider, np.zeros((1, 2)), "w2", 0.0, "v2", None)
+    assert _add_row(rows, wider, np.zeros((1, 2)), "w2", 0.0, "v2", None)
     new = rows.take(5)
     assert new is not None and new.x.shape == (1, 5) and new.ids == ["w2"]
 
@@ -75,7 +85,7 @@ def test_a_waiting_row_is_a_copy_of_the_request_arrays() -> None:
     """The request's own arrays are offered; changing them later must not change the queued row."""
     rows = WaitingRows(capacity=4)
     x, probs = np.array([[1.5, -2.0, 3.0]]), np.array([[0.25, 0.75]], dtype=np.float32)
-    assert rows.add(x, probs, "r1", 0.0, "v1", None)
+    assert _add_row(rows, x, probs, "r1", 0.0, "v1", None)
     x[:] = 9.0
     probs[:] = 0.0
     batch = rows.take(1)
@@ -83,7 +93,7 @@ def test_a_waiting_row_is_a_copy_of_the_request_arrays() -> None:
     np.testing.assert_array_equal(batch.x, [[1.5, -2.0, 3.0]])
     np.testing.assert_array_equal(batch.probs, [[0.25, 0.75]])
     batch.x[0, 0] = 7.0  # the batch's arrays are its own (writable), not views of the buffers
-    assert rows.add(x, probs, "r2", 0.0, "v1", None)
+    assert _add_row(rows, x, probs, "r2", 0.0, "v1", None)
     later = rows.take(1)
     assert later is not None and later.x[0, 0] == 9.0
 

@@ -9,7 +9,7 @@ import pytest
 
 from distill_engine.metrics import softmax
 from distill_watchdog import metrics
-from distill_watchdog.card import ModelCard
+from distill_watchdog.card import parse_card
 from distill_watchdog.runtime import available_cpus, load_model, session_options
 from distill_watchdog.serving.batcher import MicroBatcher, ModelUnavailableError
 
@@ -29,7 +29,7 @@ def _batch_stats() -> tuple[float, float]:
 
 @pytest.fixture
 def model():
-    return load_model(mlp_onnx_bytes(), ModelCard.parse(card_for()), "v1", threads=1)
+    return load_model(mlp_onnx_bytes(), parse_card(card_for()), "v1", threads=1)
 
 
 def test_concurrent_requests_share_runs_and_get_their_own_rows(model):
@@ -39,7 +39,7 @@ def test_concurrent_requests_share_runs_and_get_their_own_rows(model):
         rng = np.random.default_rng(0)
         inputs = [rng.normal(size=(int(rng.integers(1, 4)), 40)).astype(np.float32) for _ in range(100)]
         runs_before, rows_before = _batch_stats()
-        results = await asyncio.gather(*(batcher.predict(x) for x in inputs))
+        results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
         runs, rows = _batch_stats()
         await batcher.stop()
         for x, (probs, predictions, version) in zip(inputs, results, strict=True):
@@ -58,7 +58,7 @@ def test_oversized_single_request_runs_alone(model):
         batcher = MicroBatcher(lambda: model, max_batch_size=4, max_batch_delay_ms=0)
         batcher.start()
         x = np.zeros((10, 40), dtype=np.float32)
-        probs, _, _ = await batcher.predict(x)
+        probs, _, _ = await batcher.submit(x)
         await batcher.stop()
         assert probs.shape == (10, 10)
 
@@ -70,7 +70,7 @@ def test_no_model_is_an_explicit_error():
         batcher = MicroBatcher(lambda: None, max_batch_size=4, max_batch_delay_ms=0)
         batcher.start()
         with pytest.raises(ModelUnavailableError):
-            await batcher.predict(np.zeros((1, 40), dtype=np.float32))
+            await batcher.submit(np.zeros((1, 40), dtype=np.float32))
         await batcher.stop()
 
     asyncio.run(main())
@@ -80,9 +80,7 @@ def test_stop_finishes_queued_work(model):
     async def main() -> None:
         batcher = MicroBatcher(lambda: model, max_batch_size=2, max_batch_delay_ms=0)
         batcher.start()
-        pending = [
-            asyncio.ensure_future(batcher.predict(np.zeros((1, 40), dtype=np.float32))) for _ in range(9)
-        ]
+        pending = [batcher.submit(np.zeros((1, 40), dtype=np.float32)) for _ in range(9)]
         await asyncio.sleep(0)
         await batcher.stop()
         assert all(p.done() and p.result()[0].shape == (1, 10) for p in pending)
@@ -99,7 +97,7 @@ def test_threads_default_to_the_cpus_this_process_may_use():
 
 
 def test_probability_output_with_temperature():
-    card = ModelCard.parse(card_for(output_kind="probabilities", temperature=2.0, output_name="probs"))
+    card = parse_card(card_for(output_kind="probabilities", temperature=2.0, output_name="probs"))
     loaded = load_model(mlp_onnx_bytes(softmax=True, output_name="probs"), card, "p", threads=1)
     x = np.random.default_rng(2).normal(size=(3, 40)).astype(np.float32)
     expected = softmax(mlp_reference(x, mlp_weights(40, 10)) / 2.0)  # log-softmax / T renormalises to this
@@ -111,7 +109,7 @@ def test_logits_with_temperature_and_a_float64_output_get_the_calibration_head()
 
     from distill_watchdog.runtime import CALIBRATED_OUTPUT, calibration_head
 
-    card = ModelCard.parse(card_for(temperature=1.7))
+    card = parse_card(card_for(temperature=1.7))
     x = np.random.default_rng(3).normal(size=(5, 40)).astype(np.float32)
     loaded = load_model(mlp_onnx_bytes(), card, "t", threads=1)
     np.testing.assert_allclose(
@@ -123,16 +121,16 @@ def test_logits_with_temperature_and_a_float64_output_get_the_calibration_head()
     proto = onnx.load_from_string(mlp_onnx_bytes(output_name="raw"))
     proto.graph.node.append(helper.make_node("Cast", ["raw"], ["logits"], to=TensorProto.DOUBLE))
     proto.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.DOUBLE, ["batch", 10]))
-    loaded = load_model(proto.SerializeToString(), ModelCard.parse(card_for()), "d", threads=1)
+    loaded = load_model(proto.SerializeToString(), parse_card(card_for()), "d", threads=1)
     probs = loaded.predict_proba(x)
     assert probs.dtype == np.float32
     np.testing.assert_allclose(probs, softmax(mlp_reference(x, mlp_weights(40, 10))), atol=1e-5)
-    head = onnx.load_from_string(calibration_head(mlp_onnx_bytes(), ModelCard.parse(card_for())))
+    head = onnx.load_from_string(calibration_head(mlp_onnx_bytes(), parse_card(card_for())))
     assert CALIBRATED_OUTPUT in {o.name for o in head.graph.output}
 
 
 def test_thread_count_is_explicit_or_chosen_between_one_and_the_cpus():
-    card = ModelCard.parse(card_for())
+    card = parse_card(card_for())
     assert load_model(mlp_onnx_bytes(), card, "a", threads=3).threads == 3
     assert load_model(mlp_onnx_bytes(), card, "b", threads=None).threads in {1, available_cpus()}
 
@@ -143,16 +141,16 @@ def test_a_lone_request_runs_in_place_and_a_burst_shares_one_run(model):
         batcher.start()
         x = np.zeros((1, 40), dtype=np.float32)
         runs, rows = _batch_stats()
-        await batcher.predict(x)  # nothing else in flight: runs at once, batch of one
+        await batcher.submit(x)  # nothing else in flight: runs at once, batch of one
         assert _batch_stats() == (runs + 1, rows + 1)
         await asyncio.sleep(0)  # a new loop iteration
         # Eight requests whose tasks start in the same iteration: the first runs alone, the
         # other seven queue behind it and share the next run.
-        await asyncio.gather(*(batcher.predict(x) for _ in range(8)))
+        await asyncio.gather(*(batcher.submit(x) for _ in range(8)))
         assert _batch_stats() == (runs + 3, rows + 9)
         # Requests now arrive together: the first of the next burst queues too, one run for all.
         await asyncio.sleep(0)
-        await asyncio.gather(*(batcher.predict(x) for _ in range(8)))
+        await asyncio.gather(*(batcher.submit(x) for _ in range(8)))
         assert _batch_stats() == (runs + 4, rows + 17)
         # Traffic falls back to one request at a time: the first queues (the last run served
         # eight), and once a run served one, lone requests run in place again.
@@ -179,7 +177,7 @@ def test_a_non_finite_output_fails_only_the_requests_it_belongs_to(model):
         bad = np.zeros((3, 40), dtype=np.float32)
         bad[1] = 3e38  # finite input, overflows inside the model
         results = await asyncio.gather(
-            batcher.predict(good), batcher.predict(bad), batcher.predict(good), return_exceptions=True
+            batcher.submit(good), batcher.submit(bad), batcher.submit(good), return_exceptions=True
         )
         await batcher.stop()
         assert results[0][0].shape == (2, 10) and results[2][0].shape == (2, 10)
@@ -204,7 +202,7 @@ def test_values_float32_cannot_carry_fail_only_their_own_request(model):
         nan = np.zeros((1, 40), dtype=np.float32)
         nan[0, 0] = np.nan
         results = await asyncio.gather(
-            *(batcher.predict(x) for x in (good, overflow, ints, nan, large)), return_exceptions=True
+            *(batcher.submit(x) for x in (good, overflow, ints, nan, large)), return_exceptions=True
         )
         await batcher.stop()
         assert isinstance(results[1], NonFiniteInputError) and isinstance(results[3], NonFiniteInputError)

@@ -150,7 +150,7 @@ def test_feedback_is_capped_per_request(server) -> None:
 
 def test_many_labels_are_one_statement_per_chunk(make_settings, model_files) -> None:
     """30,000 labels in one request: a few UPDATE statements, not one per label."""
-    from distill_watchdog.store import SampleRecord
+    from support import SampleRecord, add_samples
 
     model, card = model_files()
     settings = make_settings(
@@ -160,8 +160,8 @@ def test_many_labels_are_one_statement_per_chunk(make_settings, model_files) -> 
     with ServerThread(settings) as srv:
         store = srv.daemon.store
         n = 30_000
-        store.add_samples(
-            [SampleRecord(f"s{i}", f"r{i}", 1.0, [0.0], [1.0], "v", {}, False, {}) for i in range(n)]
+        add_samples(
+            store, [SampleRecord(f"s{i}", f"r{i}", 1.0, [0.0], [1.0], "v", {}, False, {}) for i in range(n)]
         )
         updates: list[str] = []
 

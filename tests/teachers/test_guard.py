@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from distill_watchdog import metrics
 from distill_watchdog.config import TeacherConfig
 from distill_watchdog.teachers import CallFailed, CircuitBreaker, GuardedTeacher
 from distill_watchdog.teachers.adapters import build_adapter
+from distill_watchdog.teachers.guard import Result, classify
 
 from .fake_teacher import FakeTeacher
 
@@ -34,7 +37,28 @@ def _guard(name: str, url: str, **kw: object) -> GuardedTeacher:
         backoff_s=0.01,
         **kw,
     )
-    return GuardedTeacher.in_threads(cfg, build_adapter(cfg))
+    return _in_threads(cfg, build_adapter(cfg))
+
+
+def _in_threads(cfg: TeacherConfig, adapter: Any) -> GuardedTeacher:
+    """The adapter in a small thread pool of this process (the daemon runs it in a teacher process)."""
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"teacher-{cfg.name}")
+
+    def run(x: np.ndarray) -> Result:
+        try:
+            out = adapter.predict(x)
+            return ("ok", out.probs, str(out.version))
+        except Exception as exc:  # the engine's TeacherError: every outcome is classified
+            return ("fail", classify(exc), f"{type(exc).__name__}: {exc}"[:300])
+
+    async def call(x: np.ndarray) -> Result:
+        return await asyncio.get_running_loop().run_in_executor(pool, run, x)
+
+    def close() -> None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        adapter.close()
+
+    return GuardedTeacher(cfg, call, close=close)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from distill_watchdog.server import default_components
 
 from .test_review_ui import CHROMIUM, dump_dom
 from sampling.helpers import daemon_settings, eventually, teacher_config
-from support import ServerThread
+from support import ServerThread, get_pin
 from teachers.fake_teacher import FakeTeacher
 
 
@@ -62,7 +62,7 @@ def test_dashboard_after_cycles_without_labels_and_a_teacher_change(
             form = {"token": "s3cret-token-for-tests", "reason": "checked the vendor's notes"}
             r = httpx.post(srv.url + "/ui/teachers/big/accept", data=form, headers={"Origin": srv.url})
             assert r.status_code == 303 and r.headers["location"] == "/ui/"
-            assert srv.daemon.store.get_pin("big").pinned_version == "v2"
+            assert get_pin(srv.daemon.store, "big").pinned_version == "v2"
             audit = next(a for a in srv.daemon.store.audit_events() if a.action == "teacher.accepted")
             assert audit.actor == "ui" and "vendor" in audit.detail_json
             eventually(lambda: 'id="accept-big"' not in httpx.get(srv.url + "/ui/").text, what="form gone")

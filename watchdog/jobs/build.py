@@ -110,7 +110,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
             "student": parent_student
             or {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [128, 128]}},
             "loss": {"temperature": 2.0, "kd_weight": 1.0},
-            "train": {"epochs": 20, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+            "train": {"epochs": 100, "batch_size": 256, "lr": 0.003, "device": "cpu"},  # early stop ends it
             "baseline": "none",
             "calibrate": True,
         },
@@ -127,6 +127,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
             "classes": [str(c) for c in info.card.classes],
         },
     )
+    job.pop("synthesis", None)  # policy.synthesis decides, and vets a user generator (`_synthesis`)
     if info.card.feature_names:
         job["feature_names"] = list(info.card.feature_names)
     # Warm start: the candidate begins as the active student and spends the round on what

@@ -75,7 +75,7 @@ def _score(table: dict[str, Any], weak: list[str]) -> tuple[float, float]:
 
 def _judge_all(settings: Any, run_dir: Path, parent: Any, weak: list[str], store: Any) -> dict[str, Any]:
     """Gates for every candidate; the chosen one is the best that passes (else the first)."""
-    from ..card import ModelCard
+    from ..card import parse_card
     from ..runtime import load_model
     from .gates import judge
 
@@ -89,7 +89,7 @@ def _judge_all(settings: Any, run_dir: Path, parent: Any, weak: list[str], store
     for name in _candidate_dirs(run_dir):
         out = run_dir / name
         result = json.loads((out / "result.json").read_text())
-        card = ModelCard.parse(json.loads((out / "card.json").read_text()))
+        card = parse_card(json.loads((out / "card.json").read_text()))
         model = load_model((out / "student.onnx").read_bytes(), card, name, threads=1)
         sets = [(es, before, model.predict_proba(es.x)) for es, before in bases]
         gates = judge(sets, weak, cfg.min_gain, cfg.max_regression, cfg.max_ece)

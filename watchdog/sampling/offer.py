@@ -7,12 +7,9 @@ An admission task moves those requests' rows, a chunk at a time, to the sink: th
 process (shadow.py), where the teacher worker runs. `offer` never awaits, never raises, and a
 row that finds the buffer full is dropped and counted.
 
-Why the split: the sampled path runs for one request in ten, and by then its code and data
-are out of the caches. Measured inside the running server, each step there costs several
-times what it costs in a loop (`Pins.paused`, a generator, took 3.5 µs per sampled request
-instead of well under one), and the whole per-row path took 13 to 19 µs per sampled request:
-two to four percent of serving capacity at `rate: 0.1` (docs/sampling.md). The same steps in
-the admission loop run warm, a chunk of rows at a time.
+Why the split: the sampled path runs for a fraction of requests, with its code out of the
+caches, so every step on it costs several times what it costs in a loop; in the admission loop
+the same steps run warm, a chunk of rows at a time.
 """
 
 from __future__ import annotations
@@ -197,9 +194,8 @@ class RequestSampler:
             self._outcome_dropped.inc(len(ids) - kept)
 
     def _draw_ahead(self) -> None:
-        """Refills the gaps `_hits` pops, as `_gap` draws them but in one numpy step. Drawing one in
-        `offer` took 9 µs per sampled request in the running server (a loop draws it in under
-        one): rarely run code runs cold."""
+        """Refills the gaps `_hits` pops, as `_gap` draws them but in one numpy step, off the
+        request path: a draw per sampled request in `offer` would run cold."""
         rate, gaps = self.rules.constant, self._gaps
         if rate is not None and len(gaps) < GAPS_AHEAD // 2:
             k = GAPS_AHEAD - len(gaps)

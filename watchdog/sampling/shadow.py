@@ -1,10 +1,8 @@
 """The shadow process: the teacher worker (worker.py) in a process of its own.
 
-Taking batches, asking the teachers, pinning, packing and writing rows cost the serving process
-about three points of its capacity at `rate: 0.1`, though the calls and inserts themselves ran
-in teacher processes already: each batch still woke its event loop several times, and each of
-those wake-ups found its code out of the caches (docs/sampling.md). Here the serving process
-only sends admitted rows, a chunk at a time, and reads a few small messages back.
+Batching, teacher calls, pinning and writes would each wake the serving process's event loop;
+here the serving process only sends admitted rows, a chunk at a time, and reads a few small
+messages back.
 
 One socket pair, length-prefixed pickles (the framing of teachers/child.py):
 

@@ -5,12 +5,7 @@ slice) goes into its column when the worker receives the rows admission sent (`e
 chunk at a time; sampling/offer.py, sampling/worker.py); everything derived from them (slice
 labels from binning rules) is left to the worker. Features and probabilities are appended as raw
 bytes (`tobytes`, a memcpy) to two byte buffers, and a batch turns them into arrays in one
-step. Gathering 256 separate rows into arrays at batch time (np.stack, even np.concatenate)
-held the event loop for 0.2 to 0.5 ms at once, several times a second. Writing each row into
-a float32 ring instead (numpy item assignment, with its cast) cost a sampled request 5 µs in
-the running server, where a tight loop measures 0.4 µs: that path ran one request in ten,
-with its code out of the caches (bench/sampler_steps.py for the loop figures;
-docs/sampling.md for the server's).
+step: cheap per chunk, and no long stall of the event loop when a batch is taken.
 """
 
 from __future__ import annotations
@@ -37,7 +32,7 @@ class Rows:
 
 
 class WaitingRows:
-    """A bounded FIFO of sampled rows; `add` never waits (a full buffer refuses the row)."""
+    """A bounded FIFO of sampled rows; adding never waits (a full buffer refuses rows)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -52,20 +47,6 @@ class WaitingRows:
 
     def __len__(self) -> int:
         return len(self._ids)
-
-    def add(
-        self,
-        x: np.ndarray,
-        probs: np.ndarray,
-        row_id: str,
-        at: float,
-        version: str,
-        given: dict[str, str] | None,
-    ) -> bool:
-        """`x` and `probs`: one row each ([D] or [1, D]); False (nothing kept) when it cannot wait
-        (see `extend`)."""
-        one = Rows(x.reshape(1, -1), probs.reshape(1, -1), [row_id], [at], [version], [given])
-        return self.extend(one) == 1
 
     def extend(self, rows: Rows) -> int:
         """Rows in bulk (`x`: [k, D], `probs`: [k, C]); how many were kept, the first ones: as many

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__
+from ..card import ModelCard
 from .validation import MAX_ID_LENGTH, MAX_SLICE_KEYS, MAX_SLICE_TEXT
 
 if TYPE_CHECKING:
@@ -76,26 +77,9 @@ class InferResponse(BaseModel):
     outputs: list[InferTensor]
 
 
-class CardBody(BaseModel):
-    """The model card (see the contract); further fields are kept."""
-
-    model_config = ConfigDict(extra="allow")
-
-    name: str = Field(min_length=1, max_length=200)
-    input_name: str
-    output_name: str
-    num_features: int = Field(ge=1)
-    classes: list[str | int] = Field(min_length=2, json_schema_extra={"uniqueItems": True})
-    output_kind: Literal["logits", "probabilities"] = "logits"
-    # OpenAPI 3.0 spells "> 0" as minimum + boolean exclusiveMinimum.
-    temperature: float = Field(default=1.0, json_schema_extra={"minimum": 0, "exclusiveMinimum": True})
-    feature_names: list[str] | None = None
-    parent_version: str | None = None
-
-
 class UploadRequest(BaseModel):
     model_base64: str = Field(description="The student ONNX file, base64")
-    card: CardBody
+    card: ModelCard
     activate: bool = False
 
 
@@ -143,7 +127,7 @@ _MODELS: list[type[BaseModel]] = [
     InferResponse,
     UploadRequest,
     ActivateRequest,
-    CardBody,
+    ModelCard,
 ]
 # Routes added by other rooms register their operations here: path -> method -> operation.
 EXTRA_PATHS: dict[str, dict[str, Any]] = {}

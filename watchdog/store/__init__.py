@@ -8,7 +8,7 @@ from __future__ import annotations
 from .db import SCHEMA_VERSION, Database, masked_url
 from .models import ModelStore
 from .runs import LeaderLock, RunStore
-from .samples import SampleBatch, SampleColumns, SampleRecord, SampleStore, TeacherColumn
+from .samples import SampleBatch, SampleColumns, SampleStore, TeacherColumn
 from .tables import Activation, AuditEvent, ModelVersion
 
 __all__ = [
@@ -19,7 +19,6 @@ __all__ = [
     "ModelVersion",
     "SampleBatch",
     "SampleColumns",
-    "SampleRecord",
     "Store",
     "TeacherColumn",
     "masked_url",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, text
+from sqlalchemy import delete, text
 from sqlalchemy.engine import Connection, make_url
 from sqlmodel import Session, col, select
 
@@ -140,16 +140,6 @@ class RunStore:
 
         return self.db.retry("update_run", op)
 
-    def runs_since(self, since: float) -> int:
-        return self.db.retry(
-            "runs_since",
-            lambda s: int(
-                s.exec(
-                    select(func.count()).select_from(DistillRun).where(col(DistillRun.created_at) >= since)
-                ).one()
-            ),
-        )
-
     # --- retention -------------------------------------------------------------------------------
 
     def delete_before(self, cutoff: float, batch: int = RETENTION_BATCH) -> dict[str, int]:
@@ -175,14 +165,6 @@ class RunStore:
 
         self.db.retry("delete_before", op)
         return counts
-
-    def samples_since(self, since: float) -> int:
-        return self.db.retry(
-            "samples_since",
-            lambda s: int(
-                s.exec(select(func.count()).select_from(Sample).where(col(Sample.at) >= since)).one()
-            ),
-        )
 
     def leader_lock(self) -> LeaderLock:
         return LeaderLock(self.db)

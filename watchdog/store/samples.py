@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 
 from .db import Database
 from .tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
-from .vectors import DTYPE, from_blob, to_blob, to_blobs
+from .vectors import DTYPE, from_blob, to_blobs
 
 _CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 _LABEL_CHUNK = 5000  # labels per UPDATE: 2 parameters each, below SQLite's 32,766
@@ -88,22 +88,6 @@ def _columns(session: Session, sql: str, params: tuple[Any, ...], mark: str) -> 
 
 
 @dataclass(slots=True)
-class SampleRecord:
-    """A sampled row with its teachers' answers, ready for one bulk insert."""
-
-    id: str
-    request_id: str
-    at: float
-    features: Any
-    student_probs: Any
-    student_version: str
-    slices: dict[str, str]
-    quarantined: bool
-    # teacher name -> (version, probs or None when the teacher failed, quarantined)
-    teachers: dict[str, tuple[str, Any, bool]]
-
-
-@dataclass(slots=True)
 class TeacherColumn:
     """One teacher's answer for some rows of a `SampleBatch` (one call: one version)."""
 
@@ -119,7 +103,7 @@ class SampleBatch:
 
     A few arrays pickle in microseconds where one object per row (each with its own small
     arrays) costs the serving process's GIL a few milliseconds per write; the rows are expanded
-    into `SampleRecord`s, with their ids, in the process that writes them.
+    into insert rows, with their ids, in the process that writes them.
     """
 
     request_ids: list[str]
@@ -227,28 +211,6 @@ class SampleStore:
 
     # --- samples ------------------------------------------------------------------------------
 
-    def add_samples(self, records: list[SampleRecord]) -> int:
-        """Bulk insert of rows built one by one (tests, imports); see `add_sample_batches`."""
-        samples = [
-            (
-                r.id,
-                r.request_id,
-                r.at,
-                to_blob(r.features),
-                to_blob(r.student_probs),
-                r.student_version,
-                dumps(r.slices),
-                r.quarantined,
-            )
-            for r in records
-        ]
-        outputs = [
-            (r.id, name, version, None if probs is None else to_blob(probs), quarantined)
-            for r in records
-            for name, (version, probs, quarantined) in r.teachers.items()
-        ]
-        return self._insert_samples(samples, outputs)
-
     def add_sample_batches(self, batches: list[SampleBatch]) -> int:
         """Bulk insert of what the sampling worker gathered, in one transaction."""
         samples: list[tuple[Any, ...]] = []
@@ -292,63 +254,6 @@ class SampleStore:
             return int(session.exec(query).one())
 
         return self.db.retry("count_samples", op)
-
-    def recent_samples(self, limit: int = 1000, include_quarantined: bool = False) -> list[dict[str, Any]]:
-        """Newest first, with teacher outputs; quarantined rows only when asked for.
-
-        Selects columns, not ORM entities: a monitor window is tens of thousands of rows, and
-        building an instance per row was most of a cycle's time.
-        """
-        s = Sample.__table__.c
-
-        def op(session: Session) -> list[dict[str, Any]]:
-            query = sa_select(
-                s.id,
-                s.request_id,
-                s.at,
-                s.features,
-                s.student_probs,
-                s.student_version,
-                s.slice_json,
-                s.quarantined,
-                s.label,
-            )
-            if not include_quarantined:
-                query = query.where(s.quarantined.is_(False))
-            query = query.order_by(s.at.desc(), s.id.desc()).limit(limit)
-            loads = orjson.loads
-            by_id: dict[str, dict[str, Any]] = {
-                sid: {
-                    "id": sid,
-                    "request_id": rid,
-                    "at": at,
-                    "features": from_blob(features).tolist(),
-                    "student_probs": from_blob(probs).tolist(),
-                    "student_version": version,
-                    "slices": loads(slices),
-                    "quarantined": bool(quarantined),
-                    "label": label,
-                    "teachers": {},
-                }
-                for sid, rid, at, features, probs, version, slices, quarantined, label in session.execute(
-                    query
-                ).all()
-            }
-            if not by_id:
-                return []
-            times = [row["at"] for row in by_id.values()]
-            for sid, teacher, version, quarantined, probs in _outputs_between(
-                session, min(times), max(times)
-            ):
-                if sid in by_id:
-                    by_id[sid]["teachers"][teacher] = {
-                        "version": version,
-                        "quarantined": bool(quarantined),
-                        "probs": None if probs is None else from_blob(probs).tolist(),
-                    }
-            return list(by_id.values())
-
-        return self.db.retry("recent_samples", op)
 
     def sample_chunks(
         self,

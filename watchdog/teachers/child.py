@@ -3,11 +3,9 @@
 Request encoding, response decoding, local models and SQL inserts never share the teacher
 worker's GIL (nor load torch into its process: the shadow process, sampling/shadow.py). Each
 child holds every configured teacher's adapter and answers one request at a time over its own
-socket pair: length-prefixed pickles, written and read by the worker's event loop. No helper
-thread runs beside that loop for them (a `ProcessPoolExecutor` woke a manager and a feeder
-thread on every call). A
-child that dies is replaced; so is one that still has not answered a call some time after its
-caller gave up, so that a hung local model cannot hold a slot for ever.
+socket pair: length-prefixed pickles, written and read by the worker's event loop, with no
+helper thread beside it. A child that dies is replaced; so is one that still has not answered a
+call some time after its caller gave up, so that a hung local model cannot hold a slot for ever.
 """
 
 from __future__ import annotations

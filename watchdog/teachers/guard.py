@@ -1,8 +1,8 @@
 """Guarded teacher calls: a dead, slow or garbled teacher costs the worker time, never serving.
 
-The engine's adapters are synchronous (one implementation of each protocol); each teacher
-gets its own small thread pool so a hung call cannot starve the event loop's default
-executor. Every attempt is counted in `watchdog_teacher_requests_total{outcome}`.
+`call` is whatever runs the teacher (the daemon passes a call into the teacher's own process,
+teachers/child.py); this wraps it with a timeout, retries and a circuit breaker. Every attempt is
+counted in `watchdog_teacher_requests_total{outcome}`.
 """
 
 from __future__ import annotations
@@ -11,18 +11,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 import numpy as np
 
 from .. import metrics
 from ..config import TeacherConfig
-
-if TYPE_CHECKING:  # the engine (and torch) load only when a teacher is configured
-    from distill_engine.teachers import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -117,27 +113,6 @@ class GuardedTeacher:
         self._close = close
         self._latency = metrics.teacher_latency_seconds.labels(teacher=cfg.name)
         metrics.teacher_circuit_open.labels(teacher=cfg.name).set(0)
-
-    @classmethod
-    def in_threads(cls, cfg: TeacherConfig, adapter: Teacher, threads: int = 2, **kw: Any) -> GuardedTeacher:
-        """The adapter in a small thread pool of this process (tests, single-process use)."""
-        pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"teacher-{cfg.name}")
-
-        def run(x: np.ndarray) -> Result:
-            try:
-                out = adapter.predict(x)
-                return ("ok", out.probs, str(out.version))
-            except Exception as exc:  # the engine's TeacherError, ORT/torch errors: all outcomes
-                return ("fail", classify(exc), f"{type(exc).__name__}: {exc}"[:300])
-
-        async def call(x: np.ndarray) -> Result:
-            return await asyncio.get_running_loop().run_in_executor(pool, run, x)
-
-        def close() -> None:
-            pool.shutdown(wait=False, cancel_futures=True)
-            adapter.close()
-
-        return cls(cfg, call, close=close, **kw)
 
     def _count(self, outcome: str) -> None:
         metrics.teacher_requests_total.labels(teacher=self.name, outcome=outcome).inc()

@@ -98,13 +98,6 @@ class Pins:
                 return {"version": version, "at": event.at, **orjson.loads(event.detail_json)}
         return None
 
-    def refresh(self) -> bool:
-        """Adopts pin changes another replica stored (accept, re-evaluation); blocking.
-
-        For a caller on one thread; the sampler reads in a thread and adopts on the event loop.
-        """
-        return self.adopt(self.read_stored())
-
     def read_stored(self) -> tuple[int, dict[str, TeacherPin]]:
         """The stored pins, with the count of local writes they already reflect (blocking)."""
         with self._lock:  # a persist cannot land between the count and the read

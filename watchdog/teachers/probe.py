@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import orjson
 
-from ..card import ModelCard
+from ..card import parse_card
 from ..config import Settings, TeacherConfig
 from ..errors import ConfigError
 from .adapters import build_adapter
@@ -43,7 +43,7 @@ def student_width(settings: Settings, width: int | None) -> int:
     if settings.student.card is None:
         raise ConfigError(["student.card: needed by --probe for the width of a row (or pass --width)"])
     try:
-        return ModelCard.parse(orjson.loads(Path(settings.student.card).read_bytes())).num_features
+        return parse_card(orjson.loads(Path(settings.student.card).read_bytes())).num_features
     except Exception as exc:
         why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise ConfigError([f"student.card: cannot read it for --probe ({why})"]) from None
