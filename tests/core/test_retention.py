@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import time
 
-from distill_watchdog.store import SampleRecord, Store
+from distill_watchdog.store import Store
+
+from support import SampleRecord, add_samples
 
 
 def test_retention_deletes_old_rows_in_batches_and_keeps_new_ones(store_url) -> None:
     store = Store(store_url)
     now = time.time()
-    store.add_samples(
+    add_samples(
+        store,
         [
             SampleRecord(
                 id=f"{k:032x}", request_id=f"r{k}", at=now - 1000 + k, features=[0.0, 1.0],
