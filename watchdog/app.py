@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -84,7 +85,7 @@ class WatchdogASGI:
         self._children: dict[tuple[str, int], Any] = {}
         self._durations: dict[str, Any] = {}
         self.in_flight = 0  # read at scrape time: a plain int costs nothing per request
-        metrics.requests_in_flight.set_function(lambda: self.in_flight)
+        metrics.track(metrics.requests_in_flight, lambda: self.in_flight)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -222,6 +223,11 @@ def create_app(
         )
         for component in daemon.components:
             await component.start(daemon)
+        published = (
+            asyncio.get_running_loop().create_task(metrics.publish_forever())
+            if metrics.MULTIPROCESS
+            else None
+        )
         if freeze_gc:
             # Everything built so far (modules, the model, the store, the components) lives as
             # long as the daemon: out of the collector's reach, a full collection scans only
@@ -239,6 +245,8 @@ def create_app(
         finally:
             daemon.draining = True
             poller.cancel()
+            if published is not None:
+                published.cancel()
             for component in reversed(daemon.components):
                 try:
                     await component.stop()
@@ -246,6 +254,7 @@ def create_app(
                     log.exception("daemon: a component failed to stop cleanly")
             await daemon.batcher.stop()
             daemon.store.close()
+            metrics.process_ended(os.getpid())
 
     framework = Starlette(
         routes=starlette_routes(),

@@ -63,8 +63,8 @@ class ServerConfig(Section):
     port: Port = Field(8080, description="HTTP port")
     workers: PositiveInt = Field(
         1,
-        description="uvicorn worker processes; each has its own registry poll, sampler and metrics "
-        "registry, so /metrics shows the worker that answers",
+        description="uvicorn worker processes; each polls the registry and samples its own requests; "
+        "one scrape of /metrics counts every worker and child process (docs/serving.md)",
     )
     admin_token: Annotated[SecretStr | None, AfterValidator(_admin_token)] = Field(
         None,

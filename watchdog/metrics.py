@@ -6,9 +6,14 @@ plus `other`, versions are the registry's and teachers' (few by construction).
 
 from __future__ import annotations
 
+import asyncio
+import math
+import os
+import shutil
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,6 +29,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
+
+# Several uvicorn workers (`server.workers` > 1): `serve` points this at a folder of the daemon's
+# before starting them, and every process (workers, shadow and teacher processes) counts into
+# files there, summed at each scrape (prometheus_client's multiprocess mode).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = bool(os.environ.get(MULTIPROC_ENV))
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 # Process (CPU, memory, open files), platform and GC series, as a default registry would have.
@@ -161,35 +172,49 @@ class LoopHistogram(_LoopMetric[_LoopHistogramChild]):
         yield family
 
 
+# In multiprocess mode the per-request series are prometheus_client's own (file-backed, so other
+# workers' scrapes see them); in one process, the lock-free ones above.
+_HotCounter: Any = Counter if MULTIPROCESS else LoopCounter
+_HotHistogram: Any = Histogram if MULTIPROCESS else LoopHistogram
+
 # --- serving -----------------------------------------------------------------------------
-requests_total = LoopCounter(
+requests_total = _HotCounter(
     "watchdog_requests_total",
     "HTTP requests answered, by route template and status code.",
     ["route", "code"],
     registry=REGISTRY,
 )
-request_duration_seconds = LoopHistogram(
+request_duration_seconds = _HotHistogram(
     "watchdog_request_duration_seconds",
     "Time from request start to the last body byte sent.",
     ["route"],
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
-requests_in_flight = Gauge("watchdog_requests_in_flight", "Requests being answered now.", registry=REGISTRY)
-batch_size = LoopHistogram(
+requests_in_flight = Gauge(
+    "watchdog_requests_in_flight",
+    "Requests being answered now.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+batch_size = _HotHistogram(
     "watchdog_batch_size",
     "Rows per ONNX Runtime run after micro-batching.",
     buckets=_BATCH_BUCKETS,
     registry=REGISTRY,
 )
-inference_seconds = LoopHistogram(
+inference_seconds = _HotHistogram(
     "watchdog_inference_seconds",
     "Wall time of one ONNX Runtime run of a micro-batch.",
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
 model_info = Gauge(
-    "watchdog_model_info", "1 for the student version being served.", ["version"], registry=REGISTRY
+    "watchdog_model_info",
+    "1 for the student version being served.",
+    ["version"],
+    registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 model_loads_total = Counter(
     "watchdog_model_loads",
@@ -223,7 +248,10 @@ samples_total = Counter(
     registry=REGISTRY,
 )
 sample_queue_depth = Gauge(
-    "watchdog_sample_queue_depth", "Rows waiting for the teacher worker.", registry=REGISTRY
+    "watchdog_sample_queue_depth",
+    "Rows waiting for the teacher worker.",
+    registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 teacher_requests_total = Counter(
     "watchdog_teacher_requests",
@@ -243,6 +271,7 @@ teacher_version_info = Gauge(
     "1 for each teacher version seen; pinned=true for the pinned one.",
     ["teacher", "version", "pinned"],
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 teacher_version_changes_total = Counter(
     "watchdog_teacher_version_changes",
@@ -261,6 +290,7 @@ teacher_circuit_open = Gauge(
     "1 while a teacher's circuit breaker is open (calls fail fast).",
     ["teacher"],
     registry=REGISTRY,
+    multiprocess_mode="livemax",
 )
 teacher_reevaluations_total = Counter(
     "watchdog_teacher_reevaluations",
@@ -283,18 +313,32 @@ alerts_total = Counter(
 
 # --- monitor, policy, distillation -------------------------------------------------------
 agreement = Gauge(
-    "watchdog_agreement", "Student-teacher top-1 agreement on the window.", ["slice"], registry=REGISTRY
+    "watchdog_agreement",
+    "Student-teacher top-1 agreement on the window.",
+    ["slice"],
+    registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 ece = Gauge(
     "watchdog_ece",
     "Student expected calibration error, against teacher or true labels.",
     ["slice", "against"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 drift_share = Gauge(
-    "watchdog_drift_share", "Share of drifted columns (Evidently).", ["scope"], registry=REGISTRY
+    "watchdog_drift_share",
+    "Share of drifted columns (Evidently).",
+    ["scope"],
+    registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
-weak_slices = Gauge("watchdog_weak_slices", "Slices significantly below the rest.", registry=REGISTRY)
+weak_slices = Gauge(
+    "watchdog_weak_slices",
+    "Slices significantly below the rest.",
+    registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
+)
 distill_runs_total = Counter(
     "watchdog_distill_runs",
     "Redistillation runs by outcome: promoted|pending|rejected|failed|ceiling|waiting.",
@@ -312,6 +356,7 @@ leader = Gauge(
     "watchdog_leader",
     "1 while this replica holds the scheduler lock (runs monitor and policy).",
     registry=REGISTRY,
+    multiprocess_mode="livesum",
 )
 monitor_cycles_total = Counter(
     "watchdog_monitor_cycles",
@@ -323,15 +368,21 @@ monitor_cycle_seconds = Gauge(
     "watchdog_monitor_cycle_seconds",
     "Wall time of the last monitor cycle (child process).",
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 kl_divergence = Gauge(
-    "watchdog_kl_divergence", "Mean KL(teacher || student) on the window, nats.", ["slice"], registry=REGISTRY
+    "watchdog_kl_divergence",
+    "Mean KL(teacher || student) on the window, nats.",
+    ["slice"],
+    registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 estimated_accuracy = Gauge(
     "watchdog_estimated_accuracy",
     "Confidence-based estimate of the student's accuracy (mean top probability).",
     ["slice"],
     registry=REGISTRY,
+    multiprocess_mode="livemostrecent",
 )
 policy_decisions_total = Counter(
     "watchdog_policy_decisions",
@@ -440,10 +491,81 @@ MERGED.register(_Merged())
 
 
 def exposition() -> bytes:
-    return generate_latest(MERGED)
+    if not MULTIPROCESS:
+        return generate_latest(MERGED)
+    _publish()
+    return generate_latest(_ACROSS)
+
+
+# --- several processes (multiprocess mode) ------------------------------------------------
+
+
+class _AcrossProcesses:
+    """Every process's series from the shared folder; a retired gauge series (NaN) is left out."""
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        for family in MultiProcessCollector(None, os.environ[MULTIPROC_ENV]).collect():
+            if family.type == "gauge":
+                family.samples = [s for s in family.samples if not math.isnan(s.value)]
+            yield family
+
+
+_ACROSS = CollectorRegistry(auto_describe=False)
+_ACROSS.register(_AcrossProcesses())
+_tracked: list[tuple[Gauge, Callable[[], float]]] = []
+
+
+def track(gauge: Gauge, value: Callable[[], float]) -> None:
+    """A gauge read from `value`: at scrape time in one process; in multiprocess mode written to
+    its file each second (`publish_forever`) and at each scrape, so other workers' scrapes see it."""
+    if MULTIPROCESS:
+        _tracked.append((gauge, value))
+        gauge.set(value())
+    else:
+        gauge.set_function(value)
+
+
+def _publish() -> None:
+    for gauge, value in _tracked:
+        gauge.set(value())
+
+
+async def publish_forever(interval_s: float = 1.0) -> None:
+    while True:
+        _publish()
+        await asyncio.sleep(interval_s)
+
+
+def retire(gauge: Gauge) -> None:
+    """Drops a gauge's series. In multiprocess mode its file keeps them: set to NaN, which the
+    exposition leaves out, so a series cleared in one process disappears for every scrape."""
+    if not MULTIPROCESS:
+        gauge.clear()
+        return
+    for labels in list(gauge._metrics):
+        gauge.labels(*labels).set(math.nan)
+
+
+def prepare_folder(path: Path) -> None:
+    """Makes `path` the multiprocess folder of a daemon about to start its workers: emptied
+    first (files of an earlier run would add their counts), then named in the environment its
+    workers and their child processes inherit."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    os.environ[MULTIPROC_ENV] = str(path)
+
+
+def process_ended(pid: int | None) -> None:
+    """A process counting into the folder ended: its live gauges stop counting (counters stay)."""
+    if MULTIPROCESS and pid is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, os.environ[MULTIPROC_ENV])
 
 
 def set_active_model(version: str) -> None:
     """Keeps exactly one `watchdog_model_info` series: the version being served."""
-    model_info.clear()
+    retire(model_info)
     model_info.labels(version=version).set(1)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import uvicorn
 
+from . import metrics
 from .app import create_app
 from .background import pin_serving
 from .config import CONFIG_ENV, Settings, load_settings
@@ -54,6 +56,8 @@ def serve(settings: Settings, config_path: str | None = None) -> None:
     if settings.server.workers > 1:
         if config_path:
             os.environ[CONFIG_ENV] = str(config_path)
+        # One folder per daemon for every process's metrics, so one scrape counts them all.
+        metrics.prepare_folder(Path(settings.data_dir) / "metrics")
         uvicorn.run(
             "distill_watchdog.server:app_from_env", factory=True, workers=settings.server.workers, **common
         )

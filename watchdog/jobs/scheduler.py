@@ -192,8 +192,8 @@ class Scheduler:
         keep = top_slices(table, self.daemon.settings.monitor.top_slices) if self.daemon else []
         rest = [s for s in table if s != "all" and s not in keep]
         for gauge in (metrics.agreement, metrics.ece, metrics.kl_divergence, metrics.estimated_accuracy):
-            gauge.clear()
-        metrics.drift_share.clear()
+            metrics.retire(gauge)
+        metrics.retire(metrics.drift_share)
 
         def values(stats: dict[str, Any]) -> dict[str, float | None]:
             return {

@@ -36,7 +36,7 @@ class SamplingService:
         self.shadow = ShadowProcess(self.settings, names, daemon.alerts)
         self.sampler = RequestSampler(self.settings, self.shadow, names)
         # Read at scrape time: a locked gauge set on every sampled row cost the event loop more.
-        metrics.sample_queue_depth.set_function(self.sampler.depth)
+        metrics.track(metrics.sample_queue_depth, self.sampler.depth)
         daemon.sampler = self.sampler
         daemon.teachers = self
         try:

@@ -286,6 +286,7 @@ class ShadowProcess:
                     answer.set_exception(RuntimeError(f"in the shadow process: {message[3]}"))
         elif kind == "stopped":
             metrics.remote.end(id(self))  # its counts stay; a later process starts from zero
+            metrics.process_ended(self.pid)
             if self._stopped is not None and not self._stopped.done():
                 self._stopped.set_result(None)
             return False
@@ -297,6 +298,7 @@ class ShadowProcess:
         self._writer = None
         self.running = False
         metrics.remote.end(id(self))
+        metrics.process_ended(self.pid)
         for answer in self._calls.values():
             if not answer.done():
                 answer.set_exception(RuntimeError("the shadow process exited"))

@@ -177,6 +177,12 @@ def _delete_samples(session: Session, cutoff: float, batch: int) -> tuple[int, i
             select(Sample.id).where(col(Sample.at) < cutoff).order_by(col(Sample.at)).limit(batch)
         ).scalars()
     )
+    if session.get_bind().dialect.name == "postgresql":  # one array parameter per statement
+        answers = session.execute(
+            text("DELETE FROM teacher_outputs WHERE sample_id = ANY(:ids)"), {"ids": ids}
+        )
+        rows = session.execute(text("DELETE FROM samples WHERE id = ANY(:ids)"), {"ids": ids})
+        return int(rows.rowcount or 0), int(answers.rowcount or 0)
     samples = outputs = 0
     for start in range(0, len(ids), _IN_CHUNK):
         part = ids[start : start + _IN_CHUNK]
