@@ -2,7 +2,7 @@
 
 It lives in the engine because the engine writes cards and the daemon reads them, and the daemon
 depends on the engine, never the reverse. The daemon validates uploads and registrations with it
-(distill_watchdog.card.parse_card) and documents it in its OpenAPI document. The JSON schema is
+(its card module) and documents it in its OpenAPI document. The JSON schema is
 OpenAPI 3.0's dialect: boolean `exclusiveMinimum`, `uniqueItems` for the classes.
 """
 

@@ -206,6 +206,7 @@ class StopSpec(_Spec):
         0.005, ge=0, description="hold-out gain over the last epochs that counts as still rising"
     )
     probe_epochs: int = Field(10, ge=0, description="epochs of the wider probe student; 0: no probe")
+    probe_rows: int = Field(10000, ge=100, description="training rows the probe (and the fit compared) uses")
     probe_margin: float = Field(
         0.02, ge=0, description="train-agreement lead that makes the probe clearly better"
     )

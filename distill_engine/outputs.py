@@ -14,6 +14,7 @@ import torch
 from . import metrics as M
 from .baseline import Baseline, Choice
 from .calibration import apply_temperature
+from .card import ModelCard
 from .export import INPUT_NAME, OUTPUT_NAME, export_onnx, parity
 from .scoring import block, evaluate, json_safe
 from .state import RunState
@@ -66,23 +67,21 @@ def _card(st: RunState, choice: Choice, run: TrainRun, classes: list[str], diges
         "selected": choice.name,
         "onnx_sha256": digest,
     }
-    card: dict[str, Any] = {
-        "name": job.name,
-        "version": job.version or digest[:12],
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "num_features": st.num_features,
-        "classes": classes,
-        "output_kind": "logits",
-        "temperature": choice.temperature,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "training": training,
-    }
-    if job.feature_names:
-        card["feature_names"] = job.feature_names
-    if job.parent_version:
-        card["parent_version"] = job.parent_version
-    return card
+    card = ModelCard(
+        name=job.name,
+        version=job.version or digest[:12],
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        num_features=st.num_features,
+        feature_names=job.feature_names,
+        classes=list(classes),
+        output_kind="logits",
+        temperature=choice.temperature,
+        parent_version=job.parent_version,
+        created_at=datetime.now(UTC).replace(microsecond=0),
+        training=training,
+    )
+    return {k: v for k, v in card.model_dump(mode="json").items() if v is not None}
 
 
 def _reliability(st: RunState, logits: np.ndarray, temperature: float) -> dict[str, list[dict[str, float]]]:

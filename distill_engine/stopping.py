@@ -16,10 +16,15 @@ from .train import TrainRun, make_data, predict_logits, train_model
 from .zoo import build_model, wider_variants
 
 
-def _fit(st: RunState, model: torch.nn.Module) -> dict[str, float]:
-    """Agreement with the teacher on (up to 20k) training rows and on the hold-out."""
+def _sample(st: RunState) -> np.ndarray:
+    """Positions (into the fit rows) of the seeded `stop.probe_rows` sample the probe trains on."""
     rng = np.random.default_rng(st.job.train.seed)
-    sample = st.fit_idx[rng.permutation(len(st.fit_idx))[:20000]]
+    return np.sort(rng.permutation(len(st.fit_idx))[: st.job.stop.probe_rows])
+
+
+def _fit(st: RunState, model: torch.nn.Module) -> dict[str, float]:
+    """Agreement with the teacher on the sampled training rows and on the hold-out."""
+    sample = st.fit_idx[_sample(st)]
     probs = st.teach.train_probs
     out = {
         "train_agreement": M.agreement(M.softmax(predict_logits(model, st.train.x[sample])), probs[sample])
@@ -41,9 +46,9 @@ def _probe(st: RunState, fit: dict[str, float]) -> dict[str, Any] | None:
     wide = variants[-1]
     seed_all(job.train.seed + 99)
     model = build_model(wide["factory"], wide["kwargs"], st.num_features, st.num_classes, "stop.probe")
-    data = make_data(
-        st.train.x[st.fit_idx], st.teach.train_probs[st.fit_idx], st.labels(st.fit_idx), st.weights_fit
-    )
+    pos = _sample(st)
+    rows = st.fit_idx[pos]
+    data = make_data(st.train.x[rows], st.teach.train_probs[rows], st.labels(rows), st.weights_fit[pos])
     train_spec = job.train.model_copy(update={"epochs": spec.probe_epochs, "patience": 0})
     run_ = train_model(
         model,

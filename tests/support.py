@@ -456,7 +456,12 @@ def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
     s, t = Sample.__table__.c, TeacherOutput.__table__.c
 
     def op(session: Any) -> list[dict[str, Any]]:
-        query = select(Sample.__table__).where(s.quarantined.is_(False)).order_by(s.at.desc()).limit(limit)
+        query = (
+            select(Sample.__table__)
+            .where(s.quarantined.is_(False))
+            .order_by(s.at.desc(), s.id.desc())
+            .limit(limit)
+        )
         rows = {
             row.id: {
                 "id": row.id,

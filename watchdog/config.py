@@ -220,6 +220,11 @@ class MonitorConfig(Section):
     drift_threshold: Positive | None = Field(
         None, description="drift threshold of the stat test; unset: the test's own default"
     )
+    drift_sample: PositiveInt | None = Field(
+        20_000,
+        description="drift tests of each scope (the window, each slice) run on at most this many of its "
+        "rows, a uniform random sample; unset: every row",
+    )
     top_slices: PositiveInt = Field(
         20, description="slices with their own metrics and alerts per cycle (the largest; the rest: other)"
     )

@@ -103,13 +103,19 @@ def _cached(cache: Path, n: int, seed: int, shifted: bool) -> tuple[np.ndarray, 
 def _train_teacher(x: np.ndarray, y: np.ndarray, epochs: int, out: Path) -> None:
     """A 1-D CNN on labels, exported to ONNX with a softmax output."""
     import torch
-    from torch import nn
 
     from distill_engine.zoo import cnn1d
 
     torch.manual_seed(0)
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
-    net = cnn1d(x.shape[1], 10, channels=(64, 64, 64), hidden=128)
+    train_classifier(cnn1d(x.shape[1], 10, channels=(64, 64, 64), hidden=128), x, y, epochs, out)
+
+
+def train_classifier(net: Any, x: np.ndarray, y: np.ndarray, epochs: int, out: Path) -> None:
+    """Trains `net` on labels (AdamW, batches of 128) and exports it to ONNX with a softmax output."""
+    import torch
+    from torch import nn
+
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     net.train()

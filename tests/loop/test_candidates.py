@@ -23,6 +23,14 @@ from distill_watchdog.store.tables import DistillRun
 from .helpers import seed_samples
 from support import write_model
 
+SYNTH = {
+    "rows": 40,
+    "weight": 0.5,
+    "teacher_calls": 1,
+    "slices": {"sensor=c": {"real_rows": 70, "generated": 210, "low_confidence": 100, "duplicates": 0,
+                            "unlike_production": 30, "over_max_ratio": 40, "kept": 40}},
+}  # fmt: skip
+
 
 def _candidate(folder: Path, model: tuple[Path, Path], stop: str, params: int) -> None:
     folder.mkdir(parents=True)
@@ -30,7 +38,7 @@ def _candidate(folder: Path, model: tuple[Path, Path], stop: str, params: int) -
     card = json.loads(model[1].read_text())
     card["training"] = {"student": {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [params]}}}
     (folder / "card.json").write_text(json.dumps(card))
-    result = {"stop": {"verdict": stop, "training": stop}, "params": {"student": params}}
+    result = {"stop": {"verdict": stop, "training": stop}, "params": {"student": params}, "synthesis": SYNTH}
     (folder / "result.json").write_text(json.dumps(result))
 
 
@@ -76,3 +84,58 @@ def test_the_wider_candidate_is_tried_gated_reported_and_chosen(tmp_path: Path) 
     assert wide["name"] == "out-wide-1" and wide["passed"] and wide["chosen"] and wide["student"] == 3000
     assert wide["weak_gain"] > 0.2 and first["weak_gain"] == 0.0
     assert report["chosen"] == "out-wide-1" and report["gates"]["passed"]
+    from distill_watchdog.reports.render import render_run
+
+    page = render_run(store, "r1").read_text()
+    assert 'id="candidates"' in page and "out-wide-1 <strong>(chosen)</strong>" in page
+    assert 'id="synthesis"' in page and "<td>sensor=c</td><td>70</td><td>210</td>" in page
+
+
+def test_a_labelled_slice_that_loses_accuracy_fails_the_regression_gate() -> None:
+    """Agreeing more with the teacher where the teacher is wrong is still a regression in accuracy."""
+    import numpy as np
+
+    from distill_watchdog.jobs.gates import EvalSet, judge
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    teacher_pred = labels.copy()
+    teacher_pred[:40] = (labels[:40] + 1) % 5  # the teacher is wrong on 40 rows
+    eye = np.eye(5)
+    es = EvalSet("frozen", np.zeros((200, 3), np.float32), eye[teacher_pred], labels, [["s=a"]] * 200)
+    verdict = judge([(es, eye[labels], eye[teacher_pred])], [], 0.01, 0.01, 1.0)
+    gate = next(g for g in verdict["gates"] if g["slice"] == "s=a")
+    assert gate["change"] > 0.15 and gate["accuracy_change"] < -0.15 and not gate["passed"]
+    same = judge([(es, eye[labels], eye[labels])], [], 0.01, 0.01, 1.0)
+    assert same["passed"]
+
+
+def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Path) -> None:
+    import yaml
+
+    from distill_watchdog.config import PolicyConfig
+    from distill_watchdog.jobs.widen import plan
+
+    (tmp_path / "out").mkdir()
+    job = {
+        "student": {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [8]}},
+        "train": {"epochs": 5},
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    (tmp_path / "out" / "card.json").write_text(
+        json.dumps({"num_features": 64, "classes": list("0123456789")})
+    )
+    result = {"stop": {"verdict": "converged", "training": "converged"}}
+    (tmp_path / "out" / "result.json").write_text(json.dumps(result))
+    assert plan(tmp_path, PolicyConfig())["variants"] == []  # not capacity-limited: nothing to grow
+    result["stop"]["training"] = "capacity_limited"
+    (tmp_path / "out" / "result.json").write_text(json.dumps(result))
+    planned = plan(tmp_path, PolicyConfig(wider_candidates=2, max_params_factor=3.0))
+    parent = 64 * 8 + 8 + 8 * 10 + 10
+    assert len(planned["variants"]) == 2 and planned["diagnosis"] == "capacity_limited"
+    for v in planned["variants"]:
+        assert parent < v["params"] <= 3 * parent
+        wide = yaml.safe_load((tmp_path / v["job"]).read_text())
+        assert wide["student"] == {"factory": "distill_engine.zoo:mlp", "kwargs": v["kwargs"]}
+        assert wide["train"] == {"epochs": 5} and "init_from" not in wide["student"]
+    assert plan(tmp_path, PolicyConfig(wider_candidates=0))["variants"] == []

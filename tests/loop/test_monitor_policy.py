@@ -58,7 +58,14 @@ def test_cycle_measures_slices_and_drift(tmp_path: Path, model_files) -> None:
     assert [w["slice"] for w in weak] == []  # teacher == student everywhere with seed 0
     assert result["drift"]["all"]["share"] > 0.5 and "sensor=b" in result["drift"]
     stored = store.recent_cycles(1)[0]
-    assert stored.outcome == "ok" and orjson.loads(stored.summary_json)["rows"] == 900
+    summary = orjson.loads(stored.summary_json)
+    assert stored.outcome == "ok" and summary["rows"] == 900
+    assert summary["peak_rss_bytes"] > summary["window_bytes"] > 900 * 4 * 10  # memory recorded
+    # `monitor.drift_sample`: each scope's tests run on that many of its rows
+    settings.monitor.drift_sample = 100
+    sampled = run_cycle(settings, store, registry)["drift"]
+    assert sampled["all"]["rows"] == 100 and sampled["all"]["window_rows"] == 900
+    assert all(d["rows"] == min(100, d["window_rows"]) for d in sampled.values())
 
 
 def test_weak_slice_is_significant_and_ranked(tmp_path: Path, model_files) -> None:
@@ -365,6 +372,6 @@ def test_retention_deletes_old_samples_cycles_and_decisions(tmp_path: Path, mode
     seed_samples(store, version, n=300)  # times: now-300 .. now-1
     store.add_cycle(MonitorCycle(at=time.time() - 1000))
     store.add_decision(None, "ok", "old", {})
-    deleted = store.delete_before(time.time() - 100)
+    deleted = store.delete_before(time.time() - 100, batch=7)  # many small transactions
     assert 195 <= deleted["samples"] <= 205 and deleted["teacher_outputs"] == deleted["samples"]
     assert deleted["cycles"] == 1 and store.count_samples() == 300 - deleted["samples"]

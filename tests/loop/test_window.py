@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from distill_watchdog.monitor.window import load_window, window_from_columns
+from distill_watchdog.monitor.window import load_window, read_window, window_from_columns
 from distill_watchdog.store import Store
 
 from support import SampleRecord, add_samples, recent_samples
@@ -83,3 +83,33 @@ def test_the_columnar_window_matches_the_rows(store_url, make_settings) -> None:
     expected_recent = sum(1 for t in want["at"] if t >= now - 100.0)
     assert 0 < len(recent) <= expected_recent + 5 and recent.at.min() >= now - 100.0
     assert store.sample_columns(300, since=1e12).ids == []
+
+
+def test_the_window_read_in_chunks_equals_one_read(store_url, make_settings) -> None:
+    store = Store(store_url)
+    _seed(store, 400, time.time())
+    whole = window_from_columns(store.sample_columns(350), WEIGHTS)
+    chunked = read_window(store, 350, WEIGHTS, chunk=37)  # keyset pages, ties in `at` included
+    for name in ("x", "student", "teacher", "labels", "at", "student_versions"):
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))
+    assert chunked.slices == whole.slices and chunked.teacher_versions == whole.teacher_versions
+    assert chunked.dropped_no_teacher == whole.dropped_no_teacher
+
+
+def test_rows_of_another_shape_are_skipped(store_url) -> None:
+    store = Store(store_url)
+    now = time.time()
+    _seed(store, 100, now)
+    wide = [
+        SampleRecord(
+            id=f"w{k:05d}", request_id=f"w{k}", at=now + k, features=[0.5] * 9, student_probs=[0.5, 0.5],
+            student_version="v0", slices={}, quarantined=False, teachers={"a": ("a1", [0.5, 0.5], False)},
+        )
+        for k in range(30)
+    ]  # fmt: skip
+    add_samples(store, wide)
+    narrow = read_window(store, 1000, WEIGHTS, features=4, classes=3)
+    assert narrow.x.shape[1] == 4 and len(narrow) + narrow.dropped_no_teacher == 90  # 10 quarantined
+    assert len(read_window(store, 1000, WEIGHTS, features=9, classes=2)) == 30
+    # unset: the newest row's shape decides
+    assert read_window(store, 1000, WEIGHTS).x.shape[1] == 9

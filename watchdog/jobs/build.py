@@ -20,7 +20,7 @@ import yaml
 
 from ..config import Settings
 from ..monitor.reference import replay_rows
-from ..monitor.window import Window, window_from_columns
+from ..monitor.window import Window, read_window
 from ..policy import last_healthy_at
 from ..registry import Registry
 from ..store import Store
@@ -110,7 +110,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
             "student": parent_student
             or {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [128, 128]}},
             "loss": {"temperature": 2.0, "kd_weight": 1.0},
-            "train": {"epochs": 20, "batch_size": 256, "lr": 0.003, "device": "cpu"},
+            "train": {"epochs": 100, "batch_size": 256, "lr": 0.003, "device": "cpu"},  # early stop ends it
             "baseline": "none",
             "calibrate": True,
         },
@@ -127,6 +127,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
             "classes": [str(c) for c in info.card.classes],
         },
     )
+    job.pop("synthesis", None)  # policy.synthesis decides, and vets a user generator (`_synthesis`)
     if info.card.feature_names:
         job["feature_names"] = list(info.card.feature_names)
     # Warm start: the candidate begins as the active student and spends the round on what
@@ -195,7 +196,7 @@ def _synthesis(
 
     if not settings.policy.synthesis or not weak or "synthesis" not in DistillJob.model_fields:
         return None
-    present = {s for s in w.slice_strings()[train_idx]}
+    present = {str(s) for s in w.slice_strings()[train_idx]}
     slices = sorted(s for s in present if any(label in s.split(",") for label in weak))
     spec = deep_merge({"enabled": True, "slices": slices}, settings.distill.job.get("synthesis") or {})
     about: dict[str, Any] = {"enabled": bool(spec.get("enabled")), "slices": spec.get("slices")}
@@ -222,9 +223,7 @@ def build_job(
     Raises WaitingForData when a weak slice has too few recent rows for both sides.
     """
     cfg = settings.policy
-    w = window_from_columns(
-        store.sample_columns(cfg.max_train_rows), {t.name: t.weight for t in settings.teachers}
-    )
+    w = read_window(store, cfg.max_train_rows, {t.name: t.weight for t in settings.teachers})
     active = registry.active_version()
     if active is None:
         raise ValueError("no active student to improve on")

@@ -4,7 +4,8 @@
   problem was seen) improves by at least `policy.min_gain`;
 - max_regression (interval-aware): no slice with enough rows, on either set, gets worse by
   more than `policy.max_regression` with the paired 95% bootstrap interval of the change
-  entirely below zero (a drop within noise does not fail);
+  entirely below zero (a drop within noise does not fail), in agreement with the teacher
+  and, where every row is labelled, in accuracy;
 - calibration: the candidate's ECE on the hold-out is within max(`policy.max_ece`, the
   active student's ECE).
 With no weak slices (a manual run) the min_gain gate is not applied.
@@ -60,6 +61,10 @@ def compare(es: EvalSet, before: np.ndarray, after: np.ndarray, seed: int = 0) -
         if es.labels is not None:
             row["accuracy_before"] = M.accuracy(before[m], es.labels[m])
             row["accuracy_after"] = M.accuracy(after[m], es.labels[m])
+            right = (after[m].argmax(1) == es.labels[m]).astype(np.float64)
+            was = (before[m].argmax(1) == es.labels[m]).astype(np.float64)
+            a_est, a_lo, a_hi = M.bootstrap_ci(right - was, n_boot=500, seed=seed)
+            row["accuracy_change"], row["accuracy_ci"] = a_est, [a_lo, a_hi]
         out[label] = row
     return out
 
@@ -100,17 +105,18 @@ def judge(
             if row["n"] < MIN_SLICE_ROWS:
                 continue
             regressed = row["change"] < -max_regression and row["ci"][1] < 0
-            gates.append(
-                {
-                    "gate": "max_regression",
-                    "slice": label,
-                    "set": name,
-                    "change": row["change"],
-                    "ci": row["ci"],
-                    "threshold": max_regression,
-                    "passed": not regressed,
-                }
-            )
+            gate = {
+                "gate": "max_regression",
+                "slice": label,
+                "set": name,
+                "change": row["change"],
+                "ci": row["ci"],
+                "threshold": max_regression,
+            }
+            if "accuracy_change" in row:  # labelled rows: accuracy must not drop either
+                gate.update(accuracy_change=row["accuracy_change"], accuracy_ci=row["accuracy_ci"])
+                regressed |= row["accuracy_change"] < -max_regression and row["accuracy_ci"][1] < 0
+            gates.append({**gate, "passed": not regressed})
     for es, before, after in sets:
         if es.name != "holdout":
             continue

@@ -17,24 +17,17 @@ from ..registry import Registry
 from ..store import Store
 from ..store.tables import MonitorCycle
 from .drift import column_drift
+from .memory import peak_rss_bytes, reset_peak_rss
 from .reference import load_reference
 from .stats import bounded_slices, slice_table, weak_slices
 from .window import Window, load_window
 
 
-def _only(w: Window, keep: np.ndarray) -> Window:
-    idx = np.flatnonzero(keep)
-    return Window(
-        w.x[idx],
-        w.student[idx],
-        w.teacher[idx],
-        w.labels[idx],
-        [w.slices[i] for i in idx],
-        w.at[idx],
-        w.student_versions[idx],
-        w.teacher_versions,
-        w.dropped_no_teacher,
-    )
+def _drift_rows(rows: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    """At most `cap` of `rows` (indices), a uniform random sample without replacement, in order."""
+    if cap is None or len(rows) <= cap:
+        return rows
+    return np.sort(rng.choice(rows, size=cap, replace=False))
 
 
 def compute(
@@ -43,13 +36,18 @@ def compute(
     """The cycle's numbers (no store writes): for the active student's rows in the window."""
     cfg = settings.monitor
     active = registry.active_version() or ""
-    w = window if window is not None else load_window(store, settings)
-    w = _only(w, w.student_versions == active) if len(w) else w
+    if window is None:
+        # Only rows the active card's shape fits are read (another model's rows are skipped).
+        card = registry.get(active).card if active else None
+        width, classes = (card.num_features, len(card.classes)) if card else (None, None)
+        window = load_window(store, settings, features=width, classes=classes)
+    w = window.take(np.flatnonzero(window.student_versions == active)) if len(window) else window
     out: dict[str, Any] = {
         "student_version": active,
         "rows": len(w),
         "teacher_versions": w.teacher_versions,
         "no_teacher_rows": w.dropped_no_teacher,
+        "window_bytes": window.nbytes,
     }
     if len(w) < cfg.min_rows:
         out.update(outcome="skipped", reason=f"{len(w)} usable rows < monitor.min_rows {cfg.min_rows}")
@@ -64,23 +62,34 @@ def compute(
     if reference is None:
         out["drift"] = None
     else:
-        names = registry.get(active).card.feature_names
-        ref_x, ref_pred = reference
-        pred = w.student.argmax(1)
-        drift = {
-            "all": column_drift(ref_x, ref_pred, w.x, pred, cfg.drift_method, cfg.drift_threshold, names)
-        }
-        for label in table:
-            if label == "all":
-                continue
-            m = slices[label]
-            if m.sum() >= cfg.min_rows:
-                drift[label] = column_drift(
-                    ref_x, ref_pred, w.x[m], pred[m], cfg.drift_method, cfg.drift_threshold, names
-                )
-        out["drift"] = drift
+        out["drift"] = _drift(settings, w, slices, reference, registry.get(active).card.feature_names)
     out["outcome"] = "ok"
     return out
+
+
+def _drift(
+    settings: Settings,
+    w: Window,
+    slices: dict[str, np.ndarray],
+    reference: tuple[np.ndarray, np.ndarray],
+    names: list[str] | None,
+) -> dict[str, Any]:
+    """Drift of the whole window and of each slice with `monitor.min_rows` rows, each on at most
+    `monitor.drift_sample` of its rows (the stat tests' cost grows with the rows they get)."""
+    cfg = settings.monitor
+    ref_x, ref_pred = reference
+    pred = w.student.argmax(1)
+    rng = np.random.default_rng(len(w))
+    scopes = {"all": np.arange(len(w))}
+    scopes.update({label: np.flatnonzero(m) for label, m in slices.items() if m.sum() >= cfg.min_rows})
+    drift = {}
+    for label, rows in scopes.items():
+        idx = _drift_rows(rows, cfg.drift_sample, rng)
+        drift[label] = column_drift(
+            ref_x, ref_pred, w.x[idx], pred[idx], cfg.drift_method, cfg.drift_threshold, names
+        )
+        drift[label]["window_rows"] = int(len(rows))
+    return drift
 
 
 def _count_new_rows(
@@ -102,8 +111,10 @@ def _count_new_rows(
 
 def run_cycle(settings: Settings, store: Store, registry: Registry) -> dict[str, Any]:
     began = time.perf_counter()
+    reset_peak_rss()
     result = compute(settings, store, registry)
     result["seconds"] = time.perf_counter() - began
+    result["peak_rss_bytes"] = peak_rss_bytes()
     row = store.add_cycle(
         MonitorCycle(
             at=time.time(),

@@ -72,7 +72,12 @@ def bounded_slices(w: Window, max_per_key: int, max_slices: int) -> dict[str, np
     rows of the rest form `(other)`. Clients choose slice values: without a bound, a cycle's
     time and its stored summary grew with the number of distinct values sent.
     """
-    counts = Counter(label for row in w.slices for label in row)
+    per_kind = np.bincount(w.slice_codes, minlength=len(w.slice_kinds))
+    present = [(code, labels) for code, labels in enumerate(w.slice_kinds) if per_kind[code]]
+    counts: Counter[str] = Counter()
+    for code, labels in present:
+        for label in labels:
+            counts[label] += int(per_kind[code])
     by_key: dict[str, list[str]] = {}
     for label in counts:
         by_key.setdefault(label.partition("=")[0], []).append(label)
@@ -84,16 +89,12 @@ def bounded_slices(w: Window, max_per_key: int, max_slices: int) -> dict[str, np
             rename[label] = label if rank < max_per_key else f"{key}={OTHER}"
             grouped[rename[label]] += counts[label]
     kept = set(sorted(grouped, key=lambda label: (-grouped[label], label))[:max_slices])
-    rows: dict[str, list[int]] = {}
-    for i, row in enumerate(w.slices):
-        for label in {rename[label] if rename[label] in kept else OTHER for label in row}:
-            rows.setdefault(label, []).append(i)
-    masks = {}
-    for label in sorted(rows):
-        mask = np.zeros(len(w), dtype=bool)
-        mask[rows[label]] = True
-        masks[label] = mask
-    return masks
+    # Per distinct set of labels (not per row): a million-row window has few of them.
+    codes: dict[str, list[int]] = {}
+    for code, labels in present:
+        for label in {rename[label] if rename[label] in kept else OTHER for label in labels}:
+            codes.setdefault(label, []).append(code)
+    return {label: np.isin(w.slice_codes, codes[label]) for label in sorted(codes)}
 
 
 def slice_table(w: Window, slices: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:

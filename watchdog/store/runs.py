@@ -18,6 +18,8 @@ from .db import Database
 from .tables import DistillRun, MonitorCycle, PolicyDecision, Sample, TeacherOutput
 
 LEADER_KEY = 727_002  # the PostgreSQL advisory lock id of the scheduler
+RETENTION_BATCH = 10_000  # samples deleted per transaction
+_IN_CHUNK = 500  # ids per IN (...) list
 
 
 def _dumps(value: Any) -> str:
@@ -140,26 +142,49 @@ class RunStore:
 
     # --- retention -------------------------------------------------------------------------------
 
-    def delete_before(self, cutoff: float) -> dict[str, int]:
-        """Deletes samples (with their teacher outputs), cycles and decisions older than `cutoff`."""
+    def delete_before(self, cutoff: float, batch: int = RETENTION_BATCH) -> dict[str, int]:
+        """Deletes samples (with their teacher outputs), cycles and decisions older than `cutoff`.
 
-        def op(session: Session) -> dict[str, int]:
-            old = select(Sample.id).where(col(Sample.at) < cutoff)
-            outputs = session.execute(delete(TeacherOutput).where(col(TeacherOutput.sample_id).in_(old)))
-            samples = session.execute(delete(Sample).where(col(Sample.at) < cutoff))
+        Samples go `batch` at a time, oldest first, each batch its own transaction: deleting a
+        day of rows at production volume in one statement held the write lock for as long as it
+        ran, and serving's sample writes waited behind it.
+        """
+        counts = {"samples": 0, "teacher_outputs": 0, "cycles": 0, "decisions": 0}
+        while True:
+            done = self.db.retry("delete_before", lambda s: _delete_samples(s, cutoff, batch))
+            counts["samples"] += done[0]
+            counts["teacher_outputs"] += done[1]
+            if done[0] < batch:
+                break
+
+        def op(session: Session) -> None:
             cycles = session.execute(delete(MonitorCycle).where(col(MonitorCycle.at) < cutoff))
             decisions = session.execute(delete(PolicyDecision).where(col(PolicyDecision.at) < cutoff))
-            return {
-                "samples": int(samples.rowcount or 0),
-                "teacher_outputs": int(outputs.rowcount or 0),
-                "cycles": int(cycles.rowcount or 0),
-                "decisions": int(decisions.rowcount or 0),
-            }
+            counts["cycles"] = int(cycles.rowcount or 0)
+            counts["decisions"] = int(decisions.rowcount or 0)
 
-        return self.db.retry("delete_before", op)
+        self.db.retry("delete_before", op)
+        return counts
 
     def leader_lock(self) -> LeaderLock:
         return LeaderLock(self.db)
+
+
+def _delete_samples(session: Session, cutoff: float, batch: int) -> tuple[int, int]:
+    """Up to `batch` of the oldest samples before `cutoff` and their teacher outputs."""
+    ids = list(
+        session.execute(
+            select(Sample.id).where(col(Sample.at) < cutoff).order_by(col(Sample.at)).limit(batch)
+        ).scalars()
+    )
+    samples = outputs = 0
+    for start in range(0, len(ids), _IN_CHUNK):
+        part = ids[start : start + _IN_CHUNK]
+        outputs += int(
+            session.execute(delete(TeacherOutput).where(col(TeacherOutput.sample_id).in_(part))).rowcount or 0
+        )
+        samples += int(session.execute(delete(Sample).where(col(Sample.id).in_(part))).rowcount or 0)
+    return samples, outputs
 
 
 class LeaderLock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,10 +15,11 @@ from sqlmodel import Session, col, select
 
 from .db import Database
 from .tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
-from .vectors import from_blob, to_blobs
+from .vectors import DTYPE, from_blob, to_blobs
 
 _CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 _LABEL_CHUNK = 5000  # labels per UPDATE: 2 parameters each, below SQLite's 32,766
+WINDOW_CHUNK = 50_000  # rows per query when reading a window (bounds the driver's rows in memory)
 
 
 def dumps(value: Any) -> str:
@@ -53,6 +54,39 @@ def _outputs_between(session: Session, first: float, last: float) -> Sequence[An
     return session.execute(query).all()
 
 
+_OUTPUTS_OF_CHUNK = (
+    "SELECT t.sample_id, t.teacher, t.version, t.quarantined, t.probs FROM teacher_outputs t "
+    "JOIN samples s ON t.sample_id = s.id WHERE s.at >= {mark} AND s.at <= {mark}"
+)
+
+
+def _columns(session: Session, sql: str, params: tuple[Any, ...], mark: str) -> SampleColumns:
+    """One chunk of sampled rows as columns, with the teacher outputs of those rows.
+
+    Through the driver's own cursor: plain tuples, no per-row result objects, which were most
+    of the Python time of a million-row window.
+    """
+    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+        if not rows:
+            return SampleColumns()
+        cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
+        index = dict(zip(cols.ids, range(len(rows)), strict=True))
+        cursor.execute(_OUTPUTS_OF_CHUNK.format(mark=mark), (min(cols.at), max(cols.at)))
+        found = cursor.fetchall()
+    finally:
+        cursor.close()
+    get = index.get
+    cols.outputs = [
+        (i, teacher, version, bool(quarantined), probs)
+        for sid, teacher, version, quarantined, probs in found
+        if (i := get(sid)) is not None
+    ]
+    return cols
+
+
 @dataclass(slots=True)
 class TeacherColumn:
     """One teacher's answer for some rows of a `SampleBatch` (one call: one version)."""
@@ -65,10 +99,11 @@ class TeacherColumn:
 
 @dataclass(slots=True)
 class SampleBatch:
-    """Sampled rows as columns: what the shadow process hands to a teacher process for storing.
+    """Sampled rows as columns: what the serving process hands to a teacher process for storing.
 
-    A few arrays pickle in microseconds where one object per row would not; the insert tuples
-    and row ids are built in the process that writes them (`rows`).
+    A few arrays pickle in microseconds where one object per row (each with its own small
+    arrays) costs the serving process's GIL a few milliseconds per write; the rows are expanded
+    into insert rows, with their ids, in the process that writes them.
     """
 
     request_ids: list[str]
@@ -125,15 +160,46 @@ class SampleBatch:
         return samples, outputs
 
 
+# The insert tuples' columns, with their PostgreSQL types for binary COPY.
+_SAMPLE_COLUMNS = (
+    Sample.__tablename__,
+    [("id", "text"), ("request_id", "text"), ("at", "float8"), ("features", "bytea"),
+     ("student_probs", "bytea"), ("student_version", "text"), ("slice_json", "text"),
+     ("quarantined", "bool")],
+)  # fmt: skip
+_OUTPUT_COLUMNS = (
+    TeacherOutput.__tablename__,
+    [("sample_id", "text"), ("teacher", "text"), ("version", "text"), ("probs", "bytea"),
+     ("quarantined", "bool")],
+)  # fmt: skip
+# How sampled rows reach PostgreSQL: "copy" (COPY ... FROM STDIN, binary) or "executemany"
+# (psycopg's pipelined batches). bench/volume.py measures both on the same store.
+PG_INSERT = "copy"
+
+
+def _copy(cursor: Any, table: tuple[str, list[tuple[str, str]]], rows: list[tuple[Any, ...]]) -> None:
+    """One binary COPY of `rows` into `table` (psycopg 3), inside the caller's transaction."""
+    if not rows:
+        return
+    name, columns = table
+    names = ", ".join(column for column, _ in columns)
+    with cursor.copy(f"COPY {name} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([kind for _, kind in columns])
+        for row in rows:
+            copy.write_row(row)
+
+
 def _new_ids(n: int) -> list[str]:
     """`n` 32-hex-digit ids in creation order: a millisecond clock (12 digits), the row's place
     in its batch (5) and random bits (15), in the manner of a UUIDv7. Batches written in the same
     millisecond interleave, but all of them sort after every earlier row, which is what keeps
     the index pages written few.
 
-    The sample id is the primary key of `samples` and is indexed in `teacher_outputs`: random
-    ids would put every row of a bulk insert on its own index page, so the cost of a write would
-    grow with the table (bench/sample_store.py).
+    The sample id is the primary key of `samples` and is indexed in `teacher_outputs`. Random
+    ids (uuid4's) put every row of a bulk insert on its own page of both indexes, so the bytes
+    written per row grew with the table: on SQLite, 30 µs of CPU and 17 KB written per row once
+    it held 200k rows, against 13 µs and 2.3 KB in time order, at any size
+    (bench/sample_store.py).
     """
     head = f"{time.time_ns() // 1_000_000:012x}"
     raw = os.urandom(8 * n).hex()
@@ -156,25 +222,26 @@ class SampleStore:
         return self._insert_samples(samples, outputs)
 
     def _insert_samples(self, samples: list[tuple[Any, ...]], outputs: list[tuple[Any, ...]]) -> int:
-        """Two executemany statements through the driver itself: no object per row on the hot
-        write path."""
+        """Both tables' rows in one transaction: binary COPY on PostgreSQL (`PG_INSERT`), else two
+        executemany statements through the driver itself (SQLAlchemy's `insert()` with a record
+        object per row cost twice the CPU per row on SQLite)."""
         if not samples:
             return 0
-        mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
-        insert_samples = (
-            f"INSERT INTO {Sample.__tablename__} (id, request_id, at, features, student_probs, "
-            f"student_version, slice_json, quarantined) VALUES ({', '.join([mark] * 8)})"
-        )
-        insert_outputs = (
-            f"INSERT INTO {TeacherOutput.__tablename__} (sample_id, teacher, version, probs, "
-            f"quarantined) VALUES ({', '.join([mark] * 5)})"
-        )
+        copy = self.db.is_postgres and PG_INSERT == "copy"
 
         def op(session: Session) -> int:
             connection = session.connection()
-            connection.exec_driver_sql(insert_samples, samples)
-            if outputs:
-                connection.exec_driver_sql(insert_outputs, outputs)
+            if copy:
+                cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                _copy(cursor, _SAMPLE_COLUMNS, samples)
+                _copy(cursor, _OUTPUT_COLUMNS, outputs)
+                return len(samples)
+            mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
+            for (table, columns), rows in ((_SAMPLE_COLUMNS, samples), (_OUTPUT_COLUMNS, outputs)):
+                if rows:
+                    names = ", ".join(name for name, _ in columns)
+                    marks = ", ".join([mark] * len(columns))
+                    connection.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
             return len(samples)
 
         return self.db.retry("add_samples", op)
@@ -188,35 +255,65 @@ class SampleStore:
 
         return self.db.retry("count_samples", op)
 
-    def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
-        """The newest `limit` unquarantined rows (at or after `since`), as columns as stored.
+    def sample_chunks(
+        self,
+        limit: int,
+        since: float | None = None,
+        features: int | None = None,
+        classes: int | None = None,
+        chunk: int | None = None,
+    ) -> Iterator[SampleColumns]:
+        """The newest `limit` unquarantined rows (at or after `since`), newest first, `chunk`
+        rows at a time, each chunk with its teacher outputs; with `features`/`classes`, only rows
+        whose vectors have that many values (rows of a model with another shape are skipped).
 
-        For the monitor window and a run's training set: tens of thousands of rows, where a
-        dict per row with its JSON parsed one by one was most of a cycle (window.py parses
-        each column in one call).
+        Each chunk is its own short query (keyset on `at`, `id`), so a window of a million rows
+        never holds more than one chunk of driver rows and no transaction stays open between
+        chunks.
         """
-        s = Sample.__table__.c
+        chunk = chunk or WINDOW_CHUNK
+        mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
+        where, params = ["NOT quarantined"], []
+        for clause, value in (
+            ("at >= {m}", since),
+            ("length(features) = {m}", None if features is None else features * DTYPE.itemsize),
+            ("length(student_probs) = {m}", None if classes is None else classes * DTYPE.itemsize),
+        ):
+            if value is not None:
+                where.append(clause.format(m=mark))
+                params.append(value)
+        columns = "id, at, features, student_probs, student_version, slice_json, label"
+        left, after = limit, None
+        while left > 0:
+            clauses, values = list(where), list(params)
+            if after is not None:  # keyset: rows after the previous chunk's last (at, id)
+                clauses.append(f"at <= {mark} AND NOT (at = {mark} AND id >= {mark})")
+                values += [after[0], after[0], after[1]]
+            sql = (
+                f"SELECT {columns} FROM {Sample.__tablename__} WHERE {' AND '.join(clauses)} "
+                f"ORDER BY at DESC, id DESC LIMIT {int(min(chunk, left))}"
+            )
+            cols = self.db.retry(
+                "sample_chunks", lambda session, q=sql, v=tuple(values): _columns(session, q, v, mark)
+            )
+            if not cols.ids:
+                return
+            yield cols
+            left -= len(cols.ids)
+            if len(cols.ids) < chunk:
+                return
+            after = (cols.at[-1], cols.ids[-1])
 
-        def op(session: Session) -> SampleColumns:
-            query = sa_select(
-                s.id, s.at, s.features, s.student_probs, s.student_version, s.slice_json, s.label
-            ).where(s.quarantined.is_(False))
-            if since is not None:
-                query = query.where(s.at >= since)
-            rows = session.execute(query.order_by(s.at.desc()).limit(limit)).all()
-            if not rows:
-                return SampleColumns()
-            cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
-            index = {sid: i for i, sid in enumerate(cols.ids)}
-            for sid, teacher, version, quarantined, probs in _outputs_between(
-                session, min(cols.at), max(cols.at)
-            ):
-                i = index.get(sid)
-                if i is not None:
-                    cols.outputs.append((i, teacher, version, bool(quarantined), probs))
-            return cols
-
-        return self.db.retry("sample_columns", op)
+    def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
+        """The newest `limit` unquarantined rows (at or after `since`) in one `SampleColumns`:
+        for tests and small reads; the monitor reads `sample_chunks`."""
+        out = SampleColumns()
+        for cols in self.sample_chunks(limit, since):
+            offset = len(out.ids)
+            for name in ("ids", "at", "features", "student_probs", "student_versions", "slices", "labels"):
+                getattr(out, name).extend(getattr(cols, name))
+            out.outputs.extend((i + offset, *rest) for i, *rest in cols.outputs)
+        return out
 
     def add_labels(self, labels: list[tuple[str, int]]) -> tuple[int, list[str]]:
         """Joins true labels to sampled rows by request id: (labels applied, ids not found).
