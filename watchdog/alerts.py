@@ -66,6 +66,8 @@ class Alert:
 class Alerter:
     """A daemon component; also usable stand-alone (`start(None)`)."""
 
+    slot = "alerts"  # the Daemon field create_app fills with it
+
     def __init__(self, cfg: AlertsConfig, service: str = "distill-watchdog") -> None:
         self.cfg = cfg
         self.service = service
@@ -87,8 +89,6 @@ class Alerter:
         return out
 
     async def start(self, daemon: Daemon | None) -> None:
-        if daemon is not None:
-            daemon.alerts = self
         self._client = httpx.AsyncClient(timeout=self.cfg.timeout_s)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._send_forever()), loop.create_task(self._refresh_forever())]

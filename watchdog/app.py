@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,11 +34,21 @@ from .serving.hot_swap import ModelManager
 from .serving.validation import BadRequest
 from .store import Store
 
+if TYPE_CHECKING:
+    from .alerts import Alerter
+    from .jobs.runs import RunManager
+    from .jobs.scheduler import Scheduler
+    from .sampling import SamplingService
+
 log = logging.getLogger(__name__)
 
 
 class Component(Protocol):
-    """A background part of the daemon (sampling worker, scheduler, ...)."""
+    """A background part of the daemon (sampling worker, scheduler, ...).
+
+    One that others use names its `Daemon` field in a class attribute `slot`: create_app fills
+    the slot before any component starts, so none depends on another's start order.
+    """
 
     async def start(self, daemon: Daemon) -> None: ...
     async def stop(self) -> None: ...
@@ -56,10 +66,10 @@ class Daemon:
     models: ModelManager
     batcher: MicroBatcher = field(init=False)
     sampler: Sampler | None = None
-    alerts: Any = None  # alerts.Alerter once started (fire/resolve never block)
-    teachers: Any = None  # sampling.SamplingService once started (teacher states, admin accept)
-    scheduler: Any = None  # jobs.scheduler.Scheduler once started (leader, last cycle)
-    runs: Any = None  # jobs.runs.RunManager once started (trigger, approve, reject)
+    alerts: Alerter | None = None  # fire/resolve never block
+    teachers: SamplingService | None = None  # teacher states, admin accept
+    scheduler: Scheduler | None = None  # leader, last cycle
+    runs: RunManager | None = None  # trigger, approve, reject: made by the scheduler's start
     components: list[Component] = field(default_factory=list)
     draining: bool = False
     started_at: float = field(default_factory=time.time)
@@ -205,6 +215,10 @@ def create_app(
     """The daemon's ASGI app; `freeze_gc` for a process that runs nothing else (`serve`)."""
     daemon = build_daemon(settings)
     daemon.components = list(components or [])
+    for component in daemon.components:
+        slot = getattr(component, "slot", None)
+        if slot is not None:
+            setattr(daemon, slot, component)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -237,7 +237,7 @@ def write_config(root: Path, files: dict[str, Any], sc: Scenario, port: int) -> 
     return path
 
 
-class Daemon:
+class ServeProcess:
     """`distill-watchdog serve` as a child process."""
 
     def __init__(self, config: Path, port: int, log_path: Path) -> None:
@@ -245,7 +245,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}"
 
-    def __enter__(self) -> Daemon:
+    def __enter__(self) -> ServeProcess:
         self._log = open(self.log_path, "wb")
         argv = [sys.executable, "-c", "from distill_watchdog.cli import main; main()", "serve"]
         self.proc = subprocess.Popen(
@@ -314,7 +314,7 @@ def run_scenario(root: Path, sc: Scenario, port: int, log: Any = print) -> dict[
     tprobs = {name: teacher_probs(files["teacher"], x) for name, x in files["tests"].items()}
     config = write_config(root, files, sc, port)
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    with Daemon(config, port, root / "daemon.log") as daemon, httpx.Client(timeout=30) as client:
+    with ServeProcess(config, port, root / "daemon.log") as daemon, httpx.Client(timeout=30) as client:
         url = daemon.url
         log(f"demo: daemon serving at {url} (UI {url}/ui/)")
 

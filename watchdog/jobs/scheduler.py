@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from ..store import LeaderLock
 
 log = logging.getLogger(__name__)
+# This scheduler's own APScheduler logger: a skipped overlapping run is expected (max_instances=1),
+# not worth a warning each time; errors still show. Other APScheduler users keep their logging.
+_QUIET = logging.getLogger(f"{__name__}.apscheduler")
 
 
 def _weak_notes(w: dict[str, Any], versions: str) -> dict[str, str]:
@@ -58,6 +61,10 @@ def _ceiling_run(store: Any) -> str | None:
 
 
 class Scheduler:
+    """The leader's timers: monitor cycles, retention, teacher re-evaluation; runs via RunManager."""
+
+    slot = "scheduler"  # the Daemon field create_app fills with it
+
     def __init__(self) -> None:
         self.daemon: Daemon | None = None
         self.lock: LeaderLock | None = None
@@ -77,13 +84,11 @@ class Scheduler:
         )
         self.runs = RunManager(daemon, settings_file)
         daemon.runs = self.runs
-        daemon.scheduler = self
         self.lock = daemon.store.leader_lock()
         metrics.leader.set(0)
         cfg = settings.monitor
-        # A skipped overlapping run is expected (max_instances=1), not worth a warning each time.
-        logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
-        sched = AsyncIOScheduler()
+        _QUIET.setLevel(logging.ERROR)
+        sched = AsyncIOScheduler(logger=_QUIET)
         now = datetime.now()
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         sched.add_job(self._poll_leader, "interval", seconds=cfg.leader_poll_s, next_run_time=now, **common)

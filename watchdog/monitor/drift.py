@@ -7,13 +7,10 @@ Evidently Report (with its HTML) runs for a redistillation's report, in that run
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def _columns(num: int, names: list[str] | None) -> list[str]:

@@ -24,6 +24,8 @@ class SamplingService:
     """A `Component`: starts the shadow process, then serves `offer` (daemon.sampler) and the
     teachers' state and operations (daemon.teachers)."""
 
+    slot = "teachers"  # the Daemon field create_app fills with it
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.shadow: ShadowProcess | None = None
@@ -38,7 +40,6 @@ class SamplingService:
         # Read at scrape time: a locked gauge set on every sampled row cost the event loop more.
         metrics.track(metrics.sample_queue_depth, self.sampler.depth)
         daemon.sampler = self.sampler
-        daemon.teachers = self
         try:
             await self.shadow.start()
         except Exception:

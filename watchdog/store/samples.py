@@ -368,9 +368,6 @@ class SampleStore:
 
     # --- teacher pins and events -----------------------------------------------------------
 
-    def get_pin(self, teacher: str) -> TeacherPin | None:
-        return self.db.retry("get_pin", lambda s: s.get(TeacherPin, teacher))
-
     def list_pins(self) -> list[TeacherPin]:
         return self.db.retry("list_pins", lambda s: list(s.exec(select(TeacherPin))))
 
