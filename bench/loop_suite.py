@@ -42,7 +42,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import command_line, free_port, record
 
-from distill_watchdog.demo import Daemon, teacher_probs, train_classifier
+from distill_watchdog.demo import ServeProcess, teacher_probs, train_classifier
 
 SOURCES = ("a", "b", "c")
 TOKEN = "suite-admin-token-0001"
@@ -356,7 +356,7 @@ def run_case(
     tp = {k: teacher_probs(files["teacher"], v[0]) for k, v in probes.items()}
     port = free_port()
     config = write_config(root, files, port, synthesis)
-    with Daemon(config, port, root / "daemon.log") as daemon, httpx.Client(timeout=60) as client:
+    with ServeProcess(config, port, root / "daemon.log") as daemon, httpx.Client(timeout=60) as client:
         url = daemon.url
         before = measure(client, url, probes, tp)
         # Clean phase: whatever the policy does on clean traffic, it must not lower accuracy.
