@@ -169,8 +169,12 @@ def _prior_shift(
 
     def draw(n: int, hard_idx: np.ndarray, easy_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k = int(0.85 * n)
+        # A pool smaller than the draw repeats rows (traffic only: the probe half is disjoint).
         idx = np.concatenate(
-            [rng.choice(hard_idx, k, replace=False), rng.choice(easy_idx, n - k, replace=False)]
+            [
+                rng.choice(hard_idx, k, replace=len(hard_idx) < k),
+                rng.choice(easy_idx, n - k, replace=len(easy_idx) < n - k),
+            ]
         )
         return x[idx], y[idx]
 
