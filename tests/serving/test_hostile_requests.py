@@ -40,11 +40,20 @@ def _push_until_answered(
     daemon answers; returns (bytes sent by then, the answer's status line)."""
     chunk = b"x" * 65_536
     frame = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    # A multipart body opens with a well-formed part, so that only its size can be refused
+    # (a parser handed a bad first chunk would rightly answer 400 before the limit).
+    part = (
+        b'--b\r\nContent-Disposition: form-data; name="model"; filename="m.onnx"\r\n\r\n'
+        if content_type.startswith("multipart/")
+        else b""
+    )
+    opening = b"%x\r\n" % len(part) + part + b"\r\n" if part else b""
     sent = 0
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n"
             f"Content-Type: {content_type}\r\n{extra}\r\n".encode()
+            + opening
         )
         try:
             while sent < total and not select.select([sock], [], [], 0)[0]:
