@@ -309,10 +309,13 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        deadline = time.monotonic() + 30
+        # Generous: start-up spawns teacher and shadow processes, slow on a loaded 2-CPU runner.
+        deadline = time.monotonic() + 120
         while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
+            if not self.thread.is_alive():
+                raise RuntimeError("server did not start: its thread ended (see the log above)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start within 120 s")
             time.sleep(0.02)
         return self
 
