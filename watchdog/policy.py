@@ -200,6 +200,15 @@ def decide(store: Store, cfg: PolicyConfig, cycle: dict[str, Any], now: float | 
     now = time.time() if now is None else now
     if cycle.get("outcome") != "ok":
         return Decision("ok", f"cycle {cycle.get('outcome')}: {cycle.get('reason', '')}")
+    judged, active = cycle.get("student_version"), store.active_version()
+    if judged and active and judged != active:
+        # A cycle that began before a promotion judges a student no longer served: acting on it
+        # would start a run for the new student on the old one's numbers.
+        decision = Decision(
+            "ok", f"cycle judged student {judged}, {active} is active now: not acted on", {"breached": False}
+        )
+        store.add_decision(cycle.get("cycle_id"), decision.action, decision.reason, decision.numbers)
+        return decision
     found, numbers = breaches(cycle, cfg)
     numbers["breached"] = bool(found)
     if not found:

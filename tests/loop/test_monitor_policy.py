@@ -101,6 +101,16 @@ def _cycle(
     }
 
 
+def test_a_cycle_of_a_student_no_longer_active_starts_nothing(tmp_path: Path, model_files) -> None:
+    """Right after a promotion, a cycle computed for the previous student is not acted on."""
+    settings, store, _, version = _setup(tmp_path, model_files)
+    cfg = PolicyConfig(min_agreement=0.9, hysteresis=1, cooldown_s=0)
+    stale = policy.decide(store, cfg, {**_cycle(0.5, ["sensor=c"]), "student_version": "earlier"})
+    assert stale.action == "ok" and "not acted on" in stale.reason and version in stale.reason
+    current = policy.decide(store, cfg, {**_cycle(0.5, ["sensor=c"]), "student_version": version})
+    assert current.action == "trigger"
+
+
 def test_policy_hysteresis_cooldown_budget_and_ceiling(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'p.db'}")
     cfg = PolicyConfig(min_agreement=0.9, hysteresis=2, cooldown_s=100, max_runs_per_day=2)
@@ -227,6 +237,38 @@ def _rows_of(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Which seeded sample (by position, oldest first) each stored row is."""
     where = {r.tobytes(): i for i, r in enumerate(x)}
     return np.asarray([where[r.astype(np.float32).tobytes()] for r in rows])
+
+
+def test_job_reads_only_rows_the_active_student_can_take(tmp_path: Path, model_files) -> None:
+    """Rows of an earlier student with another width stay stored but never reach a build."""
+    import uuid
+
+    from distill_watchdog.jobs.build import build_job
+
+    from support import SampleRecord, add_samples
+
+    settings, store, registry, version = _setup(tmp_path, model_files)
+    seed_samples(store, version, n=600)
+    now = time.time()
+    wide = [
+        SampleRecord(
+            id=uuid.uuid4().hex,
+            request_id=uuid.uuid4().hex,
+            at=now + i,  # the newest rows in the store
+            features=np.zeros(12, np.float32),
+            student_probs=np.full(3, 1 / 3, np.float32),
+            student_version="earlier",
+            slices={"sensor": "c"},
+            quarantined=False,
+            teachers={"big": ("v1", np.full(3, 1 / 3, np.float32), False)},
+        )
+        for i in range(200)
+    ]
+    add_samples(store, wide)
+    built = build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
+    assert built["train_rows"] + built["holdout_rows"] == 600
+    with np.load(tmp_path / "run" / "train.npz") as train:
+        assert train["x"].shape[1] == 40
 
 
 def test_job_holds_out_recent_rows_per_slice_weights_weak_rows_and_replays_reference(

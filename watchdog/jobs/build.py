@@ -223,10 +223,19 @@ def build_job(
     Raises WaitingForData when a weak slice has too few recent rows for both sides.
     """
     cfg = settings.policy
-    w = read_window(store, cfg.max_train_rows, {t.name: t.weight for t in settings.teachers})
     active = registry.active_version()
     if active is None:
         raise ValueError("no active student to improve on")
+    card = registry.get(active).card
+    # Only rows the active student can take: rows of an earlier student with another shape stay
+    # in the store until they age out, and must not fail the build meanwhile.
+    w = read_window(
+        store,
+        cfg.max_train_rows,
+        {t.name: t.weight for t in settings.teachers},
+        features=card.num_features,
+        classes=len(card.classes),
+    )
     weight, recent, masks, healthy_at = _weights(settings, store, w, weak)
     parts = holdout.split(
         w.at,
