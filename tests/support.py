@@ -497,3 +497,16 @@ def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
 def get_pin(store: Any, teacher: str) -> Any:
     """The stored pin of `teacher` (a TeacherPin), or None."""
     return {pin.teacher: pin for pin in store.list_pins()}.get(teacher)
+
+
+def sample_columns(store: Any, limit: int, since: float | None = None) -> Any:
+    """The newest `limit` unquarantined rows in one SampleColumns (the monitor reads chunks)."""
+    from distill_watchdog.store import SampleColumns
+
+    out = SampleColumns()
+    for cols in store.sample_chunks(limit, since):
+        offset = len(out.ids)
+        for name in ("ids", "at", "features", "student_probs", "student_versions", "slices", "labels"):
+            getattr(out, name).extend(getattr(cols, name))
+        out.outputs.extend((i + offset, *rest) for i, *rest in cols.outputs)
+    return out

@@ -6,7 +6,7 @@ import time
 
 from distill_watchdog.store import Store
 
-from support import SampleRecord, add_samples
+from support import SampleRecord, add_samples, sample_columns
 
 
 def test_retention_deletes_old_rows_in_batches_and_keeps_new_ones(store_url) -> None:
@@ -25,6 +25,6 @@ def test_retention_deletes_old_rows_in_batches_and_keeps_new_ones(store_url) -> 
     )  # fmt: skip
     deleted = store.delete_before(now - 1000 + 60, batch=7)  # nine transactions
     assert deleted["samples"] == 60 and deleted["teacher_outputs"] == 120
-    left = store.sample_columns(1000)
+    left = sample_columns(store, 1000)
     assert sorted(left.at) == [now - 1000 + k for k in range(60, 100)]
     assert len(left.outputs) == 80  # the kept rows' answers are all there

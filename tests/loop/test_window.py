@@ -9,7 +9,7 @@ import numpy as np
 from distill_watchdog.monitor.window import load_window, read_window, window_from_columns
 from distill_watchdog.store import Store
 
-from support import SampleRecord, add_samples, recent_samples
+from support import SampleRecord, add_samples, recent_samples, sample_columns
 
 WEIGHTS = {"a": 1.0, "b": 2.0, "c": 0.0}  # c's answers count for nothing
 
@@ -68,7 +68,7 @@ def test_the_columnar_window_matches_the_rows(store_url, make_settings) -> None:
     store = Store(store_url)
     now = time.time()
     _seed(store, 400, now)
-    w = window_from_columns(store.sample_columns(300), WEIGHTS)
+    w = window_from_columns(sample_columns(store, 300), WEIGHTS)
     want = _expected(recent_samples(store, 300))
     assert len(w) + w.dropped_no_teacher == 300 and w.dropped_no_teacher == want["dropped"] > 0
     np.testing.assert_allclose(w.x, want["x"], rtol=1e-6)
@@ -82,13 +82,13 @@ def test_the_columnar_window_matches_the_rows(store_url, make_settings) -> None:
     recent = load_window(store, settings)
     expected_recent = sum(1 for t in want["at"] if t >= now - 100.0)
     assert 0 < len(recent) <= expected_recent + 5 and recent.at.min() >= now - 100.0
-    assert store.sample_columns(300, since=1e12).ids == []
+    assert sample_columns(store, 300, since=1e12).ids == []
 
 
 def test_the_window_read_in_chunks_equals_one_read(store_url, make_settings) -> None:
     store = Store(store_url)
     _seed(store, 400, time.time())
-    whole = window_from_columns(store.sample_columns(350), WEIGHTS)
+    whole = window_from_columns(sample_columns(store, 350), WEIGHTS)
     chunked = read_window(store, 350, WEIGHTS, chunk=37)  # keyset pages, ties in `at` included
     for name in ("x", "student", "teacher", "labels", "at", "student_versions"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(whole, name))

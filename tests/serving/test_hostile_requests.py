@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sqlalchemy import event
 
-from support import ServerThread, card_for, write_model
+from support import ServerThread, card_for, sample_columns, write_model
 
 TOKEN = {"Authorization": "Bearer s3cret-token-for-tests"}
 LIMIT = 20_000
@@ -187,7 +187,7 @@ def test_many_labels_are_one_statement_per_chunk(make_settings, model_files) -> 
         assert r.status_code == 200, r.text
         assert r.json() == {"accepted": n, "unknown_ids": ["nope"]}
         assert len(updates) == math.ceil(len(labels) / 5000)
-        columns = store.sample_columns(n)
+        columns = sample_columns(store, n)
         got = dict(zip(columns.ids, columns.labels, strict=True))
         assert all(got[f"s{i}"] == i % 10 for i in range(n))
 

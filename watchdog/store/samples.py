@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,18 +40,6 @@ class SampleColumns:
     labels: list[int | None] = field(default_factory=list)
     # (row index, teacher, version, quarantined, probs bytes or None when the teacher failed)
     outputs: list[tuple[int, str, str, bool, bytes | None]] = field(default_factory=list)
-
-
-def _outputs_between(session: Session, first: float, last: float) -> Sequence[Any]:
-    """(sample id, teacher, version, quarantined, probs) of the samples stored from `first`
-    to `last`: one join over a window's time range; callers skip rows stored since they read."""
-    s, t = Sample.__table__.c, TeacherOutput.__table__.c
-    query = (
-        sa_select(t.sample_id, t.teacher, t.version, t.quarantined, t.probs)
-        .join(Sample.__table__, t.sample_id == s.id)
-        .where(s.at >= first, s.at <= last)
-    )
-    return session.execute(query).all()
 
 
 _OUTPUTS_OF_CHUNK = (
@@ -303,17 +291,6 @@ class SampleStore:
             if len(cols.ids) < chunk:
                 return
             after = (cols.at[-1], cols.ids[-1])
-
-    def sample_columns(self, limit: int, since: float | None = None) -> SampleColumns:
-        """The newest `limit` unquarantined rows (at or after `since`) in one `SampleColumns`:
-        for tests and small reads; the monitor reads `sample_chunks`."""
-        out = SampleColumns()
-        for cols in self.sample_chunks(limit, since):
-            offset = len(out.ids)
-            for name in ("ids", "at", "features", "student_probs", "student_versions", "slices", "labels"):
-                getattr(out, name).extend(getattr(cols, name))
-            out.outputs.extend((i + offset, *rest) for i, *rest in cols.outputs)
-        return out
 
     def add_labels(self, labels: list[tuple[str, int]]) -> tuple[int, list[str]]:
         """Joins true labels to sampled rows by request id: (labels applied, ids not found).
