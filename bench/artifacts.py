@@ -27,8 +27,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from common import command_line, record
 
 from distill_watchdog.config import MonitorConfig
-from distill_watchdog.jobs.artifacts import compress_drift_page
-from distill_watchdog.monitor.drift import evidently_report
+from distill_watchdog.loop.artifacts import compress_drift_page
+from distill_watchdog.loop.monitor.drift import evidently_report
 
 CASES = [  # (features, reference rows, hold-out rows, classes)
     (40, 2_000, 1_000, 10),  # the demo's scale

@@ -46,7 +46,7 @@ from common import (
 
 sys.path.insert(0, str(ROOT / "tests"))
 from distill_watchdog.config import load_settings
-from distill_watchdog.monitor.cycle import run_cycle
+from distill_watchdog.loop.monitor.cycle import run_cycle
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 
@@ -107,7 +107,7 @@ def _monitor_child(daemon_pid: int) -> int:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == daemon_pid and b"distill_watchdog.monitor.worker" in cmdline:
+        if ppid == daemon_pid and b"distill_watchdog.loop.monitor.process" in cmdline:
             return int(entry.name)
     raise RuntimeError("no monitor process")
 

@@ -29,10 +29,10 @@ import numpy as np
 from common import command_line, record
 
 from distill_watchdog.config import BinRule, SamplingConfig, SlicesConfig, load_settings
-from distill_watchdog.sampling import RequestSampler
-from distill_watchdog.sampling.offer import ADMIT_CHUNK
-from distill_watchdog.sampling.slices import SliceRules
-from distill_watchdog.sampling.waiting import WaitingRows
+from distill_watchdog.shadow import RequestSampler
+from distill_watchdog.shadow.offer import ADMIT_CHUNK
+from distill_watchdog.shadow.slices import SliceRules
+from distill_watchdog.shadow.waiting import WaitingRows
 from distill_watchdog.store import SampleBatch, TeacherColumn
 
 BATCH = 256

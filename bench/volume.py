@@ -136,14 +136,14 @@ def json_bytes(rows: Rows) -> float:
 CYCLE = """
 import json, sys, time
 from distill_watchdog.config import load_settings
-from distill_watchdog.monitor.cycle import run_cycle
+from distill_watchdog.loop.monitor.cycle import run_cycle
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 cfg = json.loads(sys.argv[1])
 settings = load_settings(None, **cfg)
 store = Store(settings.store_url)
 registry = Registry(store, settings.models_dir, ort_threads=1)
-from distill_watchdog.monitor import drift  # imports done before the cycle, as in the daemon's child
+from distill_watchdog.loop.monitor import drift  # imports done before the cycle, as in the daemon's child
 run_cycle(settings, store, registry)  # the first cycle imports Evidently; the daemon's child is warm
 out = run_cycle(settings, store, registry)
 print(json.dumps({k: out.get(k) for k in ("seconds", "peak_rss_bytes", "window_bytes", "rows", "outcome")}))

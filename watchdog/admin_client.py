@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import orjson
 
-from .config import Settings
-from .errors import WatchdogError
+from distill_watchdog.config import Settings
+from distill_watchdog.errors import WatchdogError
 
 TOKEN_ENV = "WATCHDOG_ADMIN_TOKEN"
 URL_ENV = "WATCHDOG_URL"

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import metrics
-from .config import AlertsConfig
+from distill_watchdog import metrics
+from distill_watchdog.config import AlertsConfig
 
 if TYPE_CHECKING:
-    from .app import Daemon
+    from distill_watchdog.app import Daemon
 
 log = logging.getLogger(__name__)
 

@@ -22,23 +22,23 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import metrics
-from .config import Settings
-from .errors import WatchdogError
-from .registry import Registry
-from .serving import routes
-from .serving.asgi import send_error
-from .serving.batcher import MicroBatcher, ModelUnavailableError
-from .serving.endpoints import route_label, starlette_routes
-from .serving.hot_swap import ModelManager
-from .serving.validation import BadRequest
-from .store import Store
+from distill_watchdog import metrics
+from distill_watchdog.config import Settings
+from distill_watchdog.errors import WatchdogError
+from distill_watchdog.registry import Registry
+from distill_watchdog.serving import routes
+from distill_watchdog.serving.asgi import send_error
+from distill_watchdog.serving.batcher import MicroBatcher, ModelUnavailableError
+from distill_watchdog.serving.endpoints import route_label, starlette_routes
+from distill_watchdog.serving.hot_swap import ModelManager
+from distill_watchdog.serving.validation import BadRequest
+from distill_watchdog.store import Store
 
 if TYPE_CHECKING:
-    from .alerts import Alerter
-    from .jobs.runs import RunManager
-    from .jobs.scheduler import Scheduler
-    from .sampling import SamplingService
+    from distill_watchdog.alerts import Alerter
+    from distill_watchdog.loop.runs import RunManager
+    from distill_watchdog.loop.scheduler import Scheduler
+    from distill_watchdog.shadow import SamplingService
 
 log = logging.getLogger(__name__)
 

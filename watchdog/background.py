@@ -16,8 +16,8 @@ import os
 from collections.abc import Sequence
 from typing import Literal
 
-from .config import ServerConfig
-from .errors import ConfigError
+from distill_watchdog.config import ServerConfig
+from distill_watchdog.errors import ConfigError
 
 Priority = Literal["idle", "low", "reduced"]
 # idle: SCHED_IDLE, runs only on a CPU nothing else wants (monitor cycles, building a job,

@@ -11,8 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from distill_engine.card import ModelCard
-
-from .errors import ModelRejectedError
+from distill_watchdog.errors import ModelRejectedError
 
 __all__ = ["ModelCard", "parse_card"]
 

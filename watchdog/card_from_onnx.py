@@ -17,8 +17,8 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
-from .card import ModelCard, parse_card
-from .errors import ModelRejectedError
+from distill_watchdog.card import ModelCard, parse_card
+from distill_watchdog.errors import ModelRejectedError
 
 OutputKind = Literal["logits", "probabilities"]
 PROBE_ROWS = 64

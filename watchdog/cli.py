@@ -9,11 +9,11 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from . import __version__
-from .cli_admin import runs_app, teachers_app
-from .cli_common import ConfigOpt, JsonOpt, echo_json
-from .config import Settings, load_settings
-from .errors import ConfigError, WatchdogError
+from distill_watchdog import __version__
+from distill_watchdog.cli_admin import runs_app, teachers_app
+from distill_watchdog.cli_common import ConfigOpt, JsonOpt, echo_json
+from distill_watchdog.config import Settings, load_settings
+from distill_watchdog.errors import ConfigError, WatchdogError
 
 app = typer.Typer(
     add_completion=False,
@@ -47,8 +47,8 @@ def _settings(config: Path | None) -> Settings:
 
 
 def _registry(config: Path | None):
-    from .registry import Registry
-    from .store import Store
+    from distill_watchdog.registry import Registry
+    from distill_watchdog.store import Store
 
     settings = _settings(config)
     return Registry(Store(settings.store_url), settings.models_dir, ort_threads=1)
@@ -57,7 +57,7 @@ def _registry(config: Path | None):
 @app.command()
 def serve(config: ConfigOpt = None) -> None:
     """Run the daemon (HTTP, sampling, scheduler) until SIGTERM; drains in-flight requests."""
-    from .server import serve as run_server
+    from distill_watchdog.server import serve as run_server
 
     run_server(_settings(config), str(config) if config else None)
 
@@ -73,7 +73,7 @@ def check_config(
     ] = None,
 ) -> None:
     """Validate a config file; exit 2 with one line per bad key (or, with --probe, failing teacher)."""
-    from .teachers.adapters import spec_for
+    from distill_watchdog.shadow.teachers.adapters import spec_for
 
     settings = load_settings(file)
     faults: list[str] = []
@@ -85,7 +85,7 @@ def check_config(
     if faults:
         raise ConfigError(faults)
     if probe:
-        from .teachers.probe import probe_all
+        from distill_watchdog.shadow.teachers.probe import probe_all
 
         results = probe_all(settings, width)
         for result in results:
@@ -137,8 +137,8 @@ def _card_from_options(
     output_kind: str | None,
 ) -> tuple[bytes, dict[str, Any], list[str]]:
     """(ONNX bytes, card data, notes on how each field was found) for `models card|register`."""
-    from .card_from_onnx import card_from_onnx, parse_classes, student_spec
-    from .errors import ModelRejectedError
+    from distill_watchdog.card_from_onnx import card_from_onnx, parse_classes, student_spec
+    from distill_watchdog.errors import ModelRejectedError
 
     try:
         model_bytes = model.read_bytes()
@@ -202,7 +202,7 @@ def models_register(
     config: ConfigOpt = None,
 ) -> None:
     """Add a student version (card from --card, or built from the ONNX file); prints its version id."""
-    from .errors import ModelRejectedError
+    from distill_watchdog.errors import ModelRejectedError
 
     registry = _registry(config)
     built = (classes, classes_file, student_factory, student_kwargs, name, output, output_kind)
@@ -288,8 +288,8 @@ def report(
     config: ConfigOpt = None,
 ) -> None:
     """Print where a run's report is (HTML and JSON)."""
-    from .reports.render import render_run
-    from .store import Store, masked_url
+    from distill_watchdog.loop.reports.render import render_run
+    from distill_watchdog.store import Store, masked_url
 
     settings = _settings(config)
     store = Store(settings.store_url)
@@ -314,7 +314,7 @@ def demo(
     ),
 ) -> None:
     """The embedded demo behind `make demo`: shift one sensor, watch the loop repair the student."""
-    from .demo import run_demo
+    from distill_watchdog.demo import run_demo
 
     try:
         run_demo(quick=quick, out=out)

@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 import typer
 
-from .admin_client import URL_ENV, AdminClient, default_token, default_url
-from .cli_common import ConfigOpt, JsonOpt, emit, table
-from .config import load_settings
+from distill_watchdog.admin_client import URL_ENV, AdminClient, default_token, default_url
+from distill_watchdog.cli_common import ConfigOpt, JsonOpt, emit, table
+from distill_watchdog.config import load_settings
 
 runs_app = typer.Typer(no_args_is_help=True, help="Redistillation runs of a running daemon (admin API).")
 teachers_app = typer.Typer(no_args_is_help=True, help="Teachers and their pinned versions (admin API).")

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from .config import CONFIG_ENV
+from distill_watchdog.config import CONFIG_ENV
 
 ConfigOpt = Annotated[
     Path | None,

@@ -15,7 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError
+from distill_watchdog.errors import ConfigError
 
 ENV_PREFIX = "WATCHDOG__"
 CONFIG_ENV = "WATCHDOG_CONFIG"
@@ -262,9 +262,13 @@ class PolicyConfig(Section):
     max_runs_per_day: Annotated[int, _within(0)] = Field(
         4, description="runs the policy may start per day; 0: monitor only, never a run"
     )
-    min_samples: PositiveInt = Field(200, description="rows a slice needs before it can be found weak")
+    min_samples: PositiveInt = Field(
+        50, description="rows a slice needs (in the window, or since it was last healthy) to be found weak"
+    )
     min_gain: Annotated[float, _within(0)] = Field(
-        0.01, description="gate: each weak slice's agreement on the hold-out improves by at least this"
+        0.01,
+        description="gate: each weak slice's agreement on the hold-out improves by at least this (a policy "
+        "run with no weak slice: the whole hold-out's)",
     )
     max_regression: Annotated[float, _within(0)] = Field(
         0.01, description="gate: no slice drops by more than this (95% interval below zero)"

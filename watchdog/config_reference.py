@@ -19,8 +19,8 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from . import config
-from .config import ENV_PREFIX, Settings
+from distill_watchdog import config
+from distill_watchdog.config import ENV_PREFIX, Settings
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 

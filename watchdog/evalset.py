@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .store import Store
-from .store.tables import EvalRow
-from .store.vectors import from_blob, to_blob
+from distill_watchdog.store import Store
+from distill_watchdog.store.tables import EvalRow
+from distill_watchdog.store.vectors import from_blob, to_blob
 
 
 @dataclass(slots=True)

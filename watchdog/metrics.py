@@ -399,7 +399,7 @@ scheduler_errors_total = Counter(
 
 
 # --- series counted in the shadow process ------------------------------------------------
-# The teacher worker runs in a process of its own (sampling/shadow.py). It counts into these
+# The teacher worker runs in a process of its own (shadow/process.py). It counts into these
 # metrics there and sends their samples here; /metrics adds them to this process's own.
 SHADOW = (
     samples_total,

@@ -5,7 +5,7 @@ One message format: length-prefixed pickles over a socket pair, read on an event
 event loop and threads), the child ending with its parent (`die_with`). One restart policy:
 `Restarts` counts each loss in `watchdog_sampler_errors_total{stage="worker"}`, logs it, and
 starts a replacement, retrying after RESTART_DELAYS_S until it starts or the owner closes.
-Users: the teacher processes (teachers/child.py) and the shadow process (sampling/shadow.py).
+Users: the teacher processes (shadow/teachers/pool.py) and the shadow process (shadow/process.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import metrics
+from distill_watchdog import metrics
 
 HEADER = struct.Struct("<Q")  # payload length, before each pickle
 START_TIMEOUT_S = 180.0  # spawn, imports (torch for local teachers) and the child's own set-up

@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
-from . import metrics
-from .card import ModelCard, parse_card
-from .errors import ConflictError, ModelRejectedError, NotFoundError
-from .runtime import LoadedModel, load_model
-from .store import ModelVersion, Store
+from distill_watchdog import metrics
+from distill_watchdog.card import ModelCard, parse_card
+from distill_watchdog.errors import ConflictError, ModelRejectedError, NotFoundError
+from distill_watchdog.runtime import LoadedModel, load_model
+from distill_watchdog.store import ModelVersion, Store
 
 VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
 

@@ -20,8 +20,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from .card import ModelCard
-from .errors import ModelRejectedError
+from distill_watchdog.card import ModelCard
+from distill_watchdog.errors import ModelRejectedError
 
 
 def available_cpus() -> int:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import uvicorn
 
-from . import metrics
-from .app import create_app
-from .background import pin_serving
-from .config import CONFIG_ENV, Settings, load_settings
-from .logs import setup_logging
+from distill_watchdog import metrics
+from distill_watchdog.app import create_app
+from distill_watchdog.background import pin_serving
+from distill_watchdog.config import CONFIG_ENV, Settings, load_settings
+from distill_watchdog.logs import setup_logging
 
 
 def app_from_env() -> object:
@@ -26,9 +26,9 @@ def app_from_env() -> object:
 
 def default_components(settings: Settings) -> list:
     """The background parts the daemon runs beside serving."""
-    from .alerts import Alerter
-    from .jobs.scheduler import Scheduler
-    from .sampling import SamplingService
+    from distill_watchdog.alerts import Alerter
+    from distill_watchdog.loop.scheduler import Scheduler
+    from distill_watchdog.shadow import SamplingService
 
     components: list = [Alerter(settings.alerts)]
     if settings.teachers:

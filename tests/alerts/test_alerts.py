@@ -16,7 +16,7 @@ from distill_watchdog.config import AlertsConfig
 from distill_watchdog.server import default_components
 
 from .servers import ALERTMANAGER, Alertmanager, Webhook
-from sampling.helpers import ADMIN, daemon_settings, eventually, predict, teacher_config
+from shadow.helpers import ADMIN, daemon_settings, eventually, predict, teacher_config
 from support import ServerThread, free_port, get_pin
 from teachers.fake_teacher import FakeTeacher
 

@@ -14,7 +14,7 @@ from distill_watchdog.server import default_components
 
 from .servers import ALERTMANAGER, Alertmanager, Webhook
 from .traffic import SliceTraffic
-from sampling.helpers import daemon_settings, eventually, teacher_config
+from shadow.helpers import daemon_settings, eventually, teacher_config
 from support import ServerThread
 from teachers.fake_teacher import FakeTeacher
 

@@ -15,8 +15,8 @@ from loop.helpers import seed_samples
 
 from distill_watchdog.alerts import Alerter
 from distill_watchdog.config import load_settings
-from distill_watchdog.jobs.scheduler import Scheduler
-from distill_watchdog.policy import Decision
+from distill_watchdog.loop.policy import Decision
+from distill_watchdog.loop.scheduler import Scheduler
 from distill_watchdog.store import Store
 from distill_watchdog.store.tables import DistillRun
 

@@ -13,8 +13,8 @@ import pytest
 from distill_watchdog import background
 from distill_watchdog.config import TeacherConfig, load_settings
 from distill_watchdog.errors import ConfigError
-from distill_watchdog.jobs.child import ChildWorker, write_settings
-from distill_watchdog.teachers.child import TeacherProcesses
+from distill_watchdog.loop.child import ChildWorker, write_settings
+from distill_watchdog.shadow.teachers.pool import TeacherProcesses
 
 from support import eventually
 
@@ -80,7 +80,10 @@ def test_teacher_processes_call_at_idle_priority_and_insert_at_nice_19() -> None
 def test_monitor_child_runs_on_the_background_cpus_at_idle_priority(tmp_path: Path) -> None:
     settings = load_settings(None, data_dir=str(tmp_path / "data"))
     worker = ChildWorker(
-        "distill_watchdog.monitor.worker", write_settings(settings, tmp_path / "s.json"), "idle", [CPUS[-1]]
+        "distill_watchdog.loop.monitor.process",
+        write_settings(settings, tmp_path / "s.json"),
+        "idle",
+        [CPUS[-1]],
     )
 
     async def scenario() -> tuple[set[int], int, int]:

@@ -16,11 +16,11 @@ import orjson
 import pytest
 import yaml
 
-from distill_watchdog.jobs.scheduler import Scheduler
+from distill_watchdog.loop.scheduler import Scheduler
 from distill_watchdog.server import default_components
 from distill_watchdog.store.tables import DistillRun
 
-from sampling.helpers import daemon_settings, predict, teacher_config
+from shadow.helpers import daemon_settings, predict, teacher_config
 from support import CLI, ServerThread, eventually, free_port
 from teachers.fake_teacher import FakeTeacher
 

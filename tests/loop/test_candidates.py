@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 
 from distill_watchdog.config import load_settings
-from distill_watchdog.jobs.build import build_job
-from distill_watchdog.jobs.finish import finish
+from distill_watchdog.loop.build import build_job
+from distill_watchdog.loop.finish import finish
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 from distill_watchdog.store.tables import DistillRun
@@ -84,7 +84,7 @@ def test_the_wider_candidate_is_tried_gated_reported_and_chosen(tmp_path: Path) 
     assert wide["name"] == "out-wide-1" and wide["passed"] and wide["chosen"] and wide["student"] == 3000
     assert wide["weak_gain"] > 0.2 and first["weak_gain"] == 0.0
     assert report["chosen"] == "out-wide-1" and report["gates"]["passed"]
-    from distill_watchdog.reports.render import render_run
+    from distill_watchdog.loop.reports.render import render_run
 
     page = render_run(store, "r1").read_text()
     assert 'id="candidates"' in page and "out-wide-1 <strong>(chosen)</strong>" in page
@@ -95,7 +95,7 @@ def test_a_labelled_slice_that_loses_accuracy_fails_the_regression_gate() -> Non
     """Agreeing more with the teacher where the teacher is wrong is still a regression in accuracy."""
     import numpy as np
 
-    from distill_watchdog.jobs.gates import EvalSet, judge
+    from distill_watchdog.loop.gates import EvalSet, judge
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 200)
@@ -114,7 +114,7 @@ def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Pat
     import yaml
 
     from distill_watchdog.config import PolicyConfig
-    from distill_watchdog.jobs.widen import plan
+    from distill_watchdog.loop.widen import plan
 
     (tmp_path / "out").mkdir()
     job = {
@@ -139,3 +139,41 @@ def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Pat
         assert wide["student"] == {"factory": "distill_engine.zoo:mlp", "kwargs": v["kwargs"]}
         assert wide["train"] == {"epochs": 5} and "init_from" not in wide["student"]
     assert plan(tmp_path, PolicyConfig(wider_candidates=0))["variants"] == []
+
+
+def test_a_policy_run_without_weak_slices_must_gain_overall_a_manual_one_need_not(tmp_path: Path) -> None:
+    settings = load_settings(
+        None,
+        data_dir=str(tmp_path / "data"),
+        teachers=[{"name": "big", "kind": "onnx", "location": "unused.onnx"}],
+        monitor={"window": 600},
+        policy={"min_samples": 60, "max_ece": 1.0},
+    )
+    store = Store(settings.store_url)
+    registry = Registry(store, settings.models_dir)
+    parent = write_model(tmp_path / "src", stem="parent", seed=0)
+    info = registry.register_files(*parent)
+    registry.record_activation(info.version, actor="test")
+    seed_samples(store, info.version, n=900, shift_c=3.0, teacher_seed=1)
+    outcomes = {}
+    for trigger in ("policy", "manual"):
+        run_dir = tmp_path / "data" / "runs" / trigger
+        store.add_run(
+            DistillRun(
+                id=trigger,
+                created_at=time.time(),
+                updated_at=time.time(),
+                status="running",
+                trigger=trigger,
+                parent_version=info.version,
+                run_dir=str(run_dir),
+                detail_json=orjson.dumps({"trigger_numbers": {"weak_slices": []}}).decode(),
+            )
+        )
+        build_job(settings, store, registry, run_dir, trigger, [])
+        _candidate(run_dir / "out", parent, "converged", 826)  # the parent again: no gain anywhere
+        outcomes[trigger] = finish(settings, trigger)
+        report = json.loads((run_dir / "report.json").read_text())
+        outcomes[trigger + "_failed"] = report["candidates"][0]["failed"]
+    assert not outcomes["policy"]["passed"] and outcomes["policy_failed"] == ["min_gain all"]
+    assert outcomes["manual"]["passed"] and outcomes["manual_failed"] == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distill_watchdog.jobs.child import ChildFailed, ChildWorker
+from distill_watchdog.loop.child import ChildFailed, ChildWorker
 
 
 def test_child_crash_and_timeout_are_reported_then_it_restarts(tmp_path: Path) -> None:

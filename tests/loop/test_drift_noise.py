@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
-from distill_watchdog import policy
 from distill_watchdog.config import load_settings
-from distill_watchdog.monitor.cycle import run_cycle
+from distill_watchdog.loop import policy
+from distill_watchdog.loop.monitor.cycle import run_cycle
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 

@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
-from distill_watchdog import policy
 from distill_watchdog.config import PolicyConfig, load_settings
-from distill_watchdog.monitor.cycle import run_cycle
-from distill_watchdog.monitor.stats import wilson
+from distill_watchdog.loop import policy
+from distill_watchdog.loop.monitor.cycle import run_cycle
+from distill_watchdog.loop.monitor.stats import wilson
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 from distill_watchdog.store.tables import DistillRun
@@ -218,7 +218,7 @@ def test_monitor_only_policy_records_breaches_but_never_starts_a_run(tmp_path: P
 def test_runs_of_a_dead_replica_are_failed_but_live_ones_kept(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from distill_watchdog.jobs.runs import RunManager
+    from distill_watchdog.loop.runs import RunManager
 
     store = Store(f"sqlite:///{tmp_path / 'o.db'}")
     settings = load_settings(None, data_dir=str(tmp_path / "data"))
@@ -243,7 +243,7 @@ def test_job_reads_only_rows_the_active_student_can_take(tmp_path: Path, model_f
     """Rows of an earlier student with another width stay stored but never reach a build."""
     import uuid
 
-    from distill_watchdog.jobs.build import build_job
+    from distill_watchdog.loop.build import build_job
 
     from support import SampleRecord, add_samples
 
@@ -276,7 +276,7 @@ def test_job_holds_out_recent_rows_per_slice_weights_weak_rows_and_replays_refer
 ) -> None:
     import yaml
 
-    from distill_watchdog.jobs.build import build_job, launch_argv
+    from distill_watchdog.loop.build import build_job, launch_argv
 
     settings, store, registry, version = _setup(tmp_path, model_files, window=300)
     x = seed_samples(store, version, n=600)
@@ -322,8 +322,8 @@ def test_job_holds_out_recent_rows_per_slice_weights_weak_rows_and_replays_refer
 
 
 def test_a_weak_slice_short_of_rows_waits_for_data(tmp_path: Path, model_files) -> None:
-    from distill_watchdog.jobs.build import build_job
-    from distill_watchdog.jobs.holdout import WaitingForData
+    from distill_watchdog.loop.build import build_job
+    from distill_watchdog.loop.holdout import WaitingForData
 
     settings, store, registry, version = _setup(tmp_path, model_files, window=150)
     seed_samples(store, version, n=600)
@@ -340,7 +340,7 @@ def test_weak_rows_are_weighted_since_the_slice_was_last_healthy(
     tmp_path: Path, model_files, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A change is noticed cycles late: every weak-slice row since the last healthy decision counts."""
-    from distill_watchdog.jobs import build
+    from distill_watchdog.loop import build
 
     settings, store, registry, version = _setup(tmp_path, model_files, window=60)
     x = seed_samples(store, version, n=600)
@@ -366,7 +366,7 @@ def test_cycle_results_become_gauges_with_bounded_slices_and_alerts(tmp_path: Pa
 
     from distill_watchdog import metrics
     from distill_watchdog.alerts import Alerter
-    from distill_watchdog.jobs.scheduler import Scheduler
+    from distill_watchdog.loop.scheduler import Scheduler
 
     settings = load_settings(None, data_dir=str(tmp_path), monitor={"top_slices": 2})
 

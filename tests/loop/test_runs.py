@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from distill_watchdog.alerts import Alerter
-from distill_watchdog.jobs.scheduler import Scheduler
+from distill_watchdog.loop.scheduler import Scheduler
 
 from .helpers import Webhook, counter, eventually, seed_samples
 from support import CLI, ServerThread

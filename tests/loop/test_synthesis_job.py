@@ -13,7 +13,7 @@ import numpy as np
 import yaml
 
 from distill_watchdog.config import load_settings
-from distill_watchdog.jobs.build import build_job
+from distill_watchdog.loop.build import build_job
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 

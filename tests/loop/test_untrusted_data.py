@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from distill_watchdog.config import load_settings
-from distill_watchdog.jobs.factories import factory_allowed
-from distill_watchdog.monitor.cycle import run_cycle
+from distill_watchdog.loop.factories import factory_allowed
+from distill_watchdog.loop.monitor.cycle import run_cycle
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 
@@ -118,8 +118,8 @@ def test_only_the_zoo_and_configured_factories_are_allowed() -> None:
 def test_a_card_naming_another_factory_is_refused_and_the_run_says_so(
     tmp_path, store_url, model_files, factory, allowed, refused
 ) -> None:
-    from distill_watchdog.jobs.build import build_job
-    from distill_watchdog.reports.render import render_run
+    from distill_watchdog.loop.build import build_job
+    from distill_watchdog.loop.reports.render import render_run
     from distill_watchdog.store.tables import DistillRun
 
     training = {"student": {"factory": factory, "kwargs": {"command": "touch pwned"}}}

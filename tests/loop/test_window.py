@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from distill_watchdog.monitor.window import load_window, read_window, window_from_columns
+from distill_watchdog.loop.monitor.window import load_window, read_window, window_from_columns
 from distill_watchdog.store import Store
 
 from support import SampleRecord, add_samples, recent_samples, sample_columns

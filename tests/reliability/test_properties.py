@@ -188,8 +188,8 @@ class _Request:
 def _service(rate: float, per_slice: dict[str, float] | None = None, bins: list[dict[str, Any]] | None = None,
              rows: int = 1) -> Any:  # fmt: skip
     from distill_watchdog.config import load_settings
-    from distill_watchdog.sampling import RequestSampler
-    from distill_watchdog.sampling.waiting import WaitingRows
+    from distill_watchdog.shadow import RequestSampler
+    from distill_watchdog.shadow.waiting import WaitingRows
 
     settings_ = load_settings(
         None,

@@ -213,7 +213,7 @@ def test_models_with_external_data_are_refused(make_settings, model_files, tmp_p
 
 
 def test_children_settings_file_is_private_and_holds_no_admin_token(make_settings, model_files) -> None:
-    from distill_watchdog.jobs.scheduler import Scheduler
+    from distill_watchdog.loop.scheduler import Scheduler
 
     model, card = model_files()
     settings = make_settings(student={"model": str(model), "card": str(card)}, monitor={"interval_s": 3600})
@@ -242,7 +242,7 @@ def test_report_of_an_unknown_run_does_not_print_the_store_password(pg_url, writ
 
 
 def test_review_pages_refuse_framing_and_forms_from_other_origins(make_settings, model_files) -> None:
-    from distill_watchdog.jobs.scheduler import Scheduler
+    from distill_watchdog.loop.scheduler import Scheduler
 
     model, card = model_files()
     settings = make_settings(student={"model": str(model), "card": str(card)}, monitor={"interval_s": 3600})

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from distill_watchdog.config import TeacherConfig
-from distill_watchdog.teachers import CallFailed, GuardedTeacher
-from distill_watchdog.teachers.child import ChildError, TeacherProcesses
+from distill_watchdog.shadow.teachers import CallFailed, GuardedTeacher
+from distill_watchdog.shadow.teachers.pool import ChildError, TeacherProcesses
 
 from .fake_teacher import FakeTeacher
 from support import eventually
@@ -110,7 +110,7 @@ def test_teacher_processes_die_with_a_killed_daemon(tmp_path) -> None:
     script.write_text(
         "import asyncio, os, signal\n"
         "from distill_watchdog.config import TeacherConfig\n"
-        "from distill_watchdog.teachers.child import ChildError, TeacherProcesses\n"
+        "from distill_watchdog.shadow.teachers.pool import ChildError, TeacherProcesses\n"
         "if __name__ == '__main__':  # the spawned children import this file too\n"
         "    cfg = TeacherConfig(name='kid', kind='http-v2', location='http://127.0.0.1:9',"
         " options={'model_name': 'a'})\n"

@@ -11,9 +11,9 @@ import pytest
 
 from distill_watchdog import metrics
 from distill_watchdog.config import TeacherConfig
-from distill_watchdog.teachers import CallFailed, CircuitBreaker, GuardedTeacher
-from distill_watchdog.teachers.adapters import build_adapter
-from distill_watchdog.teachers.guard import Result, classify
+from distill_watchdog.shadow.teachers import CallFailed, CircuitBreaker, GuardedTeacher
+from distill_watchdog.shadow.teachers.adapters import build_adapter
+from distill_watchdog.shadow.teachers.guard import Result, classify
 
 from .fake_teacher import FakeTeacher
 

@@ -18,7 +18,7 @@ from distill_watchdog.server import default_components
 from distill_watchdog.ui.charts import lttb
 
 from .browser import CHROMIUM, dump_dom, screenshot
-from sampling.helpers import daemon_settings, eventually, teacher_config
+from shadow.helpers import daemon_settings, eventually, teacher_config
 from support import ServerThread
 from teachers.fake_teacher import FakeTeacher
 

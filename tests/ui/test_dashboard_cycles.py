@@ -12,7 +12,7 @@ import pytest
 from distill_watchdog.server import default_components
 
 from .test_review_ui import CHROMIUM, dump_dom
-from sampling.helpers import daemon_settings, eventually, teacher_config
+from shadow.helpers import daemon_settings, eventually, teacher_config
 from support import ServerThread, get_pin
 from teachers.fake_teacher import FakeTeacher
 

@@ -10,8 +10,8 @@ import numpy as np
 import orjson
 import pytest
 
-from distill_watchdog.jobs.scheduler import Scheduler
-from distill_watchdog.reports.render import render_run
+from distill_watchdog.loop.reports.render import render_run
+from distill_watchdog.loop.scheduler import Scheduler
 from distill_watchdog.store.tables import DistillRun
 
 from .browser import CHROMIUM, dump_dom

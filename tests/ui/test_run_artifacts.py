@@ -15,8 +15,8 @@ from alerts.trainer import ceiling_trainer
 from loop.helpers import seed_samples
 
 from distill_watchdog.alerts import Alerter
-from distill_watchdog.jobs.artifacts import prune_runs
-from distill_watchdog.jobs.scheduler import Scheduler
+from distill_watchdog.loop.artifacts import prune_runs
+from distill_watchdog.loop.scheduler import Scheduler
 from distill_watchdog.store import Store
 from distill_watchdog.store.tables import DistillRun
 

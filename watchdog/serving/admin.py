@@ -16,13 +16,13 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .asgi import bounded, read_request
-from .routes import JSON
-from .schemas import AcceptTeacherRequest, ActivateRequest
-from .validation import BadRequest
+from distill_watchdog.serving.asgi import bounded, read_request
+from distill_watchdog.serving.routes import JSON
+from distill_watchdog.serving.schemas import AcceptTeacherRequest, ActivateRequest
+from distill_watchdog.serving.validation import BadRequest
 
 if TYPE_CHECKING:
-    from ..app import Daemon
+    from distill_watchdog.app import Daemon
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 M = TypeVar("M", bound=BaseModel)

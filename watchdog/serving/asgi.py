@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from .validation import BadRequest
+from distill_watchdog.serving.validation import BadRequest
 
 Scope = dict[str, Any]
 JSON_HEADERS = [(b"content-type", b"application/json")]

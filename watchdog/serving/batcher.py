@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import metrics
-from ..runtime import LoadedModel
+from distill_watchdog import metrics
+from distill_watchdog.runtime import LoadedModel
 
 
 class ModelUnavailableError(RuntimeError):

@@ -16,10 +16,9 @@ from pydantic import BaseModel
 from starlette.responses import RedirectResponse
 from starlette.routing import Route
 
-from ..jobs import api as runs_api
-from ..ui import charts, pages
-from . import admin, routes
-from .schemas import (
+from distill_watchdog.loop import api as runs_api
+from distill_watchdog.serving import admin, routes
+from distill_watchdog.serving.schemas import (
     AcceptTeacherRequest,
     ActivateRequest,
     FeedbackRequest,
@@ -32,6 +31,7 @@ from .schemas import (
     TriggerRunRequest,
     UploadRequest,
 )
+from distill_watchdog.ui import charts, pages
 
 OBJECT: dict[str, Any] = {"type": "object"}
 

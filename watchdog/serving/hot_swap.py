@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from .. import metrics
-from ..errors import WatchdogError
-from ..registry import Registry
-from ..runtime import LoadedModel
+from distill_watchdog import metrics
+from distill_watchdog.errors import WatchdogError
+from distill_watchdog.registry import Registry
+from distill_watchdog.runtime import LoadedModel
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from .. import __version__
-from .endpoints import ENDPOINTS, Endpoint
-from .schemas import MODELS, SLICE_SCHEMA, ErrorBody
+from distill_watchdog import __version__
+from distill_watchdog.serving.endpoints import ENDPOINTS, Endpoint
+from distill_watchdog.serving.schemas import MODELS, SLICE_SCHEMA, ErrorBody
 
 if TYPE_CHECKING:
-    from ..app import Daemon
+    from distill_watchdog.app import Daemon
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:

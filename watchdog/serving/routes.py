@@ -12,8 +12,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .. import __version__, metrics
-from .asgi import (
+from distill_watchdog import __version__, metrics
+from distill_watchdog.serving.asgi import (
     JSON_HEADERS,
     Scope,
     header,
@@ -25,8 +25,8 @@ from .asgi import (
     send_json,
     whole_body,
 )
-from .batcher import NonFiniteInputError, NonFiniteOutputError
-from .validation import (
+from distill_watchdog.serving.batcher import NonFiniteInputError, NonFiniteOutputError
+from distill_watchdog.serving.validation import (
     MAX_ID_LENGTH,
     NON_FINITE_INPUT,
     OIP_OUTPUT,
@@ -39,7 +39,7 @@ from .validation import (
 )
 
 if TYPE_CHECKING:
-    from ..app import Daemon
+    from distill_watchdog.app import Daemon
 
 
 class JSON(JSONResponse):
@@ -253,7 +253,7 @@ async def feedback(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    from .openapi import document
+    from distill_watchdog.serving.openapi import document
 
     return JSON(document(_daemon(request)))
 

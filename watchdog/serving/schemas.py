@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..card import ModelCard
-from .validation import MAX_ID_LENGTH, MAX_SLICE_KEYS, MAX_SLICE_TEXT
+from distill_watchdog.card import ModelCard
+from distill_watchdog.serving.validation import MAX_ID_LENGTH, MAX_SLICE_KEYS, MAX_SLICE_TEXT
 
 F32_MAX = 3.4028234663852886e38  # values must fit float32 (the batcher's NonFiniteInputError)
 RowId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]

@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
-from .db import SCHEMA_VERSION, Database, masked_url
-from .models import ModelStore
-from .runs import LeaderLock, RunStore
-from .samples import SampleBatch, SampleColumns, SampleStore, TeacherColumn
-from .tables import Activation, AuditEvent, ModelVersion
+from distill_watchdog.store.db import SCHEMA_VERSION, Database, masked_url
+from distill_watchdog.store.models import ModelStore
+from distill_watchdog.store.runs import LeaderLock, RunStore
+from distill_watchdog.store.samples import SampleBatch, SampleColumns, SampleStore, TeacherColumn
+from distill_watchdog.store.tables import Activation, AuditEvent, ModelVersion
 
 __all__ = [
     "SCHEMA_VERSION",

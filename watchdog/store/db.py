@@ -14,10 +14,10 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from .. import metrics
-from ..errors import WatchdogError
-from .migrate import MIGRATIONS
-from .tables import SchemaInfo
+from distill_watchdog import metrics
+from distill_watchdog.errors import WatchdogError
+from distill_watchdog.store.migrate import MIGRATIONS
+from distill_watchdog.store.tables import SchemaInfo
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from .vectors import to_blob
+from distill_watchdog.store.vectors import to_blob
 
 log = logging.getLogger(__name__)
 

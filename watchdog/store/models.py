@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from sqlmodel import Session, col, select
 
-from .db import Database
-from .tables import Activation, AuditEvent, ModelBlob, ModelVersion
+from distill_watchdog.store.db import Database
+from distill_watchdog.store.tables import Activation, AuditEvent, ModelBlob, ModelVersion
 
 
 def replay(rows: list[Activation]) -> Iterator[tuple[Activation, list[str]]]:

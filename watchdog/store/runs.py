@@ -14,8 +14,8 @@ from sqlalchemy import delete, text
 from sqlalchemy.engine import Connection, make_url
 from sqlmodel import Session, col, select
 
-from .db import Database
-from .tables import DistillRun, MonitorCycle, PolicyDecision, Sample, TeacherOutput
+from distill_watchdog.store.db import Database
+from distill_watchdog.store.tables import DistillRun, MonitorCycle, PolicyDecision, Sample, TeacherOutput
 
 LEADER_KEY = 727_002  # the PostgreSQL advisory lock id of the scheduler
 RETENTION_BATCH = 10_000  # samples deleted per transaction

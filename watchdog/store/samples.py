@@ -13,9 +13,9 @@ from sqlalchemy import func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
-from .db import Database
-from .tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
-from .vectors import DTYPE, from_blob, to_blobs
+from distill_watchdog.store.db import Database
+from distill_watchdog.store.tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
+from distill_watchdog.store.vectors import DTYPE, from_blob, to_blobs
 
 _CHUNK = 500  # rows per IN (...) list: well below SQLite's and PostgreSQL's parameter limits
 _LABEL_CHUNK = 5000  # labels per UPDATE: 2 parameters each, below SQLite's 32,766

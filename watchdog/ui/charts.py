@@ -20,8 +20,8 @@ import numpy as np
 import orjson
 from markupsafe import Markup, escape
 
-from ..config import PolicyConfig
-from ..monitor.stats import top_slices
+from distill_watchdog.config import PolicyConfig
+from distill_watchdog.loop.monitor.stats import top_slices
 
 RANGES = {"6h": 6 * 3600.0, "24h": 24 * 3600.0, "7d": 7 * 24 * 3600.0}
 DEFAULT_RANGE = "24h"

@@ -16,15 +16,15 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from ..jobs.runs import RunError
-from ..reports.render import ENV, TEMPLATES, run_context
-from ..serving.admin import check_token
-from ..serving.asgi import read_request
-from ..serving.validation import BadRequest
-from . import charts
+from distill_watchdog.loop.reports.render import ENV, TEMPLATES, run_context
+from distill_watchdog.loop.runs import RunError
+from distill_watchdog.serving.admin import check_token
+from distill_watchdog.serving.asgi import read_request
+from distill_watchdog.serving.validation import BadRequest
+from distill_watchdog.ui import charts
 
 if TYPE_CHECKING:
-    from ..app import Daemon
+    from distill_watchdog.app import Daemon
 
 
 def _style_hash() -> str:

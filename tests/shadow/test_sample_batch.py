@@ -1,0 +1,126 @@
+"""Columnar sample batches expand to the insert rows, outcomes and quarantine flags they stand for."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import orjson
+import pytest
+
+from distill_watchdog.store import SampleBatch, TeacherColumn
+
+
+def _batch() -> SampleBatch:
+    rng = np.random.default_rng(0)
+    return SampleBatch(
+        request_ids=["r0", "r1", "r2", "r3"],
+        at=[1.0, 2.0, 3.0, 4.0],
+        features=rng.normal(size=(4, 3)).astype(np.float32),
+        student_probs=np.full((4, 2), 0.5, dtype=np.float32),
+        student_versions=["s1", "s1", "s2", "s2"],
+        slices=[{"sensor": "a"}, {}, {"sensor": "b"}, {}],
+        teachers={
+            # a general teacher answered every row with a new (untrusted) version
+            "big": TeacherColumn([0, 1, 2, 3], "v2", np.eye(2, dtype=np.float32)[[0, 1, 0, 1]]),
+            # a specialist for rows 0 and 2 whose call failed
+            "expert": TeacherColumn([0, 2], "", None),
+        },
+    )
+
+
+def test_outcomes_and_rows_follow_the_settled_quarantine():
+    batch = _batch()
+    assert batch.outcomes() == {"quarantined": 0, "stored": 4, "teacher_error": 0}
+    batch.teachers["big"].quarantined = True  # settled: v2 is not trusted
+    assert batch.outcomes() == {"quarantined": 4, "stored": 0, "teacher_error": 0}
+    samples, outputs = pickle.loads(pickle.dumps(batch)).rows()  # as the writing process sees it
+    ids = [row[0] for row in samples]
+    assert [row[1] for row in samples] == ["r0", "r1", "r2", "r3"]
+    assert len(set(ids)) == 4 and all(len(i) == 32 for i in ids)
+    assert ids == sorted(ids)  # in creation order: appended at the end of the indexes
+    assert all(row[7] is True for row in samples)  # every row has a quarantined answer
+    by_row = {(sample_id, teacher): rest for sample_id, teacher, *rest in outputs}
+    assert by_row[ids[0], "expert"] == ["", None, False]  # a failure is never quarantined
+    assert (ids[1], "expert") not in by_row
+    assert by_row[ids[1], "big"] == ["v2", np.float32([0, 1]).tobytes(), True]  # float32 bytes
+    assert np.frombuffer(samples[2][3], "<f4").tolist() == batch.features[2].tolist()
+    assert samples[2][5] == "s2" and orjson.loads(samples[2][6]) == {"sensor": "b"}
+
+
+def test_rows_no_teacher_answered_are_teacher_errors():
+    batch = _batch()
+    batch.teachers["big"] = TeacherColumn([0, 1, 2, 3], "", None)
+    assert batch.outcomes() == {"quarantined": 0, "stored": 0, "teacher_error": 4}
+
+
+def test_eval_set_freezes_only_once_enough_rows_are_counted(store_url):
+    """The count (capped) sees what `first_teacher_labelled` loads: ok answers of that version,
+    not failures, quarantined rows or other versions; freezing waits for the minimum."""
+    from distill_watchdog.evalset import freeze_from_samples
+    from distill_watchdog.store import Store
+
+    store = Store(store_url)
+    batch = _batch()  # "big" v2 answered 4 rows; "expert" failed on 2
+    store.add_sample_batches([batch])
+    quarantined = _batch()
+    quarantined.teachers["big"].quarantined = True
+    other = _batch()
+    other.teachers["big"].version = "v3"
+    store.add_sample_batches([quarantined, other])
+    assert store.count_teacher_labelled("big", "v2", 100) == 4
+    assert store.count_teacher_labelled("big", "v2", 3) == 3
+    assert store.count_teacher_labelled("big", "v3", 100) == 4
+    assert store.count_teacher_labelled("expert", "", 100) == 0
+    assert freeze_from_samples(store, "big", "v2", size=6, minimum=6) == 0
+    assert store.eval_count("big") == 0
+    assert freeze_from_samples(store, "big", "v2", size=6, minimum=4) == 4
+    assert store.eval_count("big") == 4
+
+
+def test_a_flush_whose_caller_is_cancelled_still_writes_its_rows(make_settings):
+    """Shutdown cancels the task that is flushing; its write goes on, and `stop` waits for it
+    before ending the teacher processes, so the answered rows are stored and counted."""
+    import asyncio
+
+    from distill_watchdog.shadow import TeacherWorker
+    from distill_watchdog.shadow.teachers.pinning import Pins
+    from distill_watchdog.shadow.teachers.pool import TeacherProcesses
+    from distill_watchdog.store import Store
+
+    from .helpers import sample_count
+
+    settings = make_settings()
+    store = Store(settings.store_url)
+    outcomes = ("stored", "quarantined", "teacher_error", "dropped")
+    before = {o: sample_count(o) for o in outcomes}
+
+    async def scenario() -> None:
+        service = TeacherWorker(settings, store)
+        service.pins = Pins(store, "quarantine")
+        service.pins.load({"big": None, "expert": None})
+        service._processes = TeacherProcesses([], workers=1)  # a real one: it does the insert
+        await service._processes.start()
+        service._pending = [_batch(), _batch()]
+        flushing = asyncio.create_task(service._flush())
+        await asyncio.sleep(0)  # the write has started (it packs the first batch)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        await service.stop()  # waits for the write, then ends the teacher process
+        assert not service._processes.pids()
+
+    asyncio.run(scenario())
+    assert store.count_samples() == 8
+    counted = {o: sample_count(o) - before[o] for o in outcomes}
+    assert counted["dropped"] == 0 and sum(counted.values()) == 8  # each row counted once, as written
+
+
+def test_later_inserts_get_later_ids():
+    """Ids rise with time, so bulk inserts append to the id indexes instead of touching a page per row."""
+    first = [row[0] for row in _batch().rows()[0]]
+    time.sleep(0.002)
+    second = [row[0] for row in _batch().rows()[0]]
+    assert max(first) < min(second)
+    assert len(set(first + second)) == 8

@@ -1,0 +1,140 @@
+"""One monitor cycle (runs in the monitor's child process): window → metrics → drift → weak slices.
+
+The result is stored as a `monitor_cycles` row and returned as a dict for the parent, which
+sets the gauges, raises alerts and asks the policy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from distill_watchdog.config import Settings
+from distill_watchdog.loop.monitor.drift import column_drift
+from distill_watchdog.loop.monitor.memory import peak_rss_bytes, reset_peak_rss
+from distill_watchdog.loop.monitor.reference import load_reference
+from distill_watchdog.loop.monitor.stats import bounded_slices, slice_table, weak_slices
+from distill_watchdog.loop.monitor.window import Window, load_window
+from distill_watchdog.loop.policy import last_healthy_at
+from distill_watchdog.registry import Registry
+from distill_watchdog.store import Store
+from distill_watchdog.store.tables import MonitorCycle
+
+
+def _drift_rows(rows: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    """At most `cap` of `rows` (indices), a uniform random sample without replacement, in order."""
+    if cap is None or len(rows) <= cap:
+        return rows
+    return np.sort(rng.choice(rows, size=cap, replace=False))
+
+
+def compute(
+    settings: Settings, store: Store, registry: Registry, window: Window | None = None
+) -> dict[str, Any]:
+    """The cycle's numbers (no store writes): for the active student's rows in the window."""
+    cfg = settings.monitor
+    active = registry.active_version() or ""
+    if window is None:
+        # Only rows the active card's shape fits are read (another model's rows are skipped).
+        card = registry.get(active).card if active else None
+        width, classes = (card.num_features, len(card.classes)) if card else (None, None)
+        window = load_window(store, settings, features=width, classes=classes)
+    w = window.take(np.flatnonzero(window.student_versions == active)) if len(window) else window
+    out: dict[str, Any] = {
+        "student_version": active,
+        "rows": len(w),
+        "teacher_versions": w.teacher_versions,
+        "no_teacher_rows": w.dropped_no_teacher,
+        "window_bytes": window.nbytes,
+    }
+    if len(w) < cfg.min_rows:
+        out.update(outcome="skipped", reason=f"{len(w)} usable rows < monitor.min_rows {cfg.min_rows}")
+        return out
+    slices = bounded_slices(w, settings.slices.max_values_per_key, settings.slices.max_slices)
+    table = slice_table(w, slices)
+    out["slices"] = table
+    out["overall"] = table["all"]
+    healthy_at = last_healthy_at(store)
+    recent = w.at > healthy_at if healthy_at is not None else None
+    out["weak_slices"] = weak_slices(w, table, slices, settings.policy.min_samples, recent)
+    _count_new_rows(store, w, slices, out["weak_slices"], healthy_at)
+    reference = load_reference(settings, registry, active) if active else None
+    if reference is None:
+        out["drift"] = None
+    else:
+        out["drift"] = _drift(settings, w, slices, reference, registry.get(active).card.feature_names)
+    out["outcome"] = "ok"
+    return out
+
+
+def _drift(
+    settings: Settings,
+    w: Window,
+    slices: dict[str, np.ndarray],
+    reference: tuple[np.ndarray, np.ndarray],
+    names: list[str] | None,
+) -> dict[str, Any]:
+    """Drift of the whole window and of each slice with `monitor.min_rows` rows, each on at most
+    `monitor.drift_sample` of its rows (the stat tests' cost grows with the rows they get)."""
+    cfg = settings.monitor
+    ref_x, ref_pred = reference
+    pred = w.student.argmax(1)
+    rng = np.random.default_rng(len(w))
+    scopes = {"all": np.arange(len(w))}
+    scopes.update({label: np.flatnonzero(m) for label, m in slices.items() if m.sum() >= cfg.min_rows})
+    drift = {}
+    for label, rows in scopes.items():
+        idx = _drift_rows(rows, cfg.drift_sample, rng)
+        drift[label] = column_drift(
+            ref_x, ref_pred, w.x[idx], pred[idx], cfg.drift_method, cfg.drift_threshold, names
+        )
+        drift[label]["window_rows"] = int(len(rows))
+    return drift
+
+
+def _count_new_rows(
+    store: Store,
+    w: Window,
+    slices: dict[str, np.ndarray],
+    weak: list[dict[str, Any]],
+    healthy_at: float | None,
+) -> None:
+    """Per weak slice: its rows since the loop last saw it healthy (`recent_rows`, what a run
+    would train and judge on) and since the newest run began (`rows_since_run`, new data the
+    ceiling rule waits for)."""
+    if not weak:
+        return
+    runs = [r for r in store.list_runs(5) if r.status != "failed"]
+    run_at = runs[0].created_at if runs else None
+    for entry in weak:
+        m = slices[entry["slice"]]
+        entry["recent_rows"] = int((m & (w.at > healthy_at)).sum()) if healthy_at else int(m.sum())
+        entry["rows_since_run"] = int((m & (w.at > run_at)).sum()) if run_at else int(m.sum())
+
+
+def run_cycle(settings: Settings, store: Store, registry: Registry) -> dict[str, Any]:
+    began = time.perf_counter()
+    reset_peak_rss()
+    result = compute(settings, store, registry)
+    result["seconds"] = time.perf_counter() - began
+    result["peak_rss_bytes"] = peak_rss_bytes()
+    row = store.add_cycle(
+        MonitorCycle(
+            at=time.time(),
+            student_version=result["student_version"],
+            rows=result["rows"],
+            seconds=result["seconds"],
+            outcome=result["outcome"],
+            summary_json=_dumps(result),
+        )
+    )
+    result["cycle_id"] = row.id
+    return result
+
+
+def _dumps(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()

@@ -1,0 +1,182 @@
+"""Window metrics per slice and weak-slice selection, on the engine's metric functions."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from distill_engine import metrics as M
+from distill_watchdog.loop.monitor.window import Window
+
+Z95 = 1.959963984540054
+
+
+def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: honest for small n and for p near 0 or 1."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _f(value: Any) -> float | None:
+    if value is None:
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def block(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Agreement, KL(teacher||student), calibration vs teacher and vs labels, estimated accuracy."""
+    n = len(student)
+    out: dict[str, Any] = {"n": n}
+    if n == 0:
+        return out
+    agree = student.argmax(1) == teacher.argmax(1)
+    lo, hi = wilson(float(agree.sum()), n)
+    vs_teacher = M.summary(student, None, teacher)
+    out.update(
+        agreement=float(agree.mean()),
+        agreement_ci=[lo, hi],
+        kl=_f(M.kl_divergence(teacher, student)),
+        estimated_accuracy=float(student.max(1).mean()),
+        teacher={k: _f(vs_teacher[k]) for k in ("ece", "ece_adaptive", "brier", "nll")},
+    )
+    classes = student.shape[1]
+    known = (labels >= 0) & (labels < classes)
+    out["labelled"] = int(known.sum())
+    invalid = int(((labels < -1) | (labels >= classes)).sum())
+    if invalid:  # stored before labels were checked, or for a student with more classes: skipped
+        out["invalid_labels"] = invalid
+    if known.any():
+        vs_labels = M.summary(student[known], labels[known])
+        out["labels"] = {k: _f(vs_labels[k]) for k in ("accuracy", "ece", "ece_adaptive", "brier", "nll")}
+    return out
+
+
+OTHER = "(other)"
+
+
+def bounded_slices(w: Window, max_per_key: int, max_slices: int) -> dict[str, np.ndarray]:
+    """Each slice label a cycle computes, with its rows (boolean mask), within two bounds.
+
+    Per key, the `max_per_key` values with most rows keep their label and the key's other rows
+    form `key=(other)`; of all those labels, the `max_slices` with most rows are kept and the
+    rows of the rest form `(other)`. Clients choose slice values: without a bound, a cycle's
+    time and its stored summary grew with the number of distinct values sent.
+    """
+    per_kind = np.bincount(w.slice_codes, minlength=len(w.slice_kinds))
+    present = [(code, labels) for code, labels in enumerate(w.slice_kinds) if per_kind[code]]
+    counts: Counter[str] = Counter()
+    for code, labels in present:
+        for label in labels:
+            counts[label] += int(per_kind[code])
+    by_key: dict[str, list[str]] = {}
+    for label in counts:
+        by_key.setdefault(label.partition("=")[0], []).append(label)
+    rename: dict[str, str] = {}
+    grouped: Counter[str] = Counter()
+    for key, labels in by_key.items():
+        labels.sort(key=lambda label: (-counts[label], label))
+        for rank, label in enumerate(labels):
+            rename[label] = label if rank < max_per_key else f"{key}={OTHER}"
+            grouped[rename[label]] += counts[label]
+    kept = set(sorted(grouped, key=lambda label: (-grouped[label], label))[:max_slices])
+    # Per distinct set of labels (not per row): a million-row window has few of them.
+    codes: dict[str, list[int]] = {}
+    for code, labels in present:
+        for label in {rename[label] if rename[label] in kept else OTHER for label in labels}:
+            codes.setdefault(label, []).append(code)
+    return {label: np.isin(w.slice_codes, codes[label]) for label in sorted(codes)}
+
+
+def slice_table(w: Window, slices: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Metric blocks for the whole window (`all`) and each slice of `bounded_slices`."""
+    table = {"all": block(w.student, w.teacher, w.labels)}
+    for label, m in slices.items():
+        table[label] = block(w.student[m], w.teacher[m], w.labels[m])
+    return table
+
+
+def _z_for(tests: int) -> float:
+    """Two-sided 95% z, Bonferroni-corrected for `tests` comparisons: with many slices tested
+    each cycle, an uncorrected 95% test would call some healthy slice weak most cycles."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - 0.025 / max(1, tests)))
+
+
+def _weak_test(agree: np.ndarray, m: np.ndarray, rest: np.ndarray, z: float) -> dict[str, Any] | None:
+    """Rows `m` of a slice against the rows outside the slice (`rest`): the gap when the
+    slice's Wilson upper bound lies below the rest's lower bound, else None."""
+    n_in, n_rest = int(m.sum()), int(rest.sum())
+    lo_in, hi_in = wilson(float(agree[m].sum()), n_in, z)
+    lo_rest, _ = wilson(float(agree[rest].sum()), n_rest, z)
+    if hi_in >= lo_rest:
+        return None
+    p_in, p_rest = float(agree[m].mean()), float(agree[rest].mean())
+    return {
+        "n": n_in,
+        "agreement": p_in,
+        "agreement_ci": [lo_in, hi_in],
+        "rest_agreement": p_rest,
+        "rest_ci_low": lo_rest,
+        "gap": p_rest - p_in,
+    }
+
+
+def weak_slices(
+    w: Window,
+    table: dict[str, dict[str, Any]],
+    slices: dict[str, np.ndarray],
+    min_samples: int,
+    recent: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Slices whose agreement is significantly below the rest of the window, by expected gain.
+
+    Significant: the slice's Wilson upper bound lies below the Wilson lower bound of the rows
+    outside it (z corrected for the number of tests). Each slice is tested on its window rows
+    and, when `recent` is given, on its rows since the loop last saw it healthy: a shift that
+    sent a few hundred bad rows hides among a slice's older good rows, and the slice may stop
+    sending before the old rows leave the window. Expected gain: the window agreement recovered
+    if the slice rose to the rest's level, i.e. share of the window's rows x gap.
+    """
+    n_all = len(w)
+    if n_all == 0:
+        return []
+    agree = (w.student.argmax(1) == w.teacher.argmax(1)).astype(np.float64)
+    scopes: list[tuple[str, str, np.ndarray]] = []
+    for label, stats in table.items():
+        if label == "all" or label.endswith(OTHER) or stats["n"] < min_samples:
+            continue
+        m = slices[label]
+        if n_all - int(m.sum()) < min_samples:
+            continue
+        scopes.append((label, "window", m))
+        if recent is not None:
+            new = m & recent
+            if min_samples <= int(new.sum()) < int(m.sum()):
+                scopes.append((label, "recent", new))
+    z = _z_for(len(scopes))
+    found: dict[str, dict[str, Any]] = {}
+    for label, scope, m in scopes:
+        result = _weak_test(agree, m, ~slices[label], z)
+        if result is None:
+            continue
+        result["expected_gain"] = result["gap"] * int(slices[label].sum()) / n_all
+        if label not in found or result["expected_gain"] > found[label]["expected_gain"]:
+            found[label] = {"slice": label, "scope": scope, **result}
+    return sorted(found.values(), key=lambda r: -r["expected_gain"])
+
+
+def top_slices(table: dict[str, dict[str, Any]], k: int) -> list[str]:
+    """The k largest slices: the only ones with their own gauge series (the rest are `other`)."""
+    names = [s for s in table if s != "all"]
+    names.sort(key=lambda s: (-table[s]["n"], s))
+    return names[:k]
