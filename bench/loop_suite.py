@@ -5,7 +5,7 @@ small student distilled by the engine on clean inputs only, before the shift:
 
 - `digits-rotate`: scikit-learn's digits (8x8 images), source c's images rotated by 30 degrees;
 - `tabular-covariate`: 12 numeric features labelled by a fixed random network, source c's
-  feature 3 moved by +2.5 standard deviations (a covariate shift on one feature);
+  most influential feature moved by +3 standard deviations (a covariate shift on one feature);
 - `label-prior`: 8 Gaussian classes (make_classification), source c's traffic drawn 85% from
   the three classes the student gets wrong most often (a label-prior shift).
 
@@ -15,9 +15,10 @@ set) and the timing knobs `monitor.interval_s`, `monitor.window`, `policy.cooldo
 `policy.auto_promote`. Quality is measured on probe rows that are never sent as traffic
 (probe requests are not sampled): agreement with the teacher and accuracy per source.
 
-Per scenario: a clean phase (does a promotion on clean traffic lower accuracy?), then the
-shift until a candidate is promoted. `--limit-shifted 100` sends only the first 100 shifted
-rows of source c, and runs each scenario twice, with `policy.synthesis` on and off (issue 33).
+Per scenario: a clean phase (does a promotion on clean traffic lower accuracy?) that ends once
+no run is in progress, then the shift until a candidate is promoted. `--limit-shifted 100`
+sends only the first 100 shifted rows of source c, and runs each scenario twice, with
+`policy.synthesis` on and off (issue 33).
 
 Usage: .venv/bin/python bench/loop_suite.py [--cases a,b] [--limit-shifted N] [--no-record]
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -118,11 +120,13 @@ def _tabular(rng: np.random.Generator) -> Pools:
     d, c = 12, 6
     w1 = rng.normal(0, 1 / np.sqrt(d), (d, 32))
     w2 = rng.normal(0, 1 / np.sqrt(32), (32, c))
+    # The shift: 3 standard deviations on the feature the labels depend on most.
+    moved_feature = int(np.argmax(np.linalg.norm(w1, axis=1)))
 
     def rows(n: int, moved: bool) -> tuple[np.ndarray, np.ndarray]:
         x = rng.normal(size=(n, d))
         if moved:
-            x[:, 3] += 2.5
+            x[:, moved_feature] += 3.0
         return x.astype(np.float32), (np.maximum(x @ w1, 0) @ w2).argmax(1)
 
     return Pools(
@@ -325,13 +329,29 @@ def _step(client: httpx.Client, url: str, pools: Pools, i: int, shifted: bool, l
 SETTLE_S = 300.0  # the targets are judged 5 min after the shift
 
 
+def _idle(runs: list[dict[str, Any]]) -> bool:
+    return not any(r["status"] in ("running", "pending") for r in runs)
+
+
+def _quiet_for(seconds: float) -> Callable[[list[dict[str, Any]]], bool]:
+    """A stop rule: no run in progress, and none started or finished for `seconds`."""
+    seen: dict[str, Any] = {"state": None, "since": time.monotonic()}
+
+    def quiet(runs: list[dict[str, Any]]) -> bool:
+        state = sorted((r["id"], r["status"]) for r in runs)
+        if state != seen["state"] or not _idle(runs):
+            seen.update(state=state, since=time.monotonic())
+        return time.monotonic() - seen["since"] >= seconds
+
+    return quiet
+
+
 def _settled(client: httpx.Client, url: str, runs: list[dict[str, Any]]) -> bool:
     """No weak slice left in the last cycle, and no run in progress."""
     weak = [
         ln for ln in client.get(f"{url}/metrics").text.splitlines() if ln.startswith("watchdog_weak_slices ")
     ]
-    idle = not any(r["status"] in ("running", "pending") for r in runs)
-    return idle and bool(weak) and float(weak[0].split()[1]) == 0
+    return _idle(runs) and bool(weak) and float(weak[0].split()[1]) == 0
 
 
 def _traffic_until(
@@ -363,8 +383,12 @@ def run_case(
     with ServeProcess(config, port, root / "daemon.log") as daemon, httpx.Client(timeout=60) as client:
         url = daemon.url
         before = measure(client, url, probes, tp)
-        # Clean phase: whatever the policy does on clean traffic, it must not lower accuracy.
+        # Clean phase: whatever the policy does on clean traffic, it must not lower accuracy. The
+        # shift comes once no run is in progress: a promotion just after it would leave the
+        # shifted rows to a student that never served them (the monitor judges a student on the
+        # rows it served).
         _traffic_until(client, url, pools, clean_s, False, None, lambda runs: None)
+        _traffic_until(client, url, pools, 300, False, None, _quiet_for(3 * TIMING["interval_s"]))
         clean_runs = [{"id": r["id"], "status": r["status"]} for r in _runs(client, url)]
         after_clean = measure(client, url, probes, tp)
         shift_at = time.monotonic()
@@ -446,6 +470,7 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--workdir", help="keep each scenario's data and models here (reused when present)")
     args = ap.parse_args()
+    load = os.getloadavg()
     results = []
     settings = [None] if args.limit_shifted is None else [True, False]
     for name in args.cases.split(","):
@@ -480,8 +505,8 @@ def main() -> None:
         "Targets: promoted <= 5 min after the shift; >= 80% of the lost agreement recovered on the shifted "
         "source; other sources >= -1 pt accuracy; no promotion on clean traffic that lowers accuracy. "
         "Probe rows are never sent as traffic. Config: defaults + wiring + monitor.interval_s 5, "
-        "monitor.window 1500, policy.cooldown_s 0, policy.auto_promote true. The machine was shared "
-        "(2 CPUs, 4 sessions)."
+        "monitor.window 1500, policy.cooldown_s 0, policy.auto_promote true. "
+        f"Load average (1 min) at the start and end: {load[0]:.1f}, {os.getloadavg()[0]:.1f}."
     )
     record("loop_suite", title, command_line(), table, notes, data=results)
 

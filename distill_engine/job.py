@@ -233,6 +233,11 @@ class SynthesisSpec(_Spec):
         default_factory=lambda: ["jitter", "smote", "mixup"], description="built-in generators to use"
     )
     generator: str | None = Field(None, description="user generator 'module:function' (x, n, rng) -> [n, D]")
+    min_seed_weight: float = Field(
+        0.0,
+        ge=0,
+        description="seeds: the slice's training rows whose data `weight` is at least this; 0: all its rows",
+    )
     candidates_per_row: float = Field(3.0, gt=0, description="candidates made per real row of the slice")
     jitter_scale: float = Field(0.1, gt=0, description="jitter std as a share of each feature's slice std")
     neighbours: int = Field(5, ge=1, description="SMOTE: same-slice neighbours to pick from")

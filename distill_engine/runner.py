@@ -173,7 +173,10 @@ def _curate_and_split(st: RunState) -> None:
 def _synthesize(st: RunState, adapters: dict[str, Teacher]) -> None:
     """Synthetic rows from the training rows only: the hold-out and eval never see them."""
     slices = None if st.train.slices is None else st.train.slices[st.fit_idx]
-    st.synth = synthesize(st.job, adapters, st.train.x[st.fit_idx], slices, st.production, st.job.train.seed)
+    weights = None if st.train.weight is None else st.train.weight[st.fit_idx]
+    st.synth = synthesize(
+        st.job, adapters, st.train.x[st.fit_idx], slices, st.production, st.job.train.seed, weights
+    )
     st.progress.emit("synthesis", rows=len(st.synth), teacher_calls=st.synth.teacher_calls)
 
 

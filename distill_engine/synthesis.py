@@ -6,6 +6,10 @@ are clipped). Candidates are labelled by the teachers (ensemble and specialist r
 real rows, batched, each call bounded by the teacher's `timeout_s`), then filtered: teacher
 confidence, duplicates of real or earlier synthetic rows, production matching, and the
 `max_ratio` cap. Seeds are training rows only, and synthetic rows join training only.
+
+Production matching compares each slice's candidates with that slice's own seed rows: a weak
+slice is a small share of the whole production sample, so matching against all of it would
+drop the very rows the slice needs.
 """
 
 from __future__ import annotations
@@ -111,23 +115,57 @@ def _per_slice(names: np.ndarray, mask: np.ndarray) -> dict[str, int]:
     return {str(s): int((mask & (names == s)).sum()) for s in np.unique(names)}
 
 
+def _seeds(
+    job: DistillJob, x: np.ndarray, slices: np.ndarray | None, weights: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Each wanted slice's seed rows: its training rows, those of weight >= `min_seed_weight`."""
+    spec = job.synthesis
+    names = np.full(len(x), "*", dtype=object) if slices is None else slices.astype(str).astype(object)
+    heavy = np.ones(len(x), bool)
+    if weights is not None and spec.min_seed_weight > 0:
+        heavy = weights >= spec.min_seed_weight
+    wanted = spec.slices or sorted(set(names.tolist()))
+    return {str(name): x[(names == name) & heavy].astype(np.float64) for name in wanted}
+
+
 def _candidates(
-    job: DistillJob, x: np.ndarray, slices: np.ndarray | None, rng: np.random.Generator
+    job: DistillJob, seeds: dict[str, np.ndarray], width: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
     spec = job.synthesis
     user = resolve_factory(spec.generator, "synthesis.generator") if spec.generator else None
-    names = np.full(len(x), "*", dtype=object) if slices is None else slices.astype(str).astype(object)
-    wanted = spec.slices or sorted(set(names.tolist()))
     made, tags, counts = [], [], {}
-    for name in wanted:
-        rows = x[names == name].astype(np.float64)
-        cand, by_gen = generate(rows, spec, rng, user) if len(rows) >= 2 else (np.zeros((0, x.shape[1])), {})
-        counts[str(name)] = {"real_rows": int(len(rows)), "generated": int(len(cand)), "by_generator": by_gen}
+    for name, rows in seeds.items():
+        cand, by_gen = generate(rows, spec, rng, user) if len(rows) >= 2 else (np.zeros((0, width)), {})
+        counts[name] = {"real_rows": int(len(rows)), "generated": int(len(cand)), "by_generator": by_gen}
         made.append(cand.astype(np.float32))
         tags.append(np.full(len(cand), name, dtype=object))
     if not made:
-        return np.zeros((0, x.shape[1]), np.float32), np.zeros(0, dtype=object), counts
+        return np.zeros((0, width), np.float32), np.zeros(0, dtype=object), counts
     return np.concatenate(made), np.concatenate(tags), counts
+
+
+def _unlike_production(
+    job: DistillJob,
+    cand: np.ndarray,
+    tags: np.ndarray,
+    keep: np.ndarray,
+    seeds: dict[str, np.ndarray],
+    matching: bool,
+    seed: int,
+) -> np.ndarray:
+    """Candidates the production-matching weights (against their slice's own seed rows) put
+    below `min_production_weight`; none when the job does not match production."""
+    far = np.zeros(len(cand), bool)
+    if not matching:
+        return far
+    clip = job.curation.match_production.clip if job.curation.match_production else (0.1, 10.0)
+    for name, rows in seeds.items():
+        mine = np.flatnonzero(keep & (tags == name))
+        if len(mine) < 2 or len(rows) < 2:
+            continue
+        w, _ = production_weights(cand[mine], rows, clip, seed)
+        far[mine[w < job.synthesis.min_production_weight]] = True
+    return far
 
 
 def synthesize(
@@ -137,10 +175,13 @@ def synthesize(
     slices: np.ndarray | None,
     production: np.ndarray | None,
     seed: int,
+    weights: np.ndarray | None = None,
 ) -> Synthetic:
-    """Generate, label and filter synthetic rows from the training rows `x` (never hold-out rows)."""
+    """Generate, label and filter synthetic rows from the training rows `x` (never hold-out rows);
+    `weights`: the rows' own data weights, for `min_seed_weight`."""
     spec, rng = job.synthesis, np.random.default_rng(seed + 33)
-    cand, tags, counts = _candidates(job, x, slices, rng)
+    seeds = _seeds(job, x, slices, weights)
+    cand, tags, counts = _candidates(job, seeds, x.shape[1], rng)
     empty = Synthetic(np.zeros((0, x.shape[1]), np.float32), np.zeros((0, 0)), np.zeros(0), None, counts)
     if not len(cand):
         return empty
@@ -160,12 +201,8 @@ def synthesize(
         dup[survivors] = False
         keep &= ~dup
     steps["duplicates"] = dup
-    far = np.zeros(len(cand), bool)
-    if production is not None and keep.sum() >= 2:
-        clip = job.curation.match_production.clip if job.curation.match_production else (0.1, 10.0)
-        w, _ = production_weights(cand[keep], production, clip, seed)
-        far[np.flatnonzero(keep)[w < spec.min_production_weight]] = True
-        keep &= ~far
+    far = _unlike_production(job, cand, tags, keep, seeds, production is not None, seed)
+    keep &= ~far
     steps["unlike_production"] = far
     capped = np.zeros(len(cand), bool)
     for name, rec in counts.items():

@@ -104,3 +104,28 @@ def test_synthesis_needs_teachers_and_no_hints(tmp_path) -> None:
                    "loss": {"hints": [{"teacher": "t", "student": "s"}]}})  # fmt: skip
     with pytest.raises(JobError, match=r"^synthesis\.generator: "):
         parse_job({"data": {"train": "a", "eval": "b"}, "synthesis": {"generator": "nocolon"}})
+
+
+def test_seeds_are_the_heavy_rows_of_the_slice(tmp_path) -> None:
+    teacher_onnx(tmp_path / "t.onnx")
+    x, _ = blobs(300, 1)
+    x[240:] += 4.0  # the weak slice's newest rows moved far from everything else
+    slices = np.where(np.arange(300) < 200, "other", "weak")
+    weights = np.where(np.arange(300) >= 240, 3.0, 1.0)
+    spec = {"enabled": True, "slices": ["weak"], "min_teacher_confidence": 0.0, "max_ratio": 10.0}
+    job = parse_job(
+        {
+            "data": {"train": "a", "eval": "b"},
+            "teachers": [{"name": "t", "kind": "onnx", "path": str(tmp_path / "t.onnx")}],
+            "synthesis": {**spec, "min_seed_weight": 3.0},
+        }
+    )
+    adapters = {"t": make_teacher(job.teachers[0], None)}
+    # Production: mostly the other rows, as in a window where the weak slice is a small share.
+    production = x[:240]
+    syn = synthesize(job, adapters, x, slices, production, seed=0, weights=weights)
+    c = syn.counts["weak"]
+    assert c["real_rows"] == 60 and c["generated"] == 180
+    assert (syn.x >= x[240:].min(0) - 1e-6).all()  # near the moved rows only
+    # Matched against the slice's own seed rows: only the candidates least like them go.
+    assert c["unlike_production"] < 60 and c["kept"] > 100

@@ -177,3 +177,28 @@ def test_a_policy_run_without_weak_slices_must_gain_overall_a_manual_one_need_no
         outcomes[trigger + "_failed"] = report["candidates"][0]["failed"]
     assert not outcomes["policy"]["passed"] and outcomes["policy_failed"] == ["min_gain all"]
     assert outcomes["manual"]["passed"] and outcomes["manual_failed"] == []
+
+
+def test_the_gain_gate_judges_a_weak_slice_on_its_changed_rows() -> None:
+    """A weak slice's older rows held out beside its changed ones must not hide (or fake) a gain."""
+    import numpy as np
+
+    from distill_watchdog.loop.gates import EvalSet, changed_key, judge
+
+    n = 200
+    teacher = np.eye(4)[np.arange(n) % 4]
+    wrong = np.eye(4)[(np.arange(n) + 1) % 4]
+    changed = np.arange(n) >= 160  # 40 changed rows of s=c; 160 older rows of s=c
+    es = EvalSet("holdout", np.zeros((n, 3), np.float32), teacher, None, [["s=c"]] * n, changed)
+    parent = np.where(changed[:, None], wrong, teacher)  # wrong on the changed rows only
+    fixed = teacher  # right everywhere: +100% on the changed rows, +20% on the slice as a whole
+    verdict = judge([(es, parent, fixed)], ["s=c"], 0.5, 0.01, 1.0)
+    gate = next(g for g in verdict["gates"] if g["gate"] == "min_gain")
+    assert gate["rows"] == "changed" and gate["n"] == 40 and gate["change"] == 1.0 and gate["passed"]
+    assert verdict["tables"]["holdout"][changed_key("s=c")]["n"] == 40
+    # Better on the older rows only: no gain where the problem is, whatever the slice's average.
+    older_fixed = np.where(changed[:, None], wrong, teacher)
+    parent_old = np.where(changed[:, None] | (np.arange(n) < 100)[:, None], wrong, teacher)
+    verdict = judge([(es, parent_old, older_fixed)], ["s=c"], 0.01, 1.0, 1.0)
+    gate = next(g for g in verdict["gates"] if g["gate"] == "min_gain")
+    assert gate["change"] == 0.0 and not gate["passed"]

@@ -339,17 +339,21 @@ def test_a_weak_slice_short_of_rows_waits_for_data(tmp_path: Path, model_files) 
 def test_weak_rows_are_weighted_since_the_slice_was_last_healthy(
     tmp_path: Path, model_files, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A change is noticed cycles late: every weak-slice row since the last healthy decision counts."""
+    """A change is noticed cycles late: every row of a weak slice since the newest decision that
+    did not find it weak counts."""
     from distill_watchdog.loop import build
 
     settings, store, registry, version = _setup(tmp_path, model_files, window=60)
     x = seed_samples(store, version, n=600)
-    assert build.last_healthy_at(store) is None
-    store.add_decision(None, "ok", "within thresholds", {"breached": False})
-    store.add_decision(None, "hold", "weak slices: sensor=c", {"breached": True})
-    assert abs(build.last_healthy_at(store) - time.time()) < 60
+    assert build.healthy_since(store, ["sensor=c"]) == {"sensor=c": None}
+    store.add_decision(None, "ok", "within thresholds", {"breached": False, "weak_slices": []})
+    weak_c = {"breached": True, "weak_slices": [{"slice": "sensor=c"}]}
+    store.add_decision(None, "hold", "weak slices: sensor=c", weak_c)
+    store.add_decision(None, "hold", "agreement", {"breached": True})  # no judgement of slices
+    since = build.healthy_since(store, ["sensor=c", "sensor=a"])
+    assert abs(since["sensor=c"] - time.time()) < 60 and since["sensor=a"] > since["sensor=c"]
     at = [r["at"] for r in recent_samples(store, limit=600)]
-    monkeypatch.setattr(build, "last_healthy_at", lambda _store: sorted(at)[299])
+    monkeypatch.setattr(build, "healthy_since", lambda _store, labels: dict.fromkeys(labels, sorted(at)[299]))
     built = build.build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
     with np.load(tmp_path / "run" / "train.npz") as train:
         heavy = train["weight"] > 1

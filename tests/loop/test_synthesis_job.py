@@ -85,3 +85,28 @@ def test_synthesis_off_and_allowed_generators(tmp_path: Path) -> None:
     job = yaml.safe_load((tmp_path / "on" / "job.yaml").read_text())
     assert job["synthesis"]["generator"] == "mymod:make" and "refused_generator" not in built["synthesis"]
     assert build_job(settings, store, registry, tmp_path / "none", "r2", [])["synthesis"] is None
+
+
+def test_a_weak_slices_rows_since_it_was_healthy_are_weighted_seed_synthesis_and_judge_gain(
+    tmp_path: Path,
+) -> None:
+    import time
+    from unittest import mock
+
+    settings, store, registry = _parts(tmp_path)
+    healthy_at = time.time() - 300.5  # the 600 seeded rows are 1 s apart, the newest 1 s old
+    with mock.patch("distill_watchdog.store.runs.time.time", return_value=healthy_at):
+        store.add_decision(None, "ok", "within thresholds", {"breached": False, "weak_slices": []})
+    run = tmp_path / "run"
+    built = build_job(settings, store, registry, run, "r1", ["sensor=c"])
+    # Rows i = 300..599 are newer than the decision; sensor c is every third row: 100 of them.
+    assert built["weak_counts"]["sensor=c"]["train"] + built["weak_counts"]["sensor=c"]["holdout"] == 100
+    with np.load(run / "train.npz") as train, np.load(run / "holdout.npz") as hold:
+        heavy = train["weight"] == settings.policy.weak_slice_weight
+        assert set(train["slice"][heavy]) == {"sensor=c"}
+        assert heavy.sum() == built["weak_counts"]["sensor=c"]["train"]
+        assert hold["changed"].sum() == built["weak_counts"]["sensor=c"]["holdout"]
+        assert set(hold["slice"][hold["changed"]]) == {"sensor=c"}
+        assert (hold["slice"] == "sensor=c").sum() > hold["changed"].sum()  # older c rows held out too
+    job = yaml.safe_load((run / "job.yaml").read_text())
+    assert job["synthesis"]["min_seed_weight"] == settings.policy.weak_slice_weight

@@ -27,7 +27,7 @@ def _window(sources: list[str], agree: np.ndarray, at: np.ndarray, seed: int = 0
     )
 
 
-def _weak(w: Window, min_samples: int = 50, recent: np.ndarray | None = None) -> list[dict]:
+def _weak(w: Window, min_samples: int = 50, recent: dict[str, np.ndarray] | None = None) -> list[dict]:
     slices = bounded_slices(w, 50, 200)
     return weak_slices(w, slice_table(w, slices), slices, min_samples, recent)
 
@@ -39,8 +39,8 @@ def test_a_recent_block_of_bad_rows_is_found_among_a_slices_older_good_rows() ->
     agree = np.concatenate([rng.random(3000) < 0.95, rng.random(100) < 0.2])
     at = np.arange(len(sources), dtype=float)
     w = _window(sources, agree, at)
-    recent = at >= 3000 - 30  # since the last healthy cycle
-    found = _weak(w, recent=recent)
+    since_healthy = at >= 3000 - 30  # each slice was last seen healthy 30 rows before the block
+    found = _weak(w, recent={f"source={s}": since_healthy for s in "abc"})
     assert [f["slice"] for f in found] == ["source=c"]
     assert found[0]["scope"] == "recent" and found[0]["n"] < 200
     assert found[0]["agreement"] < 0.4 and found[0]["agreement_ci"][1] < found[0]["rest_ci_low"]

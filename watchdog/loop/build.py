@@ -1,9 +1,11 @@
 """Builds a redistillation job folder from stored samples.
 
 - `train.npz`: the rows not held out (teacher outputs precomputed, feedback labels where
-  present, weak slices' recent rows up-weighted by `policy.weak_slice_weight`);
+  present, weak slices' rows since they were last healthy up-weighted by
+  `policy.weak_slice_weight`, and seeding synthesis);
 - `holdout.npz`: `policy.holdout_share` of the recent rows, drawn per slice and time
-  (`holdout.py`), never trained on: the engine's eval set and one of the gates' sets;
+  (`holdout.py`), never trained on: the engine's eval set and one of the gates' sets
+  (`changed` marks weak slices' rows since the loop last saw them healthy: the gain gate's rows);
 - `production.npz`: the newest `monitor.window` training rows, for production matching;
 - `job.yaml`: `distill.job` defaults overlaid with data, curation and stop-rule inputs.
 """
@@ -23,7 +25,7 @@ from distill_watchdog.loop import holdout
 from distill_watchdog.loop.factories import factory_allowed, trusted_student
 from distill_watchdog.loop.monitor.reference import replay_rows
 from distill_watchdog.loop.monitor.window import Window, read_window
-from distill_watchdog.loop.policy import last_healthy_at
+from distill_watchdog.loop.policy import healthy_since
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 
@@ -44,8 +46,10 @@ def _save(
     idx: np.ndarray,
     weight: np.ndarray | None = None,
     replay: tuple[np.ndarray, np.ndarray] | None = None,
+    changed: np.ndarray | None = None,
 ) -> None:
-    """Writes rows `idx` of the window; `replay` rows (the parent's snapshot) are appended as `reference`."""
+    """Writes rows `idx` of the window; `replay` rows (the parent's snapshot) are appended as
+    `reference`; `changed` marks the weak slices' changed rows (the hold-out's, for the gates)."""
     x, probs = w.x[idx], w.teacher[idx]
     y, slices = w.labels[idx], w.slice_strings()[idx]
     if replay is not None and replay[0].shape[1] == x.shape[1] and replay[1].shape[1] == probs.shape[1]:
@@ -64,6 +68,8 @@ def _save(
     }
     if weight is not None:
         arrays["weight"] = weight
+    if changed is not None:
+        arrays["changed"] = changed[idx]
     np.savez(path, **arrays)
 
 
@@ -79,24 +85,28 @@ def _parent_student(card: Any) -> dict[str, Any] | None:
 def _weights(
     settings: Settings, store: Store, w: Window, weak: list[str]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], float | None]:
-    """Row weights, the recent rows, each weak slice's rows and when the loop last saw it healthy.
+    """Row weights, the recent rows, each weak slice's changed rows, and the earliest time a
+    weak slice was last seen healthy.
 
-    Recent: the newest window and everything since the last healthy decision. A change is
-    usually noticed a few cycles late, so the window alone would leave most new rows at weight 1;
-    the same slice's older rows describe the distribution before the change.
+    A weak slice's changed rows are its rows since the newest decision that did not find it
+    weak (with none: its rows in the newest window): they show the problem, so they are
+    up-weighted, seed synthesis, and judge the candidate's gain. Recent: the newest window
+    and every changed row's time span; the hold-out is drawn from it.
     """
-    recent = np.zeros(len(w), dtype=bool)
-    recent[-settings.monitor.window :] = True
-    healthy_at = last_healthy_at(store)
-    if healthy_at is not None:
-        recent |= w.at > healthy_at
-    masks = {label: w.mask(label) for label in weak}
-    in_weak = np.zeros(len(w), dtype=bool)
-    for m in masks.values():
-        in_weak |= m
+    window = np.zeros(len(w), dtype=bool)
+    window[-settings.monitor.window :] = True
+    healthy = healthy_since(store, weak)
+    recent, changed = window.copy(), {}
+    for label in weak:
+        at = healthy[label]
+        since = w.at > at if at is not None else window
+        changed[label] = w.mask(label) & since
+        recent |= since
     weight = np.ones(len(w))
-    weight[in_weak & recent] *= settings.policy.weak_slice_weight
-    return weight, recent, masks, healthy_at
+    for m in changed.values():
+        weight[m] = settings.policy.weak_slice_weight
+    known = [t for t in healthy.values() if t is not None]
+    return weight, recent, changed, min(known) if known else None
 
 
 def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -198,7 +208,12 @@ def _synthesis(
         return None
     present = {str(s) for s in w.slice_strings()[train_idx]}
     slices = sorted(s for s in present if any(label in s.split(",") for label in weak))
-    spec = deep_merge({"enabled": True, "slices": slices}, settings.distill.job.get("synthesis") or {})
+    # Seeds: the weak slices' changed rows, the ones up-weighted to policy.weak_slice_weight.
+    heavier = settings.policy.weak_slice_weight
+    seeds = {"min_seed_weight": heavier} if heavier > 1 else {}
+    spec = deep_merge(
+        {"enabled": True, "slices": slices, **seeds}, settings.distill.job.get("synthesis") or {}
+    )
     about: dict[str, Any] = {"enabled": bool(spec.get("enabled")), "slices": spec.get("slices")}
     generator = spec.get("generator")
     if generator and not factory_allowed(str(generator), settings.distill.allowed_factories):
@@ -256,7 +271,10 @@ def build_job(
     run_dir.mkdir(parents=True, exist_ok=True)
     replay = replay_rows(settings, active)
     _save(run_dir / "train.npz", w, train_idx, weight[train_idx], replay)
-    _save(run_dir / "holdout.npz", w, hold_idx)
+    any_changed = np.zeros(len(w), dtype=bool)
+    for m in masks.values():
+        any_changed |= m
+    _save(run_dir / "holdout.npz", w, hold_idx, changed=any_changed)
     np.savez(run_dir / "production.npz", x=w.x[train_idx[-settings.monitor.window :]])
     job, about = _job_spec(settings, registry, active)
     about["synthesis"] = _synthesis(settings, job, w, train_idx, weak)

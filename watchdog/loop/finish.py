@@ -33,6 +33,7 @@ def _holdout(path: Path) -> Any:
             np.asarray(d["teacher_probs"], dtype=np.float64),
             y if len(y) and bool((y >= 0).all()) else None,
             [[s for s in str(v).split(",") if s and s != "none"] for v in d["slice"]],
+            np.asarray(d["changed"], dtype=bool) if "changed" in d.files else None,
         )
 
 
@@ -66,9 +67,11 @@ def _candidate_dirs(run_dir: Path) -> list[str]:
 
 
 def _score(table: dict[str, Any], weak: list[str]) -> tuple[float, float]:
-    """How a candidate ranks among those that pass: its weak slices' mean gain on the hold-out,
-    then its hold-out agreement overall."""
-    gains = [table[w]["change"] for w in weak if w in table]
+    """How a candidate ranks among those that pass: its weak slices' mean gain on the hold-out
+    (on their changed rows where marked), then its hold-out agreement overall."""
+    from distill_watchdog.loop.gates import changed_key
+
+    gains = [table.get(changed_key(w), table[w])["change"] for w in weak if w in table]
     overall = table.get("all", {}).get("after", 0.0)
     return (sum(gains) / len(gains) if gains else overall, overall)
 

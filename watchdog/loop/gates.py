@@ -1,7 +1,8 @@
 """Gates: the candidate against the active student, per slice, on the frozen eval set and the hold-out.
 
-- min_gain: every weak slice's agreement with the teacher (on the hold-out window, where the
-  problem was seen) improves by at least `policy.min_gain`;
+- min_gain: every weak slice's agreement with the teacher improves by at least
+  `policy.min_gain` on its changed hold-out rows (its rows since the loop last saw it
+  healthy, where the problem was seen; the whole slice when none are marked);
 - max_regression (interval-aware): no slice with enough rows, on either set, gets worse by
   more than `policy.max_regression` with the paired 95% bootstrap interval of the change
   entirely below zero (a drop within noise does not fail), in agreement with the teacher
@@ -31,14 +32,21 @@ class EvalSet:
     teacher: np.ndarray
     labels: np.ndarray | None  # only when every row is labelled
     slices: list[list[str]]
+    changed: np.ndarray | None = None  # weak slices' rows since they were last healthy
 
     def masks(self) -> dict[str, np.ndarray]:
         out = {"all": np.ones(len(self.x), dtype=bool)}
         for label in sorted({s for row in self.slices for s in row}):
-            out[label] = np.fromiter(
-                (label in row for row in self.slices), dtype=bool, count=len(self.slices)
-            )
+            m = np.fromiter((label in row for row in self.slices), dtype=bool, count=len(self.slices))
+            out[label] = m
+            if self.changed is not None and (m & self.changed).any() and not (m <= self.changed).all():
+                out[changed_key(label)] = m & self.changed
         return out
+
+
+def changed_key(label: str) -> str:
+    """The table row of a slice's changed rows."""
+    return f"{label} (changed)"
 
 
 def compare(es: EvalSet, before: np.ndarray, after: np.ndarray, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -87,7 +95,7 @@ def judge(
     gates: list[dict[str, Any]] = []
     holdout = tables.get("holdout", {})
     for label in weak:
-        row = holdout.get(label)
+        row = holdout.get(changed_key(label), holdout.get(label))
         if row is None:
             gates.append({"gate": "min_gain", "slice": label, "passed": False, "why": "no hold-out rows"})
             continue
@@ -96,6 +104,8 @@ def judge(
                 "gate": "min_gain",
                 "slice": label,
                 "set": "holdout",
+                "rows": "changed" if changed_key(label) in holdout else "slice",
+                "n": row["n"],
                 "change": row["change"],
                 "threshold": min_gain,
                 "passed": bool(row["change"] >= min_gain),

@@ -83,12 +83,24 @@ def _streak(store: Store, hysteresis: int) -> int:
     return n
 
 
-def last_healthy_at(store: Store, lookback: int = 500) -> float | None:
-    """Time of the newest policy decision that found nothing wrong (None: none in `lookback`)."""
+def healthy_since(store: Store, labels: list[str], lookback: int = 500) -> dict[str, float | None]:
+    """Per slice, the time of the newest decision whose cycle did not find it weak (None: every
+    decision in `lookback` did, or there is none). A slice's rows after that are its changed
+    rows. Per slice: a window-wide breach (agreement, drift) can last for days, and the time of
+    the last decision with no breach at all would then count a slice's old rows as changed."""
+    out: dict[str, float | None] = {label: None for label in labels}
+    todo = set(labels)
     for d in store.recent_decisions(lookback):
-        if not orjson.loads(d.numbers_json).get("breached", True):
-            return float(d.at)
-    return None
+        if not todo:
+            break
+        numbers = orjson.loads(d.numbers_json)
+        if "weak_slices" not in numbers:  # not a judgement of the window (e.g. a skipped cycle)
+            continue
+        weak = {w["slice"] for w in numbers["weak_slices"]}
+        for label in todo - weak:
+            out[label] = float(d.at)
+        todo &= weak
+    return out
 
 
 def _need(cfg: PolicyConfig) -> int:

@@ -17,7 +17,7 @@ from distill_watchdog.loop.monitor.memory import peak_rss_bytes, reset_peak_rss
 from distill_watchdog.loop.monitor.reference import load_reference
 from distill_watchdog.loop.monitor.stats import bounded_slices, slice_table, weak_slices
 from distill_watchdog.loop.monitor.window import Window, load_window
-from distill_watchdog.loop.policy import last_healthy_at
+from distill_watchdog.loop.policy import healthy_since
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 from distill_watchdog.store.tables import MonitorCycle
@@ -56,10 +56,10 @@ def compute(
     table = slice_table(w, slices)
     out["slices"] = table
     out["overall"] = table["all"]
-    healthy_at = last_healthy_at(store)
-    recent = w.at > healthy_at if healthy_at is not None else None
+    since = healthy_since(store, list(slices))
+    recent = {label: w.at > t for label, t in since.items() if t is not None}
     out["weak_slices"] = weak_slices(w, table, slices, settings.policy.min_samples, recent)
-    _count_new_rows(store, w, slices, out["weak_slices"], healthy_at)
+    _count_new_rows(store, w, slices, out["weak_slices"], since)
     reference = load_reference(settings, registry, active) if active else None
     if reference is None:
         out["drift"] = None
@@ -99,7 +99,7 @@ def _count_new_rows(
     w: Window,
     slices: dict[str, np.ndarray],
     weak: list[dict[str, Any]],
-    healthy_at: float | None,
+    since: dict[str, float | None],
 ) -> None:
     """Per weak slice: its rows since the loop last saw it healthy (`recent_rows`, what a run
     would train and judge on) and since the newest run began (`rows_since_run`, new data the
@@ -110,6 +110,7 @@ def _count_new_rows(
     run_at = runs[0].created_at if runs else None
     for entry in weak:
         m = slices[entry["slice"]]
+        healthy_at = since.get(entry["slice"])
         entry["recent_rows"] = int((m & (w.at > healthy_at)).sum()) if healthy_at else int(m.sum())
         entry["rows_since_run"] = int((m & (w.at > run_at)).sum()) if run_at else int(m.sum())
 

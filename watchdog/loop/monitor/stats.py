@@ -136,13 +136,13 @@ def weak_slices(
     table: dict[str, dict[str, Any]],
     slices: dict[str, np.ndarray],
     min_samples: int,
-    recent: np.ndarray | None = None,
+    recent: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """Slices whose agreement is significantly below the rest of the window, by expected gain.
 
     Significant: the slice's Wilson upper bound lies below the Wilson lower bound of the rows
     outside it (z corrected for the number of tests). Each slice is tested on its window rows
-    and, when `recent` is given, on its rows since the loop last saw it healthy: a shift that
+    and on its rows since the loop last saw it healthy (`recent`, per slice): a shift that
     sent a few hundred bad rows hides among a slice's older good rows, and the slice may stop
     sending before the old rows leave the window. Expected gain: the window agreement recovered
     if the slice rose to the rest's level, i.e. share of the window's rows x gap.
@@ -159,8 +159,8 @@ def weak_slices(
         if n_all - int(m.sum()) < min_samples:
             continue
         scopes.append((label, "window", m))
-        if recent is not None:
-            new = m & recent
+        if recent is not None and label in recent:
+            new = m & recent[label]
             if min_samples <= int(new.sum()) < int(m.sum()):
                 scopes.append((label, "recent", new))
     z = _z_for(len(scopes))
