@@ -28,7 +28,7 @@ from common import command_line, record
 
 from distill_watchdog.config import MonitorConfig
 from distill_watchdog.loop.artifacts import compress_drift_page
-from distill_watchdog.loop.monitor.drift import evidently_report
+from distill_watchdog.loop.monitor.drift import Comparison, evidently_report
 
 CASES = [  # (features, reference rows, hold-out rows, classes)
     (40, 2_000, 1_000, 10),  # the demo's scale
@@ -43,10 +43,11 @@ def case(features: int, ref_rows: int, cur_rows: int, classes: int, folder: Path
     cur = rng.normal(size=(cur_rows, features)).astype(np.float32)
     cur[:, : features // 4] += 0.5
     cfg = MonitorConfig()
-    evidently_report(
+    compared = Comparison(
         ref, rng.integers(0, classes, ref_rows), cur, rng.integers(0, classes, cur_rows),
-        cfg.drift_method, cfg.drift_threshold, folder / "drift.html",
+        cfg.drift_method, cfg.drift_threshold,
     )  # fmt: skip
+    evidently_report(compared, folder / "drift.html")
     raw = (folder / "drift.html").stat().st_size
     cpu = time.process_time()
     packed = compress_drift_page(folder)

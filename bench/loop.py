@@ -103,11 +103,10 @@ def _monitor_child(daemon_pid: int) -> int:
             continue
         try:
             stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == daemon_pid and b"distill_watchdog.loop.monitor.process" in cmdline:
+        name, rest = stat.split(" (", 1)[1].rsplit(")", 1)
+        if int(rest.split()[1]) == daemon_pid and name == "monitor":  # procs.spawn names it
             return int(entry.name)
     raise RuntimeError("no monitor process")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ import typer
 
 from distill_watchdog import __version__
 from distill_watchdog.cli_admin import runs_app, teachers_app
-from distill_watchdog.cli_common import ConfigOpt, JsonOpt, echo_json
+from distill_watchdog.cli_common import ConfigOpt, JsonOpt, echo_json, option_groups
 from distill_watchdog.config import Settings, load_settings
 from distill_watchdog.errors import ConfigError, WatchdogError
 
@@ -126,16 +127,24 @@ KindOpt = Annotated[
 ]
 
 
-def _card_from_options(
-    model: Path,
-    classes: str | None,
-    classes_file: Path | None,
-    student_factory: str | None,
-    student_kwargs: str | None,
-    name: str | None,
-    output: str | None,
-    output_kind: str | None,
-) -> tuple[bytes, dict[str, Any], list[str]]:
+@dataclass(frozen=True)
+class CardOptions:
+    """The options that build a card from the ONNX file: `models card` and `models register`
+    (cli_common.option_groups)."""
+
+    classes: ClassesOpt = None
+    classes_file: ClassesFileOpt = None
+    student_factory: FactoryOpt = None
+    student_kwargs: KwargsOpt = None
+    name: NameOpt = None
+    output: OutputOpt = None
+    output_kind: KindOpt = None
+
+    def given(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+
+def _card_from_options(model: Path, options: CardOptions) -> tuple[bytes, dict[str, Any], list[str]]:
     """(ONNX bytes, card data, notes on how each field was found) for `models card|register`."""
     from distill_watchdog.card_from_onnx import card_from_onnx, parse_classes, student_spec
     from distill_watchdog.errors import ModelRejectedError
@@ -144,60 +153,46 @@ def _card_from_options(
         model_bytes = model.read_bytes()
     except OSError as exc:
         raise ModelRejectedError(f"model: cannot read {model} ({exc.strerror})") from None
+    o = options
     kwargs = None
-    if student_kwargs is not None:
+    if o.student_kwargs is not None:
         try:
-            kwargs = orjson.loads(student_kwargs)
+            kwargs = orjson.loads(o.student_kwargs)
         except orjson.JSONDecodeError:
             kwargs = None
         if not isinstance(kwargs, dict):
             raise ModelRejectedError("student-kwargs: must be a JSON object, e.g. '{\"hidden\": [64, 64]}'")
-    if output_kind not in (None, "logits", "probabilities"):
+    if o.output_kind not in (None, "logits", "probabilities"):
         raise ModelRejectedError("output-kind: must be logits or probabilities")
     card, notes = card_from_onnx(
         model_bytes,
-        name or model.stem,
-        parse_classes(classes, classes_file),
-        student_spec(student_factory, kwargs),
-        output,
-        output_kind,  # type: ignore[arg-type]
+        o.name or model.stem,
+        parse_classes(o.classes, o.classes_file),
+        student_spec(o.student_factory, kwargs),
+        o.output,
+        o.output_kind,  # type: ignore[arg-type]
     )
     return model_bytes, card.model_dump(mode="json", exclude_none=True), notes
 
 
 @models_app.command("card")
-def models_card(
-    model: ModelArg,
-    classes: ClassesOpt = None,
-    classes_file: ClassesFileOpt = None,
-    student_factory: FactoryOpt = None,
-    student_kwargs: KwargsOpt = None,
-    name: NameOpt = None,
-    output: OutputOpt = None,
-    output_kind: KindOpt = None,
-) -> None:
+@option_groups
+def models_card(model: ModelArg, options: CardOptions = CardOptions()) -> None:
     """Print the card `models register` would write for MODEL (JSON); notes go to stderr."""
-    _, card, notes = _card_from_options(
-        model, classes, classes_file, student_factory, student_kwargs, name, output, output_kind
-    )
+    _, card, notes = _card_from_options(model, options)
     for note in notes:
         typer.echo(f"note: {note}", err=True)
     echo_json(card)
 
 
 @models_app.command("register")
+@option_groups
 def models_register(
     model: ModelArg,
     card: Annotated[
         Path | None, typer.Option("--card", help="a full card.json (instead of the options below)")
     ] = None,
-    classes: ClassesOpt = None,
-    classes_file: ClassesFileOpt = None,
-    student_factory: FactoryOpt = None,
-    student_kwargs: KwargsOpt = None,
-    name: NameOpt = None,
-    output: OutputOpt = None,
-    output_kind: KindOpt = None,
+    options: CardOptions = CardOptions(),
     activate: Annotated[bool, typer.Option("--activate", help="make it the active version")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -205,15 +200,14 @@ def models_register(
     from distill_watchdog.errors import ModelRejectedError
 
     registry = _registry(config)
-    built = (classes, classes_file, student_factory, student_kwargs, name, output, output_kind)
     if card is not None:
-        if any(v is not None for v in built):
+        if options.given():
             raise ModelRejectedError(
                 "card: --card is a full card; leave out --classes and the other card options"
             )
         info = registry.register_files(model, card, actor="cli")
     else:
-        model_bytes, data, notes = _card_from_options(model, *built)
+        model_bytes, data, notes = _card_from_options(model, options)
         for note in notes:
             typer.echo(f"note: {note}", err=True)
         info = registry.register(model_bytes, data, actor="cli")

@@ -7,6 +7,8 @@ Human tables by default, the daemon's JSON with `--json`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -14,7 +16,7 @@ from urllib.parse import quote
 import typer
 
 from distill_watchdog.admin_client import URL_ENV, AdminClient, default_token, default_url
-from distill_watchdog.cli_common import ConfigOpt, JsonOpt, emit, table
+from distill_watchdog.cli_common import ConfigOpt, JsonOpt, emit, option_groups, table
 from distill_watchdog.config import load_settings
 
 runs_app = typer.Typer(no_args_is_help=True, help="Redistillation runs of a running daemon (admin API).")
@@ -27,9 +29,20 @@ UrlOpt = Annotated[
 ReasonOpt = Annotated[str, typer.Option("--reason", help="recorded in the audit trail")]
 
 
-def _client(config: Any, url: str | None) -> AdminClient:
-    settings = load_settings(config)
-    return AdminClient(url or default_url(settings), default_token(settings))
+@dataclass(frozen=True)
+class AdminOptions:
+    """How every admin command reaches the daemon and shows its answer (cli_common.option_groups)."""
+
+    url: UrlOpt = None
+    config: ConfigOpt = None
+    as_json: JsonOpt = False
+
+    def client(self) -> AdminClient:
+        settings = load_settings(self.config)
+        return AdminClient(self.url or default_url(settings), default_token(settings))
+
+    def emit(self, data: Any, human: Callable[[Any], str]) -> None:
+        emit(data, self.as_json, human)
 
 
 def _when(ts: float | None) -> str | None:
@@ -56,18 +69,17 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
 
 
 @runs_app.command("list")
+@option_groups
 def runs_list(
     status: Annotated[str | None, typer.Option("--status", help="only runs in this state")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="newest N")] = 20,
-    url: UrlOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
+    admin: AdminOptions = AdminOptions(),
 ) -> None:
     """Runs, newest first."""
-    runs = _client(config, url).get("/admin/runs")["runs"]
+    runs = admin.client().get("/admin/runs")["runs"]
     runs = [r for r in runs if status is None or r["status"] == status][:limit]
     cols = ["run", "status", "trigger", "started", "parent", "candidate", "reason"]
-    emit(runs, as_json, lambda runs: table([_run_row(r) for r in runs], cols, "no runs"))
+    admin.emit(runs, lambda runs: table([_run_row(r) for r in runs], cols, "no runs"))
 
 
 def _describe(run: dict[str, Any], base: str) -> str:
@@ -104,19 +116,19 @@ def _describe(run: dict[str, Any], base: str) -> str:
 
 
 @runs_app.command("show")
+@option_groups
 def runs_show(
     run_id: Annotated[str, typer.Argument(help="run id")],
-    url: UrlOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
+    admin: AdminOptions = AdminOptions(),
 ) -> None:
     """One run: state, why it started, gates, stop verdict, where its report is."""
-    client = _client(config, url)
+    client = admin.client()
     run = client.get(_path("runs", run_id))
-    emit(run, as_json, lambda run: _describe(run, client.url))
+    admin.emit(run, lambda run: _describe(run, client.url))
 
 
 @runs_app.command("trigger")
+@option_groups
 def runs_trigger(
     reason: ReasonOpt = "manual trigger",
     weak_slice: Annotated[
@@ -126,45 +138,40 @@ def runs_trigger(
             help="weak slice to redistill on, e.g. sensor=c (repeatable; default: the last cycle's)",
         ),
     ] = None,
-    url: UrlOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
+    admin: AdminOptions = AdminOptions(),
 ) -> None:
     """Start a redistillation run now (no policy checks)."""
     body: dict[str, Any] = {"reason": reason}
     if weak_slice:
         body["weak_slices"] = weak_slice
-    run = _client(config, url).post("/admin/runs", body)
-    emit(run, as_json, lambda run: f"started run {run['id']} (parent {run.get('parent_version') or '-'})")
+    run = admin.client().post("/admin/runs", body)
+    admin.emit(run, lambda run: f"started run {run['id']} (parent {run.get('parent_version') or '-'})")
 
 
 @runs_app.command("approve")
+@option_groups
 def runs_approve(
     run_id: Annotated[str, typer.Argument(help="run id of a candidate awaiting approval")],
-    url: UrlOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
+    admin: AdminOptions = AdminOptions(),
 ) -> None:
     """Promote a run's candidate that awaits approval; every replica hot-swaps to it."""
-    run = _client(config, url).post(_path("runs", run_id, "approve"))
-    emit(
+    run = admin.client().post(_path("runs", run_id, "approve"))
+    admin.emit(
         run,
-        as_json,
         lambda run: f"promoted: run {run['id']}, student {run.get('candidate_version')} is active",
     )
 
 
 @runs_app.command("reject")
+@option_groups
 def runs_reject(
     run_id: Annotated[str, typer.Argument(help="run id of a candidate awaiting approval")],
     reason: ReasonOpt = "",
-    url: UrlOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
+    admin: AdminOptions = AdminOptions(),
 ) -> None:
     """Decline a run's candidate that awaits approval."""
-    run = _client(config, url).post(_path("runs", run_id, "reject"), {"reason": reason})
-    emit(run, as_json, lambda run: f"declined: run {run['id']}")
+    run = admin.client().post(_path("runs", run_id, "reject"), {"reason": reason})
+    admin.emit(run, lambda run: f"declined: run {run['id']}")
 
 
 # --- teachers -----------------------------------------------------------------------------------
@@ -188,30 +195,29 @@ def _teachers_table(data: dict[str, Any]) -> str:
 
 
 @teachers_app.command("list")
-def teachers_list(url: UrlOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+@option_groups
+def teachers_list(admin: AdminOptions = AdminOptions()) -> None:
     """Teachers: pinned version, a new version awaiting acceptance, state, circuit."""
-    emit(_client(config, url).get("/admin/teachers"), as_json, _teachers_table)
+    admin.emit(admin.client().get("/admin/teachers"), _teachers_table)
 
 
 @teachers_app.command("accept")
+@option_groups
 def teachers_accept(
     name: Annotated[str, typer.Argument(help="teacher name")],
     version: Annotated[
         str | None, typer.Option("--version", help="version to pin (default: the one awaiting acceptance)")
     ] = None,
     reason: ReasonOpt = "",
-    url: UrlOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
+    admin: AdminOptions = AdminOptions(),
 ) -> None:
     """Pin a teacher's new version and release its quarantined rows (audited)."""
     body: dict[str, Any] = {"reason": reason}
     if version is not None:
         body["version"] = version
-    state = _client(config, url).post(_path("teachers", name, "accept"), body)
-    emit(
+    state = admin.client().post(_path("teachers", name, "accept"), body)
+    admin.emit(
         state,
-        as_json,
         lambda state: (
             f"teacher {state['name']}: pinned {state.get('pinned_version')}, state {state.get('state')}"
         ),

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from distill_watchdog import background
+from distill_watchdog import background, metrics, procs
 from distill_watchdog.config import TeacherConfig, load_settings
 from distill_watchdog.errors import ConfigError
-from distill_watchdog.loop.child import ChildWorker, write_settings
+from distill_watchdog.loop.monitor import process as monitor_process
 from distill_watchdog.shadow.teachers.pool import TeacherProcesses
 
 from support import eventually
@@ -79,18 +79,16 @@ def test_teacher_processes_call_at_idle_priority_and_insert_at_nice_19() -> None
 @needs_two
 def test_monitor_child_runs_on_the_background_cpus_at_idle_priority(tmp_path: Path) -> None:
     settings = load_settings(None, data_dir=str(tmp_path / "data"))
-    worker = ChildWorker(
-        "distill_watchdog.loop.monitor.process",
-        write_settings(settings, tmp_path / "s.json"),
-        "idle",
-        [CPUS[-1]],
+    losses = metrics.scheduler_errors_total.labels(task="monitor")
+    worker = procs.Worker(
+        "monitor", monitor_process.main, (settings.child_json(),), "idle", [CPUS[-1]], losses
     )
 
     async def scenario() -> tuple[set[int], int, int]:
         await worker.warm(120)
-        assert worker.proc is not None
+        assert worker.pid is not None
         try:
-            return _state(worker.proc.pid)
+            return _state(worker.pid)
         finally:
             await worker.close()
 

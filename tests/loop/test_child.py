@@ -1,53 +1,86 @@
-"""The monitor's child process: a crash or a hang is reported to the caller and the child restarts."""
+"""The monitor's kind of child (procs.Worker): an error answer leaves the child; a crash or a hang
+kills it, is counted, and the next call starts another."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
+import os
+import socket
+import time
+from typing import Any
 
 import pytest
 
-from distill_watchdog.loop.child import ChildFailed, ChildWorker
+from distill_watchdog.procs import ChildFailed, Worker, answer
 
 
-def test_child_crash_and_timeout_are_reported_then_it_restarts(tmp_path: Path) -> None:
-    settings = tmp_path / "s.json"
-    settings.write_text("{}")
-    module = tmp_path / "fake_worker.py"
-    module.write_text(
-        "import json, sys, time\n"
-        "print(json.dumps({'ok': True, 'ready': True}), flush=True)\n"
-        "for line in sys.stdin:\n"
-        "    op = json.loads(line)['op']\n"
-        "    if op == 'crash': sys.exit(3)\n"
-        "    if op == 'hang': time.sleep(60)\n"
-        "    print(json.dumps({'ok': op == 'cycle', 'result': {'n': 1}, 'error': 'bad op'}), flush=True)\n"
-    )
-    sys.path.insert(0, str(tmp_path))
+def _fake(sock: socket.socket, start_fails: bool, parent: int) -> None:
+    def handle(request: Any) -> dict[str, int]:
+        if request == "crash":
+            os._exit(3)
+        if request == "hang":
+            time.sleep(60)
+        if request != "cycle":
+            raise ValueError("bad op")
+        return {"n": 1}
+
+    def start() -> Any:
+        if start_fails:
+            raise RuntimeError("no store")
+        return handle
+
+    answer(sock, start)
+
+
+class _Count:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+def test_child_crash_and_timeout_are_counted_then_it_restarts() -> None:
+    losses = _Count()
 
     async def scenario() -> None:
-        worker = ChildWorker("fake_worker", settings)
+        worker = Worker("fake", _fake, (False,), "idle", None, losses)
         try:
-            assert await worker.call({"op": "cycle"}, 30) == {"n": 1}
-            first = worker.proc
+            assert await worker.call("cycle", 60) == {"n": 1}
+            first = worker.pid
+            with open(f"/proc/{first}/comm") as fh:
+                assert fh.read().strip() == "fake"  # its kind, as `ps` shows it
             with pytest.raises(ChildFailed, match="bad op"):
-                await worker.call({"op": "other"}, 30)
-            with pytest.raises(ChildFailed, match="exited"):
-                await worker.call({"op": "crash"}, 30)
+                await worker.call("other", 30)
+            assert worker.pid == first and losses.value == 0  # an error answer keeps the child
+            with pytest.raises(ChildFailed, match=r"exited \(code 3\)"):
+                await worker.call("crash", 30)
+            assert worker.child is None and losses.value == 1
+            assert await worker.call("cycle", 60) == {"n": 1}
+            second = worker.pid
+            assert second != first
             with pytest.raises(TimeoutError):
-                await worker.call({"op": "hang"}, 0.5)
-            assert await worker.call({"op": "cycle"}, 30) == {"n": 1}
-            assert worker.proc is not first  # restarted after the crash and the hang
+                await worker.call("hang", 0.5)
+            assert losses.value == 2
+            with pytest.raises(ProcessLookupError):
+                os.kill(second, 0)  # killed and reaped
+            assert await worker.call("cycle", 60) == {"n": 1}
+            assert worker.pid not in (first, second)
         finally:
             await worker.close()
 
-    import os
+    asyncio.run(scenario())
 
-    env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env_path}"
-    try:
-        asyncio.run(scenario())
-    finally:
-        os.environ["PYTHONPATH"] = env_path
-        sys.path.remove(str(tmp_path))
+
+def test_a_child_whose_set_up_fails_says_why_and_warm_leaves_it_for_the_next_call() -> None:
+    losses = _Count()
+
+    async def scenario() -> None:
+        worker = Worker("fake", _fake, (True,), "idle", None, losses)
+        await worker.warm(60)
+        assert worker.child is None and losses.value == 0
+        with pytest.raises(ChildFailed, match="could not start: RuntimeError: no store"):
+            await worker.call("cycle", 60)
+        assert worker.child is None and losses.value == 1
+
+    asyncio.run(scenario())

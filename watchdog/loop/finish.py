@@ -121,7 +121,7 @@ def _judge_all(settings: Any, run_dir: Path, parent: Any, weak: list[str], store
 def _drift(
     settings: Any, registry: Any, run: Any, hold: Any, before: np.ndarray, card: Any
 ) -> dict[str, Any]:
-    from distill_watchdog.loop.monitor.drift import evidently_report
+    from distill_watchdog.loop.monitor.drift import Comparison, evidently_report
     from distill_watchdog.loop.monitor.reference import load_reference
 
     detail = orjson.loads(run.detail_json)
@@ -129,16 +129,16 @@ def _drift(
     try:
         reference = load_reference(settings, registry, run.parent_version)
         if reference is not None:
-            drift["evidently"] = evidently_report(
-                reference[0],
-                reference[1],
+            cfg = settings.monitor
+            compared = Comparison(
+                *reference,
                 hold.x,
                 before.argmax(1),
-                settings.monitor.drift_method,
-                settings.monitor.drift_threshold,
-                Path(run.run_dir) / "drift.html",
+                cfg.drift_method,
+                cfg.drift_threshold,
                 card.feature_names,
             )
+            drift["evidently"] = evidently_report(compared, Path(run.run_dir) / "drift.html")
     except Exception as exc:  # the report still stands without Evidently's page
         drift["evidently_error"] = f"{type(exc).__name__}: {exc}"
     return drift

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 import uuid
@@ -22,11 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from distill_watchdog import background, metrics
+from distill_watchdog import metrics, procs
 from distill_watchdog.background import Priority
 from distill_watchdog.loop.artifacts import compress_drift_page
 from distill_watchdog.loop.build import launch_argv
-from distill_watchdog.loop.child import CHILD_ENV
 from distill_watchdog.loop.monitor.reference import write_reference
 from distill_watchdog.store.tables import DistillRun
 
@@ -58,7 +56,6 @@ class RunManager:
         self.settings = daemon.settings
         self.settings_file = settings_file
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self.procs: dict[str, asyncio.subprocess.Process] = {}
 
     # --- helpers ---------------------------------------------------------------------------------
 
@@ -140,9 +137,7 @@ class RunManager:
                 run_id,
             ]
             try:
-                await self._spawn(
-                    run_id, argv, run_dir / "build.log", FINISH_TIMEOUT_S, "building the job", "idle"
-                )
+                await self._spawn(argv, run_dir / "build.log", FINISH_TIMEOUT_S, "building the job", "idle")
             except RunError:
                 if (run_dir / "waiting.json").exists():
                     await self._wait_for_data(run_id, run_dir)
@@ -167,35 +162,18 @@ class RunManager:
             self.tasks.pop(run_id, None)
 
     async def _spawn(
-        self, run_id: str, argv: list[str], log_path: Path, timeout: float, what: str, priority: Priority
+        self, argv: list[str], log_path: Path, timeout: float, what: str, priority: Priority
     ) -> None:
-        """Runs one child in its own process group, on the background CPUs at `priority`; a timeout
-        kills the whole group."""
-        with open(log_path, "ab") as out:
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    cwd=str(log_path.parent),
-                    env={**os.environ, **CHILD_ENV},
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise RunError(f"{what}: cannot start {argv[0]!r} ({exc.strerror})") from None
-            background.apply(proc.pid, priority, self.settings.server.background_cpus)
-            self.procs[run_id] = proc
-            try:
-                code = await asyncio.wait_for(proc.wait(), timeout)
-            except (TimeoutError, asyncio.CancelledError) as exc:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                await proc.wait()
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                raise RunError(f"{what}: timed out after {timeout:g} s") from None
-            finally:
-                self.procs.pop(run_id, None)
+        """Runs one step of the run (procs.run_step, on the background CPUs at `priority`); a step
+        that cannot start, times out or exits non-zero raises RunError."""
+        try:
+            code = await procs.run_step(
+                argv, log_path, timeout, priority, self.settings.server.background_cpus
+            )
+        except TimeoutError:  # before OSError, its base class
+            raise RunError(f"{what}: timed out after {timeout:g} s") from None
+        except OSError as exc:
+            raise RunError(f"{what}: cannot start {argv[0]!r} ({exc.strerror})") from None
         if code != 0:
             tail = _tail(log_path)
             raise RunError(f"{what}: exit code {code}" + (f": {tail}" if tail else ""))
@@ -206,9 +184,7 @@ class RunManager:
         if out_name == "out":
             await self._db(self.daemon.store.update_run, run_id, detail={"argv": argv})
         log_name = "train.log" if out_name == "out" else f"train-{out_name}.log"
-        await self._spawn(
-            run_id, argv, run_dir / log_name, self.settings.distill.timeout_s, "training", "reduced"
-        )
+        await self._spawn(argv, run_dir / log_name, self.settings.distill.timeout_s, "training", "reduced")
         for name in ("student.onnx", "card.json", "result.json"):
             if not (out / name).exists():
                 raise RunError(f"training: finished without writing {name}")
@@ -220,7 +196,7 @@ class RunManager:
             return
         argv = [sys.executable, "-m", "distill_watchdog.loop.widen", "--settings", str(self.settings_file)]
         await self._spawn(
-            run_id, [*argv, "--run", run_id], run_dir / "widen.log", FINISH_TIMEOUT_S, "widening", "idle"
+            [*argv, "--run", run_id], run_dir / "widen.log", FINISH_TIMEOUT_S, "widening", "idle"
         )
         planned = orjson.loads((run_dir / "widen.json").read_bytes())
         for variant in planned["variants"]:
@@ -241,7 +217,7 @@ class RunManager:
             "--run",
             run_id,
         ]
-        await self._spawn(run_id, argv, run_dir / "finish.log", FINISH_TIMEOUT_S, "gates", "reduced")
+        await self._spawn(argv, run_dir / "finish.log", FINISH_TIMEOUT_S, "gates", "reduced")
 
     async def _decide(self, run_id: str, run_dir: Path) -> None:
         store, registry = self.daemon.store, self.daemon.registry

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from distill_watchdog import metrics
+from distill_watchdog import metrics, procs
 from distill_watchdog.loop import policy
 from distill_watchdog.loop.artifacts import prune_runs
-from distill_watchdog.loop.child import ChildFailed, ChildWorker, write_settings
+from distill_watchdog.loop.monitor import process as monitor_process
 from distill_watchdog.loop.monitor.stats import top_slices
 from distill_watchdog.loop.runs import RunManager
 
@@ -70,7 +70,7 @@ class Scheduler:
         self.daemon: Daemon | None = None
         self.lock: LeaderLock | None = None
         self.is_leader = False
-        self.worker: ChildWorker | None = None
+        self.worker: procs.Worker | None = None  # the monitor's child
         self.runs: RunManager | None = None
         self.last_cycle: dict[str, Any] | None = None
         self.last_decision: policy.Decision | None = None
@@ -79,9 +79,16 @@ class Scheduler:
     async def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
         settings = daemon.settings
-        settings_file = write_settings(settings, settings.data_dir / "run" / f"settings-{os.getpid()}.json")
-        self.worker = ChildWorker(
-            "distill_watchdog.loop.monitor.process", settings_file, "idle", settings.server.background_cpus
+        settings_file = procs.write_settings(
+            settings, settings.data_dir / "run" / f"settings-{os.getpid()}.json"
+        )
+        self.worker = procs.Worker(
+            "monitor",
+            monitor_process.main,
+            (settings.child_json(),),
+            "idle",
+            settings.server.background_cpus,
+            metrics.scheduler_errors_total.labels(task="monitor"),
         )
         self.runs = RunManager(daemon, settings_file)
         daemon.runs = self.runs
@@ -155,19 +162,16 @@ class Scheduler:
             return None
         began = time.perf_counter()
         try:
-            if self.worker.proc is None:  # the child starts with the first cycle that has data to look at
+            if self.worker.child is None:  # the child starts with the first cycle that has data to look at
                 await self.worker.warm(settings.monitor.cycle_timeout_s)
                 began = time.perf_counter()
-            result = await self.worker.call({"op": "cycle"}, settings.monitor.cycle_timeout_s)
+            result = await self.worker.call("cycle", settings.monitor.cycle_timeout_s)
         except asyncio.CancelledError:  # the daemon is stopping
             return None
-        except TimeoutError:
+        except TimeoutError:  # the worker killed the child and logged it
             metrics.monitor_cycles_total.labels(outcome="timeout").inc()
-            log.error(
-                "monitor: cycle timed out after %g s; child restarted", settings.monitor.cycle_timeout_s
-            )
             return None
-        except ChildFailed as exc:
+        except procs.ChildFailed as exc:
             metrics.monitor_cycles_total.labels(outcome="failed").inc()
             log.error("monitor: cycle failed: %s", exc)
             return None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from distill_watchdog.config import Settings
-from distill_watchdog.loop.monitor.drift import column_drift
+from distill_watchdog.loop.monitor.drift import Comparison, column_drift
 from distill_watchdog.loop.monitor.memory import peak_rss_bytes, reset_peak_rss
 from distill_watchdog.loop.monitor.reference import load_reference
 from distill_watchdog.loop.monitor.stats import bounded_slices, slice_table, weak_slices
@@ -88,7 +88,7 @@ def _drift(
     for label, rows in scopes.items():
         idx = _drift_rows(rows, cfg.drift_sample, rng)
         drift[label] = column_drift(
-            ref_x, ref_pred, w.x[idx], pred[idx], cfg.drift_method, cfg.drift_threshold, names
+            Comparison(ref_x, ref_pred, w.x[idx], pred[idx], cfg.drift_method, cfg.drift_threshold, names)
         )
         drift[label]["window_rows"] = int(len(rows))
     return drift

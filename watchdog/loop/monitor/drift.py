@@ -7,25 +7,34 @@ Evidently Report (with its HTML) runs for a redistillation's report, in that run
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-def _columns(num: int, names: list[str] | None) -> list[str]:
-    return list(names) if names and len(names) == num else [f"f{i}" for i in range(num)]
+@dataclass(frozen=True)
+class Comparison:
+    """What a drift test compares: the reference's rows and predicted classes against the current
+    ones, with the test (`method` None: Evidently's choice per column; `threshold` None: the test's
+    own) and the feature names (None, or a wrong count: f0, f1, ...)."""
+
+    ref_x: np.ndarray
+    ref_pred: np.ndarray
+    cur_x: np.ndarray
+    cur_pred: np.ndarray
+    method: str | None
+    threshold: float | None
+    names: list[str] | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        num = self.ref_x.shape[1]
+        return list(self.names) if self.names and len(self.names) == num else [f"f{i}" for i in range(num)]
 
 
-def column_drift(
-    ref_x: np.ndarray,
-    ref_pred: np.ndarray,
-    cur_x: np.ndarray,
-    cur_pred: np.ndarray,
-    method: str | None,
-    threshold: float | None,
-    names: list[str] | None = None,
-) -> dict[str, Any]:
+def column_drift(c: Comparison) -> dict[str, Any]:
     """Share of drifted feature columns, and the prediction column's drift (Evidently stat tests).
 
     `method` None lets Evidently pick each column's test by the reference's size and the number
@@ -37,23 +46,23 @@ def column_drift(
     from evidently.legacy.calculations.stattests.registry import get_stattest
     from evidently.legacy.core import ColumnType
 
-    cols = _columns(ref_x.shape[1], names)
+    cols = c.columns
     drifted, scores, used = [], {}, {}
     for i, name in enumerate(cols):
-        ref, cur = pd.Series(ref_x[:, i]), pd.Series(cur_x[:, i])
-        test = get_stattest(ref, cur, ColumnType.Numerical, method)
-        res = test(ref, cur, ColumnType.Numerical, threshold)
+        ref, cur = pd.Series(c.ref_x[:, i]), pd.Series(c.cur_x[:, i])
+        test = get_stattest(ref, cur, ColumnType.Numerical, c.method)
+        res = test(ref, cur, ColumnType.Numerical, c.threshold)
         scores[name] = float(res.drift_score)
         used[test.name] = used.get(test.name, 0) + 1
         if res.drifted:
             drifted.append(name)
-    ref_p, cur_p = pd.Series(ref_pred.astype(str)), pd.Series(cur_pred.astype(str))
-    ptest = get_stattest(ref_p, cur_p, ColumnType.Categorical, method)
-    pres = ptest(ref_p, cur_p, ColumnType.Categorical, threshold)
+    ref_p, cur_p = pd.Series(c.ref_pred.astype(str)), pd.Series(c.cur_pred.astype(str))
+    ptest = get_stattest(ref_p, cur_p, ColumnType.Categorical, c.method)
+    pres = ptest(ref_p, cur_p, ColumnType.Categorical, c.threshold)
     top = sorted(scores.items(), key=lambda kv: -abs(kv[1]))[:5]
     return {
-        "method": method or "auto",
-        "threshold": threshold,
+        "method": c.method or "auto",
+        "threshold": c.threshold,
         "tests": used,
         "columns": len(cols),
         "drifted_columns": len(drifted),
@@ -61,26 +70,17 @@ def column_drift(
         "prediction_score": float(pres.drift_score),
         "prediction_drifted": bool(pres.drifted),
         "top_columns": [{"column": k, "score": v} for k, v in top],
-        "rows": int(len(cur_x)),
+        "rows": int(len(c.cur_x)),
     }
 
 
-def evidently_report(
-    ref_x: np.ndarray,
-    ref_pred: np.ndarray,
-    cur_x: np.ndarray,
-    cur_pred: np.ndarray,
-    method: str | None,
-    threshold: float | None,
-    html_path: Path,
-    names: list[str] | None = None,
-) -> dict[str, Any]:
+def evidently_report(c: Comparison, html_path: Path) -> dict[str, Any]:
     """The full Evidently DataDriftPreset report; writes its HTML and returns the drifted share."""
     import pandas as pd
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    cols = _columns(ref_x.shape[1], names)
+    cols = c.columns
 
     def frame(x: np.ndarray, pred: np.ndarray) -> pd.DataFrame:
         df = pd.DataFrame(x, columns=cols)
@@ -88,9 +88,9 @@ def evidently_report(
         return df
 
     definition = DataDefinition(numerical_columns=cols, categorical_columns=["prediction"])
-    snapshot = Report([DataDriftPreset(method=method, threshold=threshold)]).run(
-        Dataset.from_pandas(frame(cur_x, cur_pred), data_definition=definition),
-        Dataset.from_pandas(frame(ref_x, ref_pred), data_definition=definition),
+    snapshot = Report([DataDriftPreset(method=c.method, threshold=c.threshold)]).run(
+        Dataset.from_pandas(frame(c.cur_x, c.cur_pred), data_definition=definition),
+        Dataset.from_pandas(frame(c.ref_x, c.ref_pred), data_definition=definition),
     )
     html_path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_html(str(html_path))

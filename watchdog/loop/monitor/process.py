@@ -1,56 +1,43 @@
-"""The monitor's child process: imports the heavy libraries once, then answers one cycle per line.
+"""The monitor's child process: imports the heavy libraries once, then answers one cycle per request.
 
-Protocol: the parent writes `{"op": "cycle"}` lines to stdin; the child answers one JSON line
-on stdout (`{"ok": true, "result": {...}}` or `{"ok": false, "error": "..."}`). Logs go to
-stderr. It runs at lower CPU priority so the serving process keeps its latency.
+A `procs.Worker` of the scheduler's (procs.py): each request `"cycle"` gets the cycle's result,
+or its error as text. It runs on the background CPUs at SCHED_IDLE, set by the daemon when it
+starts this process, so that serving keeps its latency.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import traceback
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from distill_watchdog.procs import CHILD_ENV, answer, die_with
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--settings", required=True, help="JSON dump of the daemon's settings")
-    args = parser.parse_args()
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # Its CPUs and idle priority are set by the daemon when it starts this process (background.py).
+def main(sock: socket.socket, settings_json: str, parent: int) -> None:
+    """The child's whole life (spawned): one thread per math library, then `answer` cycles."""
+    os.environ.update(CHILD_ENV)  # before numpy and the rest are imported
+    die_with(parent)
+    answer(sock, lambda: _start(settings_json))
+
+
+def _start(settings_json: str) -> Callable[[Any], dict[str, Any]]:
     from distill_watchdog.config import Settings
+    from distill_watchdog.logs import setup_logging
     from distill_watchdog.loop.monitor import drift  # noqa: F401  (warm the imports before the first cycle)
     from distill_watchdog.loop.monitor.cycle import run_cycle
     from distill_watchdog.registry import Registry
     from distill_watchdog.store import Store
 
-    with open(args.settings) as fh:
-        settings = Settings(**json.load(fh))
+    settings = Settings.model_validate_json(settings_json)
+    setup_logging(settings.server.log_format)
     store = Store(settings.store_url)
     registry = Registry(store, settings.models_dir, ort_threads=1)
-    out = sys.stdout
-    sys.stdout = sys.stderr  # stray prints must not break the protocol
-    out.write(json.dumps({"ok": True, "ready": True}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            if request.get("op") != "cycle":
-                raise ValueError(f"unknown op {request.get('op')!r}")
-            answer = {"ok": True, "result": run_cycle(settings, store, registry)}
-        except Exception as exc:
-            traceback.print_exc()
-            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        import orjson
 
-        out.write(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode())
-        out.write("\n")
-        out.flush()
+    def cycle(request: Any) -> dict[str, Any]:
+        if request != "cycle":
+            raise ValueError(f"unknown request {request!r}")
+        return run_cycle(settings, store, registry)
 
-
-if __name__ == "__main__":
-    main()
+    return cycle

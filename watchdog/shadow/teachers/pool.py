@@ -23,7 +23,16 @@ from typing import Any
 import numpy as np
 
 from distill_watchdog.config import TeacherConfig
-from distill_watchdog.procs import HEADER, START_TIMEOUT_S, Restarts, Spawned, die_with, frame, receive, spawn
+from distill_watchdog.procs import (
+    START_TIMEOUT_S,
+    Restarts,
+    Spawned,
+    answer,
+    die_with,
+    frame,
+    receive,
+    spawn,
+)
 
 Result = tuple[str, Any, Any]  # ("ok", probs, version) | ("fail", outcome, message)
 
@@ -95,28 +104,15 @@ def _predict(name: str, x: np.ndarray) -> Result:
 _OPS = {"predict": _predict, "store": _store_rows}
 
 
-def _send(sock: socket.socket, message: Any) -> None:
-    sock.sendall(frame(message))
-
-
 def _serve(sock: socket.socket, configs: list[dict[str, Any]], parent: int, cpus: list[int] | None) -> None:
     """The child's whole life: build the adapters, say so, then answer requests until EOF."""
-    try:
+
+    def start() -> Any:
         _init(configs, parent, cpus)
-    except BaseException as exc:
-        _send(sock, ("raised", f"{type(exc).__name__}: {exc}"[:500]))
-        return
-    _send(sock, ("ready", os.getpid()))
-    stream = sock.makefile("rb")
-    while True:
-        head = stream.read(HEADER.size)
-        if len(head) < HEADER.size:
-            return  # the daemon closed its end (or died)
-        op, args = pickle.loads(stream.read(HEADER.unpack(head)[0]))
-        try:
-            _send(sock, ("ok", _OPS[op](*args)))
-        except Exception as exc:  # a bug here must cost one answer, not the child
-            _send(sock, ("raised", f"{type(exc).__name__}: {exc}"[:500]))
+        return lambda request: _OPS[request[0]](*request[1])
+
+    with contextlib.suppress(Exception):  # a failed start is sent to the daemon (procs.answer)
+        answer(sock, start)
 
 
 # --- the daemon's side ----------------------------------------------------------------------
