@@ -17,8 +17,9 @@ set) and the timing knobs `monitor.interval_s`, `monitor.window`, `policy.cooldo
 
 Per scenario: a clean phase (does a promotion on clean traffic lower accuracy?) that ends once
 no run is in progress, then the shift until a candidate is promoted. `--limit-shifted 100`
-sends only the first 100 shifted rows of source c, and runs each scenario twice, with
-`policy.synthesis` on and off (issue 33).
+sends only the first 100 shifted rows of source c (a small source in those runs: 3 rows a
+step against 30 from a and b), and runs each scenario twice, with `policy.synthesis` on and
+off (issue 33).
 
 Usage: .venv/bin/python bench/loop_suite.py [--cases a,b] [--limit-shifted N] [--no-record]
 """
@@ -48,7 +49,7 @@ from distill_watchdog.demo import ServeProcess, teacher_probs, train_classifier
 
 SOURCES = ("a", "b", "c")
 TOKEN = "suite-admin-token-0001"
-TIMING = {"interval_s": 5.0, "window": 1500}
+TIMING = {"interval_s": 5.0}  # monitor.window: the default (5,000 rows)
 
 
 @dataclass
@@ -310,16 +311,27 @@ def _runs(client: httpx.Client, url: str) -> list[dict[str, Any]]:
     return client.get(f"{url}/admin/runs", headers={"Authorization": f"Bearer {TOKEN}"}).json()["runs"]
 
 
+SLOW_C = 3  # rows per step of source c in the limited runs (a and b send 30)
+
+
 def _step(client: httpx.Client, url: str, pools: Pools, i: int, shifted: bool, limit: int | None) -> None:
+    """One step of traffic: 30 rows from each source (`i`: rows each source sent before). In a
+    limited run source c is a small source (SLOW_C rows a step), and stops after `limit`
+    shifted rows: its first post-shift rows are all a run can learn from."""
     for k, source in enumerate(SOURCES):
+        n = 30
+        if source == "c" and limit is not None:
+            n = SLOW_C
+            if shifted:
+                sent = i // 30 * SLOW_C
+                n = max(0, min(SLOW_C, limit - sent))
+        if n == 0:
+            continue
         if source == "c" and shifted:
-            if limit is not None and i >= limit:
-                continue
-            n = 30 if limit is None else min(30, limit - i)
-            rows = np.arange(i, i + n) % len(pools.shifted[0])
-            x = pools.shifted[0][rows]
+            start = i if limit is None else i // 30 * SLOW_C
+            x = pools.shifted[0][np.arange(start, start + n) % len(pools.shifted[0])]
         else:
-            rows = np.arange(i + k * 997, i + k * 997 + 30) % len(pools.traffic[0])
+            rows = np.arange(i + k * 997, i + k * 997 + n) % len(pools.traffic[0])
             x = pools.traffic[0][rows]
         client.post(
             f"{url}/v1/predict", json={"inputs": x.tolist(), "slice": {"source": source}}
@@ -355,10 +367,18 @@ def _settled(client: httpx.Client, url: str, runs: list[dict[str, Any]]) -> bool
 
 
 def _traffic_until(
-    client: httpx.Client, url: str, pools: Pools, seconds: float, shifted: bool, limit: int | None, stop: Any
+    client: httpx.Client,
+    url: str,
+    pools: Pools,
+    seconds: float,
+    shifted: bool,
+    limit: int | None,
+    stop: Any,
+    start: int = 0,
 ) -> tuple[int, Any]:
-    """Sends traffic (about 90 rows per step) until `stop(runs)` says something or time is up."""
-    i, deadline = 0, time.monotonic() + seconds
+    """Sends traffic (about 90 rows per step) until `stop(runs)` says something or time is up;
+    `start`: where an earlier call of the same phase stopped."""
+    i, deadline = start, time.monotonic() + seconds
     while time.monotonic() < deadline:
         _step(client, url, pools, i, shifted, limit)
         i += 30
@@ -397,12 +417,11 @@ def run_case(
         def promoted(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             return next((r for r in runs if r["status"] == "promoted" and r["id"] not in seen), None)
 
-        _, run = _traffic_until(client, url, pools, 420, True, limit, promoted)
+        sent, run = _traffic_until(client, url, pools, 420, True, limit, promoted)
         took = time.monotonic() - shift_at
         if run is not None:  # the loop goes on until the weak slice is gone or 5 min have passed
-            _traffic_until(
-                client, url, pools, SETTLE_S - took, True, limit, lambda runs: _settled(client, url, runs)
-            )
+            settled = lambda runs: _settled(client, url, runs)  # noqa: E731
+            _traffic_until(client, url, pools, SETTLE_S - took, True, limit, settled, sent)
         all_runs = [
             {"id": r["id"], "status": r["status"], "error": r.get("error")} for r in _runs(client, url)
         ]
@@ -505,7 +524,7 @@ def main() -> None:
         "Targets: promoted <= 5 min after the shift; >= 80% of the lost agreement recovered on the shifted "
         "source; other sources >= -1 pt accuracy; no promotion on clean traffic that lowers accuracy. "
         "Probe rows are never sent as traffic. Config: defaults + wiring + monitor.interval_s 5, "
-        "monitor.window 1500, policy.cooldown_s 0, policy.auto_promote true. "
+        "policy.cooldown_s 0, policy.auto_promote true (monitor.window: the default). "
         f"Load average (1 min) at the start and end: {load[0]:.1f}, {os.getloadavg()[0]:.1f}."
     )
     record("loop_suite", title, command_line(), table, notes, data=results)
