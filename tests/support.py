@@ -407,43 +407,31 @@ def _dumps(value: Any) -> str:
 
 
 def add_samples(store: Any, records: list[SampleRecord]) -> int:
-    """Inserts rows built one by one (each with its own id), in one transaction."""
-    from sqlalchemy import insert
-
-    from distill_watchdog.store.tables import Sample, TeacherOutput
+    """Inserts rows built one by one, in one transaction; the store assigns their keys (each
+    record's `id` only ties its teachers' answers to it here)."""
+    from distill_watchdog.store.rows import SAMPLE_COLUMNS, insert_rows
     from distill_watchdog.store.vectors import to_blob
 
     samples = [
-        {
-            "id": r.id,
-            "request_id": r.request_id,
-            "at": r.at,
-            "features": to_blob(r.features),
-            "student_probs": to_blob(r.student_probs),
-            "student_version": r.student_version,
-            "slice_json": _dumps(r.slices),
-            "quarantined": r.quarantined,
-        }
+        (
+            r.request_id,
+            r.at,
+            to_blob(r.features),
+            to_blob(r.student_probs),
+            r.student_version,
+            _dumps(r.slices),
+            r.quarantined,
+        )
         for r in records
     ]
     outputs = [
-        {
-            "sample_id": r.id,
-            "teacher": name,
-            "version": version,
-            "probs": None if probs is None else to_blob(probs),
-            "quarantined": quarantined,
-        }
-        for r in records
+        (j, name, version, None if probs is None else to_blob(probs), quarantined)
+        for j, r in enumerate(records)
         for name, (version, probs, quarantined) in r.teachers.items()
     ]
 
     def op(session: Any) -> int:
-        if samples:
-            session.execute(insert(Sample), samples)
-        if outputs:
-            session.execute(insert(TeacherOutput), outputs)
-        return len(samples)
+        return len(insert_rows(session.connection(), SAMPLE_COLUMNS, samples, outputs))
 
     return store.db.retry("add_samples", op)
 
@@ -505,8 +493,6 @@ def sample_columns(store: Any, limit: int, since: float | None = None) -> Any:
 
     out = SampleColumns()
     for cols in store.sample_chunks(limit, since):
-        offset = len(out.ids)
-        for name in ("ids", "at", "features", "student_probs", "student_versions", "slices", "labels"):
+        for name in SampleColumns.__dataclass_fields__:
             getattr(out, name).extend(getattr(cols, name))
-        out.outputs.extend((i + offset, *rest) for i, *rest in cols.outputs)
     return out

@@ -8,7 +8,9 @@ per row (D features, C classes), e.g. 0.5 GB at 1M rows of 64 features and 10 cl
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import orjson
@@ -16,6 +18,8 @@ import orjson
 from ..config import Settings
 from ..store import SampleColumns, Store
 from ..store.vectors import DTYPE, from_blobs
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
@@ -141,12 +145,20 @@ class WindowBuilder:
         self.codes = np.empty(n, np.int32)
         self.versions = np.empty(n, dtype=object)
 
-    def _slice_code(self, text: str) -> int:
-        code = self.kinds.get(text)
-        if code is None:
-            code = self.kinds[text] = len(self.kind_labels)
+    def _codes(self, texts: list[str]) -> np.ndarray:
+        """Each slice text's code (a new code per text not seen before), without a call per row."""
+        kinds = self.kinds
+        for text in set(texts).difference(kinds):
+            kinds[text] = len(self.kind_labels)
             self.kind_labels.append([f"{k}={v}" for k, v in sorted(orjson.loads(text).items())])
-        return code
+        return np.fromiter(map(kinds.__getitem__, texts), np.int32, len(texts))
+
+    def _shared(self, versions: list[str]) -> list[str]:
+        """The versions with one string object per distinct value (a million rows share a few)."""
+        shared = self.version_of
+        for v in set(versions).difference(shared):
+            shared[v] = v
+        return list(map(shared.__getitem__, versions))
 
     def add(self, cols: SampleColumns) -> None:
         """Copies one chunk (newest first) into the arrays; rows beyond `limit` are ignored."""
@@ -158,48 +170,57 @@ class WindowBuilder:
         if not hasattr(self, "x"):
             self._allocate()
         fb, cb = self.d * DTYPE.itemsize, self.c * DTYPE.itemsize
-        rows = [
-            i
-            for i, (f, p) in enumerate(zip(cols.features, cols.student_probs, strict=True))
-            if len(f) == fb and len(p) == cb
-        ][: self.limit - self.n]
-        if not rows:
+        n = len(cols.ids)
+        fits = (_lengths(cols.features) == fb) & (_lengths(cols.student_probs) == cb)
+        rows = np.flatnonzero(fits)[: self.limit - self.n]
+        if not len(rows):
             return
+        every = len(rows) == n
+
+        def pick(values: list) -> list:  # type: ignore[type-arg]
+            return values if every else [values[i] for i in rows]
+
         start, m = self.n, len(rows)
         end = start + m
-        self.x[start:end] = from_blobs([cols.features[i] for i in rows], self.d)
-        self.student[start:end] = from_blobs([cols.student_probs[i] for i in rows], self.c)
-        self.at[start:end] = [cols.at[i] for i in rows]
-        self.labels[start:end] = [-1 if cols.labels[i] is None else cols.labels[i] for i in rows]
-        self.codes[start:end] = [self._slice_code(cols.slices[i]) for i in rows]
-        shared = self.version_of
-        self.versions[start:end] = [shared.setdefault(v, v) for v in (cols.student_versions[i] for i in rows)]
-        self._add_outputs(cols, rows, start, cb)
+        self.x[start:end] = from_blobs(pick(cols.features), self.d)
+        self.student[start:end] = from_blobs(pick(cols.student_probs), self.c)
+        self.at[start:end] = pick(cols.at)
+        labels = np.array(pick(cols.labels), np.float64)  # None -> NaN
+        self.labels[start:end] = np.where(np.isnan(labels), -1, labels)
+        self.codes[start:end] = self._codes(pick(cols.slices))
+        self.versions[start:end] = self._shared(pick(cols.student_versions))
+        place = np.full(n, -1, np.int64)
+        place[rows] = np.arange(start, end)
+        self._add_outputs(cols, place, cb)
         self.n = end
 
-    def _add_outputs(self, cols: SampleColumns, rows: list[int], start: int, cb: int) -> None:
-        place = np.full(len(cols.ids), -1, np.int64)
-        place[rows] = np.arange(start, start + len(rows))
-        usable: dict[str, tuple[list[int], list[bytes]]] = {}
-        versions: dict[tuple[str, str], list[int]] = {}
-        for i, name, version, quarantined, probs in cols.outputs:
-            j = place[i]
-            if j < 0:
-                continue
+    def _add_outputs(self, cols: SampleColumns, place: np.ndarray, cb: int) -> None:
+        """Adds each answer to its row's weighted mix, per teacher, and notes the versions seen."""
+        if not cols.outputs:
+            return
+        sample_ids, names, versions, quarantined, probs = zip(*cols.outputs, strict=True)
+        ids = np.asarray(cols.ids, np.int64)
+        by_id = np.argsort(ids)
+        found = by_id[np.searchsorted(ids, np.asarray(sample_ids, np.int64), sorter=by_id)]
+        at = place[found]  # each answer's place in the window, -1 for rows not taken
+        taken = at >= 0
+        usable = taken & ~np.asarray(quarantined, bool) & (_lengths(probs) == cb)
+        teacher, called = _factor(names), _factor(versions)
+        width = len(called.labels)
+        pair = teacher.codes * width + called.codes
+        for code in np.unique(pair[taken]):
+            name, version = teacher.labels[code // width], called.labels[code % width]
             if version:
-                versions.setdefault((name, version), []).append(j)
-            if not quarantined and probs is not None and len(probs) == cb:
-                found = usable.setdefault(name, ([], []))
-                found[0].append(j)
-                found[1].append(probs)
-        for key, index in versions.items():
-            self.seen_versions.setdefault(key, []).append(np.asarray(index, np.int64))
-        for name in sorted(usable):
-            index, blobs = usable[name]
-            w = self.weights.get(name, 1.0)
-            at = np.asarray(index, np.int64)
-            self.mix[at] += from_blobs(blobs, self.c) * w  # one answer per teacher and row
-            self.weight[at] += w
+                self.seen_versions.setdefault((name, version), []).append(at[taken & (pair == code)])
+        for code in np.argsort(teacher.labels):  # teachers in name order, as the sums always were
+            index = np.flatnonzero(usable & (teacher.codes == code))
+            if not len(index):
+                continue
+            w = self.weights.get(teacher.labels[code], 1.0)
+            rows = at[index]
+            # one answer per teacher and row: no index repeats within one assignment
+            self.mix[rows] += from_blobs([probs[i] for i in index], self.c) * w
+            self.weight[rows] += w
 
     def finish(self) -> Window:
         n = self.n
@@ -227,6 +248,26 @@ class WindowBuilder:
             teacher_versions={k: sorted(v) for k, v in teacher_versions.items()},
             dropped_no_teacher=dropped,
         )
+
+
+def _lengths(blobs: Sequence[bytes | None]) -> np.ndarray:
+    """Bytes of each blob (0 for a missing one)."""
+    return np.fromiter((0 if b is None else len(b) for b in blobs), np.int64, len(blobs))
+
+
+@dataclass
+class _Factor(Generic[K]):
+    codes: np.ndarray  # per value, its index in `labels`
+    labels: list[K]
+
+
+def _factor(values: Sequence[K]) -> _Factor[K]:
+    """Distinct values and each value's code: a dict pass, for the few teachers of many rows."""
+    index: dict[K, int] = {}
+    for v in set(values):
+        index[v] = len(index)
+    labels = list(index)
+    return _Factor(np.fromiter(map(index.__getitem__, values), np.int64, len(values)), labels)
 
 
 def _empty(dropped: int) -> Window:
