@@ -7,8 +7,11 @@ per row (D features, C classes), e.g. 0.5 GB at 1M rows of 64 features and 10 cl
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -102,9 +105,34 @@ def read_window(
     """The newest `limit` unquarantined rows (at or after `since`), read chunk by chunk."""
     builder = WindowBuilder(limit, weights, features, classes)
     chunks = store.sample_chunks(limit, since=since, features=features, classes=classes, chunk=chunk)
-    for part in chunks:
-        builder.add(part)
+    with _no_cycle_collection():
+        for part in _read_ahead(chunks):
+            builder.add(part)
     return builder.finish()
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused while a window is read: the driver's rows (millions of
+    tuples, none in a cycle) set it off every few hundred rows, and each pass walked the live
+    ones again, which was most of a million-row read's CPU. Reference counting frees them."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _read_ahead(chunks: Iterator[SampleColumns]) -> Iterator[SampleColumns]:
+    """`chunks`, the next one read in a thread while the caller copies the one before: the
+    database's own work (SQLite's steps run without the GIL; PostgreSQL's server) overlaps it."""
+    with ThreadPoolExecutor(1, thread_name_prefix="window-read") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (part := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield part
 
 
 def window_from_columns(cols: SampleColumns, weights: dict[str, float]) -> Window:
@@ -116,6 +144,8 @@ def window_from_columns(cols: SampleColumns, weights: dict[str, float]) -> Windo
 class WindowBuilder:
     """Fills arrays sized for `limit` rows chunk by chunk, then keeps the rows a teacher answered.
 
+    Rows arrive newest first and are written from the arrays' end backwards, so a window read in
+    time order is already oldest first: its arrays are handed over without a reordering copy.
     Oldest first; each row's teacher distribution is the weighted mean of its usable answers
     (quarantined and failed ones skipped); rows with none are dropped and counted. Rows whose
     vectors are not `features`/`classes` wide (another model's) are skipped; unset, the newest
@@ -171,7 +201,7 @@ class WindowBuilder:
             self._allocate()
         fb, cb = self.d * DTYPE.itemsize, self.c * DTYPE.itemsize
         n = len(cols.ids)
-        fits = (_lengths(cols.features) == fb) & (_lengths(cols.student_probs) == cb)
+        fits = (_sizes(cols.features) == fb) & (_sizes(cols.student_probs) == cb)
         rows = np.flatnonzero(fits)[: self.limit - self.n]
         if not len(rows):
             return
@@ -180,19 +210,21 @@ class WindowBuilder:
         def pick(values: list) -> list:  # type: ignore[type-arg]
             return values if every else [values[i] for i in rows]
 
-        start, m = self.n, len(rows)
-        end = start + m
-        self.x[start:end] = from_blobs(pick(cols.features), self.d)
-        self.student[start:end] = from_blobs(pick(cols.student_probs), self.c)
-        self.at[start:end] = pick(cols.at)
-        labels = np.array(pick(cols.labels), np.float64)  # None -> NaN
-        self.labels[start:end] = np.where(np.isnan(labels), -1, labels)
-        self.codes[start:end] = self._codes(pick(cols.slices))
-        self.versions[start:end] = self._shared(pick(cols.student_versions))
+        # the chunk's rows, newest first, fill slots [first, last) from the end backwards
+        last = self.limit - self.n
+        first = last - len(rows)
+        back = slice(None, None, -1)
+        self.x[first:last] = from_blobs(pick(cols.features), self.d)[back]
+        self.student[first:last] = from_blobs(pick(cols.student_probs), self.c)[back]
+        self.at[first:last] = pick(cols.at)[back]
+        labels = np.array(pick(cols.labels)[back], np.float64)  # None -> NaN
+        self.labels[first:last] = np.where(np.isnan(labels), -1, labels)
+        self.codes[first:last] = self._codes(pick(cols.slices)[back])
+        self.versions[first:last] = self._shared(pick(cols.student_versions)[back])
         place = np.full(n, -1, np.int64)
-        place[rows] = np.arange(start, end)
+        place[rows] = np.arange(last - 1, first - 1, -1)
         self._add_outputs(cols, place, cb)
-        self.n = end
+        self.n += len(rows)
 
     def _add_outputs(self, cols: SampleColumns, place: np.ndarray, cb: int) -> None:
         """Adds each answer to its row's weighted mix, per teacher, and notes the versions seen."""
@@ -204,7 +236,7 @@ class WindowBuilder:
         found = by_id[np.searchsorted(ids, np.asarray(sample_ids, np.int64), sorter=by_id)]
         at = place[found]  # each answer's place in the window, -1 for rows not taken
         taken = at >= 0
-        usable = taken & ~np.asarray(quarantined, bool) & (_lengths(probs) == cb)
+        usable = taken & ~np.asarray(quarantined, bool) & (_sizes([p or b"" for p in probs]) == cb)
         teacher, called = _factor(names), _factor(versions)
         width = len(called.labels)
         pair = teacher.codes * width + called.codes
@@ -223,23 +255,28 @@ class WindowBuilder:
             self.weight[rows] += w
 
     def finish(self) -> Window:
-        n = self.n
+        n, first = self.n, self.limit - self.n
         if n == 0:
             return _empty(0)
-        keep = self.weight[:n] > 0
+        keep = self.weight > 0  # every slot; those never filled hold no weight
         dropped = n - int(keep.sum())
-        if not keep.any():
+        if dropped == n:
             return _empty(dropped)
-        kept = np.flatnonzero(keep)
-        order = kept[np.argsort(self.at[kept], kind="stable")]  # oldest first
+        at = self.at[first:]
+        if dropped == 0 and bool(np.all(at[1:] > at[:-1])):
+            order: slice | np.ndarray = slice(first, None)  # already oldest first: views, no copy
+        else:  # oldest first; rows of one time in the order they came (newest key first)
+            kept = first + np.flatnonzero(keep[first:])
+            order = kept[np.lexsort((-kept, self.at[kept]))]
         teacher_versions: dict[str, set[str]] = {}
         for (name, version), parts in self.seen_versions.items():
             if any(keep[p].any() for p in parts):
                 teacher_versions.setdefault(name, set()).add(version)
+        weight = self.weight[order]
         return Window(
             x=self.x[order],
             student=self.student[order].astype(np.float64),
-            teacher=self.mix[order] / self.weight[order, None],
+            teacher=self.mix[order] / weight[:, None],
             labels=self.labels[order],
             slice_codes=self.codes[order],
             slice_kinds=self.kind_labels,
@@ -250,9 +287,8 @@ class WindowBuilder:
         )
 
 
-def _lengths(blobs: Sequence[bytes | None]) -> np.ndarray:
-    """Bytes of each blob (0 for a missing one)."""
-    return np.fromiter((0 if b is None else len(b) for b in blobs), np.int64, len(blobs))
+def _sizes(blobs: Sequence[bytes]) -> np.ndarray:
+    return np.fromiter(map(len, blobs), np.int64, len(blobs))
 
 
 @dataclass
