@@ -436,6 +436,59 @@ def add_samples(store: Any, records: list[SampleRecord]) -> int:
     return store.db.retry("add_samples", op)
 
 
+def text_keyed_tables(vectors: str) -> Any:
+    """The sampled-row tables (SQLAlchemy metadata) as builds before integer keys created them:
+    32-character text row ids, vectors as JSON text (`"json"`, schema version 1, with the eval
+    set's table) or float32 bytes (`"bytes"`, version 2)."""
+    import sqlalchemy as sa
+
+    vector = sa.String if vectors == "json" else sa.LargeBinary
+    suffix = "_json" if vectors == "json" else ""
+    meta = sa.MetaData()
+    sa.Table(
+        "samples",
+        meta,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("request_id", sa.String(128), nullable=False, index=True),
+        sa.Column("at", sa.Float, nullable=False, index=True),
+        sa.Column(f"features{suffix}", vector, nullable=False),
+        sa.Column(f"student_probs{suffix}", vector, nullable=False),
+        sa.Column("student_version", sa.String(64), nullable=False),
+        sa.Column("slice_json", sa.String, nullable=False),
+        sa.Column("quarantined", sa.Boolean, nullable=False, index=True),
+        sa.Column("label", sa.Integer),
+        sa.Column("labelled_at", sa.Float),
+    )
+    sa.Table(
+        "teacher_outputs",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("sample_id", sa.String(32), nullable=False, index=True),
+        sa.Column("teacher", sa.String(200), nullable=False),
+        sa.Column("version", sa.String(200), nullable=False),
+        sa.Column(f"probs{suffix}", vector),
+        sa.Column("quarantined", sa.Boolean, nullable=False),
+    )
+    if vectors == "json":
+        sa.Table(
+            "eval_rows",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("teacher", sa.String(200), nullable=False, index=True),
+            sa.Column("ordinal", sa.Integer, nullable=False),
+            sa.Column("features_json", sa.String, nullable=False),
+            sa.Column("label", sa.Integer),
+            sa.Column("slice", sa.String(200), nullable=False),
+            sa.Column("probs_json", sa.String, nullable=False),
+            sa.Column("version", sa.String(200), nullable=False),
+            sa.Column("source", sa.String(16), nullable=False),
+        )
+    sa.Table(
+        "schema_info", meta, sa.Column("id", sa.Integer, primary_key=True), sa.Column("version", sa.Integer)
+    )
+    return meta
+
+
 def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
     """The newest unquarantined rows, newest first, each with its teachers' outputs."""
     import orjson

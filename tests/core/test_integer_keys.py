@@ -9,35 +9,9 @@ import sqlalchemy as sa
 from distill_watchdog.store import SCHEMA_VERSION, SampleBatch, Store, TeacherColumn, migrate
 from distill_watchdog.store.db import make_engine
 
-from support import recent_samples
+from support import recent_samples, text_keyed_tables
 
-# The version-2 tables of sampled rows, as that build created them.
-_V2 = sa.MetaData()
-sa.Table(
-    "samples",
-    _V2,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("request_id", sa.String(128), nullable=False, index=True),
-    sa.Column("at", sa.Float, nullable=False, index=True),
-    sa.Column("features", sa.LargeBinary, nullable=False),
-    sa.Column("student_probs", sa.LargeBinary, nullable=False),
-    sa.Column("student_version", sa.String(64), nullable=False),
-    sa.Column("slice_json", sa.String, nullable=False),
-    sa.Column("quarantined", sa.Boolean, nullable=False, index=True),
-    sa.Column("label", sa.Integer),
-    sa.Column("labelled_at", sa.Float),
-)
-sa.Table(
-    "teacher_outputs",
-    _V2,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("sample_id", sa.String(32), nullable=False, index=True),
-    sa.Column("teacher", sa.String(200), nullable=False),
-    sa.Column("version", sa.String(200), nullable=False),
-    sa.Column("probs", sa.LargeBinary),
-    sa.Column("quarantined", sa.Boolean, nullable=False),
-)
-sa.Table("schema_info", _V2, sa.Column("id", sa.Integer, primary_key=True), sa.Column("version", sa.Integer))
+_V2 = text_keyed_tables("bytes")  # the version-2 tables of sampled rows
 
 
 def _v2_store(url: str, n: int) -> dict[str, dict]:
