@@ -54,21 +54,43 @@ _OUTPUTS_BY_TIME = (
 _KEY_SPREAD = 4  # a chunk whose keys span more than this many times its rows is joined by time
 
 
-def _columns(session: Session, sql: str, params: tuple[Any, ...], mark: str) -> SampleColumns:
-    """One chunk of sampled rows as columns, with the teacher answers of those rows.
+@dataclass(slots=True)
+class _Page:
+    cols: SampleColumns  # the rows of the wanted shape, with their answers
+    read: int  # rows the query returned, of any shape
+    last: tuple[float, int] | None  # the (at, id) of the last of them: where the next page starts
+
+
+def _page(
+    session: Session, sql: str, params: tuple[Any, ...], mark: str, sizes: tuple[int | None, int | None]
+) -> _Page:
+    """One chunk of sampled rows as columns, with the teacher answers of those rows; with
+    `sizes` (bytes of features, of student probabilities), only rows of that shape.
 
     Through the driver's own cursor: plain tuples, no per-row result objects, which were most
-    of the Python time of a million-row window. Keys follow insertion order, which follows
-    time, so a chunk's answers are one range scan of the answers' key; a chunk whose keys are
-    scattered (rows stored far out of time order) is joined on its time range instead.
+    of the Python time of a million-row window. The shape is checked here, not in SQL:
+    PostgreSQL guessed that `length(...) = n` kept almost no row, and read and sorted the
+    whole table for every chunk instead of walking the `at` index. Keys follow insertion order,
+    which follows time, so a chunk's answers are one range scan of the answers' key; a chunk
+    whose keys are scattered (rows stored far out of time order) is joined on its time range.
     """
-    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    driver: Any = session.connection().connection.dbapi_connection
+    # psycopg: binary results (bytea as bytes, not hex text the server encodes and we decode)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    cursor = driver.cursor(binary=True) if postgres else driver.cursor()
     try:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
+        read = cursor.fetchall()
+        if not read:
+            return _Page(SampleColumns(), 0, None)
+        fb, cb = sizes
+        rows = read
+        if fb is not None or cb is not None:
+            rows = [r for r in read if (fb is None or len(r[2]) == fb) and (cb is None or len(r[3]) == cb)]
+        page = _Page(SampleColumns(), len(read), (read[-1][1], read[-1][0]))
         if not rows:
-            return SampleColumns()
-        cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
+            return page
+        cols = page.cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
         ids = np.asarray(cols.ids, np.int64)
         low, high = int(ids.min()), int(ids.max())
         if high - low < _KEY_SPREAD * len(ids):
@@ -82,7 +104,7 @@ def _columns(session: Session, sql: str, params: tuple[Any, ...], mark: str) -> 
         keys = np.fromiter((r[0] for r in found), np.int64, len(found))
         mine = np.isin(keys, ids)
         cols.outputs = found if mine.all() else [found[k] for k in np.flatnonzero(mine)]
-    return cols
+    return page
 
 
 @dataclass(slots=True)
@@ -208,19 +230,18 @@ class SampleStore:
 
         Each chunk is its own short query (keyset on `at`, `id`), so a window of a million rows
         never holds more than one chunk of driver rows and no transaction stays open between
-        chunks.
+        chunks. Rows of another shape are read and left out: they do not count against `limit`.
         """
         chunk = chunk or WINDOW_CHUNK
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
         where, params = ["NOT quarantined"], []
-        for clause, value in (
-            ("at >= {m}", since),
-            ("length(features) = {m}", None if features is None else features * DTYPE.itemsize),
-            ("length(student_probs) = {m}", None if classes is None else classes * DTYPE.itemsize),
-        ):
-            if value is not None:
-                where.append(clause.format(m=mark))
-                params.append(value)
+        if since is not None:
+            where.append(f"at >= {mark}")
+            params.append(since)
+        sizes = (
+            None if features is None else features * DTYPE.itemsize,
+            None if classes is None else classes * DTYPE.itemsize,
+        )
         columns = "id, at, features, student_probs, student_version, slice_json, label"
         left, after = limit, None
         while left > 0:
@@ -228,20 +249,20 @@ class SampleStore:
             if after is not None:  # keyset: rows after the previous chunk's last (at, id)
                 clauses.append(f"at <= {mark} AND NOT (at = {mark} AND id >= {mark})")
                 values += [after[0], after[0], after[1]]
+            asked = int(min(chunk, left))
             sql = (
                 f"SELECT {columns} FROM {Sample.__tablename__} WHERE {' AND '.join(clauses)} "
-                f"ORDER BY at DESC, id DESC LIMIT {int(min(chunk, left))}"
+                f"ORDER BY at DESC, id DESC LIMIT {asked}"
             )
-            cols = self.db.retry(
-                "sample_chunks", lambda session, q=sql, v=tuple(values): _columns(session, q, v, mark)
+            page = self.db.retry(
+                "sample_chunks", lambda session, q=sql, v=tuple(values): _page(session, q, v, mark, sizes)
             )
-            if not cols.ids:
-                return
-            yield cols
-            left -= len(cols.ids)
-            if len(cols.ids) < chunk:
-                return
-            after = (cols.at[-1], cols.ids[-1])
+            if page.cols.ids:
+                yield page.cols
+            left -= len(page.cols.ids)
+            if page.read < asked or page.last is None:
+                return  # the query found fewer rows than it asked for: no more
+            after = page.last
 
     def add_labels(self, labels: list[tuple[str, int]]) -> tuple[int, list[str]]:
         """Joins true labels to sampled rows by request id: (labels applied, ids not found).
