@@ -384,7 +384,7 @@ def main() -> None:
     )
     if not args.no_record:
         data = {"results": results, "json_bytes_per_row": raw_json, "workers": workers}
-        record("volume", "Volume: sampled rows at 100k-1M", command_line(), text, notes, data)
+        record("volume", "Volume: sampled rows at 100k-5M", command_line(), text, notes, data)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The current window of sampled rows as arrays: features, student and teacher probabilities, slices.
 
 Read in chunks (`Store.sample_chunks`) into arrays sized once for the window, so memory is the
-window's arrays plus one chunk, whatever the number of rows: about 4·(D + C) + 16·C + 40 bytes
-per row (D features, C classes), e.g. 0.5 GB at 1M rows of 64 features and 10 classes.
+window's arrays plus one chunk, whatever the number of rows: about 4·D + 28·C + 40 bytes per
+row (D features, C classes), e.g. 0.6 GB at 1M rows of 64 features and 10 classes.
 """
 
 from __future__ import annotations
