@@ -39,7 +39,8 @@ class SampleColumns:
     student_versions: list[str] = field(default_factory=list)
     slices: list[str] = field(default_factory=list)
     labels: list[int | None] = field(default_factory=list)
-    # (sample id, teacher, version, quarantined, probs bytes or None when the teacher failed)
+    # (sample id, teacher, version, quarantined (0/1 on SQLite), probs bytes or None when the
+    # teacher failed)
     outputs: list[tuple[int, str, str, bool, bytes | None]] = field(default_factory=list)
 
 

@@ -66,8 +66,8 @@ class Sample(SQLModel, table=True):
     `id` is an integer the store assigns in insertion order, internal to the store: users
     identify rows by `request_id`. Fixed-width columns come first so PostgreSQL pads no bytes
     between them. `request_id` has a hash index on PostgreSQL (labels look it up by equality
-    only: a third of the bytes of a B-tree over 32-character ids); `quarantined` is indexed
-    only where true, the rare rows its queries look for.
+    only; a hash entry is 4 bytes whatever the id's length); `quarantined` is indexed only
+    where true, the rare rows its queries look for.
     """
 
     __tablename__ = "samples"
