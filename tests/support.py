@@ -489,6 +489,22 @@ def text_keyed_tables(vectors: str) -> Any:
     return meta
 
 
+def interrupt_upgrade(url: str, upgrade: Callable[..., bool], batches: int, *queries: str) -> list[Any]:
+    """Runs a schema upgrade for `batches` batches only, as a process stopped part-way would,
+    then returns each query's single value."""
+    from sqlalchemy import text
+
+    from distill_watchdog.store.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        assert upgrade(engine, stop_after=batches) is False  # stopped part-way
+        with engine.connect() as conn:
+            return [conn.execute(text(q)).scalar() for q in queries]
+    finally:
+        engine.dispose()
+
+
 def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
     """The newest unquarantined rows, newest first, each with its teachers' outputs."""
     import orjson

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from distill_watchdog.store import SCHEMA_VERSION, Store, migrate
 from distill_watchdog.store.db import make_engine
 
-from support import SampleRecord, add_samples, recent_samples, text_keyed_tables
+from support import SampleRecord, add_samples, interrupt_upgrade, recent_samples, text_keyed_tables
 
 _OLD = text_keyed_tables("json")  # the version-1 tables that held vectors
 
@@ -108,12 +108,13 @@ def test_an_old_store_is_upgraded_with_rows_identical(store_url, monkeypatch):
 def test_an_interrupted_upgrade_resumes(store_url, monkeypatch):
     monkeypatch.setattr(migrate, "BATCH", 50)
     want = _old_store(store_url, 400)
-    engine = make_engine(store_url)
-    assert migrate.vectors_to_binary(engine, stop_after=3) is False  # stopped part-way
-    with engine.connect() as conn:
-        done = conn.execute(sa.text("SELECT count(*) FROM samples WHERE features IS NOT NULL")).scalar()
-        version = conn.execute(sa.text("SELECT version FROM schema_info")).scalar()
-    engine.dispose()
+    done, version = interrupt_upgrade(
+        store_url,
+        migrate.vectors_to_binary,
+        3,
+        "SELECT count(*) FROM samples WHERE features IS NOT NULL",
+        "SELECT version FROM schema_info",
+    )
     assert done == 150 and version == 1
     _check_identical(Store(store_url), want, 400)  # the next start carries on
 

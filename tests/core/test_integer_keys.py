@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from distill_watchdog.store import SCHEMA_VERSION, SampleBatch, Store, TeacherColumn, migrate
 from distill_watchdog.store.db import make_engine
 
-from support import recent_samples, text_keyed_tables
+from support import interrupt_upgrade, recent_samples, text_keyed_tables
 
 _V2 = text_keyed_tables("bytes")  # the version-2 tables of sampled rows
 
@@ -117,14 +117,15 @@ def test_a_version_2_store_is_upgraded_with_rows_and_answers_identical(store_url
 def test_an_interrupted_key_upgrade_resumes(store_url, monkeypatch):
     monkeypatch.setattr(migrate, "BATCH", 50)
     want = _v2_store(store_url, 300)
-    engine = make_engine(store_url)
-    assert migrate.integer_keys(engine, stop_after=2) is False  # stopped part-way
-    with engine.connect() as conn:
-        moved = conn.execute(sa.text("SELECT count(*) FROM samples")).scalar()
-        left = conn.execute(sa.text("SELECT count(*) FROM samples_v2")).scalar()
-        version = conn.execute(sa.text("SELECT version FROM schema_info")).scalar()
-    engine.dispose()
-    assert (moved, left, version) == (100, 200, 2)
+    counts = interrupt_upgrade(
+        store_url,
+        migrate.integer_keys,
+        2,
+        "SELECT count(*) FROM samples",
+        "SELECT count(*) FROM samples_v2",
+        "SELECT version FROM schema_info",
+    )
+    assert counts == [100, 200, 2]  # moved, still in the old table, version
     store = Store(store_url)  # the next start carries on
     _check(store, want)
     _write_after(store, want)
