@@ -145,8 +145,11 @@ store = Store(settings.store_url)
 registry = Registry(store, settings.models_dir, ort_threads=1)
 from distill_watchdog.loop.monitor import drift  # imports done before the cycle, as in the daemon's child
 run_cycle(settings, store, registry)  # the first cycle imports Evidently; the daemon's child is warm
+cpu = time.process_time()
 out = run_cycle(settings, store, registry)
-print(json.dumps({k: out.get(k) for k in ("seconds", "peak_rss_bytes", "window_bytes", "rows", "outcome")}))
+out["cpu_seconds"] = time.process_time() - cpu
+keys = ("seconds", "cpu_seconds", "peak_rss_bytes", "window_bytes", "rows", "outcome")
+print(json.dumps({k: out.get(k) for k in keys}))
 """
 
 
@@ -158,10 +161,15 @@ def cycle(work: Path, url: str, model: Path, window: int) -> dict[str, Any]:
         "monitor": {"window": window, "min_rows": 100, "reference": str(work / "reference.npz")},
     }
     env = {**os.environ, "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}
+    load = os.getloadavg()[0]
     out = subprocess.run(
         [sys.executable, "-c", CYCLE, json.dumps(cfg)], capture_output=True, text=True, env=env, check=True
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        **json.loads(out.stdout.strip().splitlines()[-1]),
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def daemon_config(work: Path, url: str, model: Path, card: Path, port: int, workers: int) -> Path:
@@ -281,13 +289,16 @@ def workers_throughput(work: Path, seconds: int) -> dict[int, float]:
 
 
 def _cell(c: dict[str, Any] | None) -> str:
-    return f"{c['seconds']:.1f} / {c['peak_rss_bytes'] / 2**20:.0f}" if c else "-"
+    if not c:
+        return "-"
+    cpu = f" ({c['cpu_seconds']:.1f})" if "cpu_seconds" in c else ""
+    return f"{c['seconds']:.1f}{cpu} / {c['peak_rss_bytes'] / 2**20:.0f}"
 
 
 def table(results: list[dict[str, Any]], raw_json: float, workers: dict[int, float]) -> str:
     lines = [
         "| backend | rows | bytes/row on disk (x raw float32) | insert rows/s (fill to this size) | "
-        "cycle s / peak RSS MiB at window 100k | at window 1M |",
+        "cycle s (CPU s) / peak RSS MiB at window 100k | at window 1M |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
@@ -313,6 +324,16 @@ def table(results: list[dict[str, Any]], raw_json: float, workers: dict[int, flo
             f"({on['req_per_s']:,.0f} req/s, {on['p99_ms']:.2f}) | "
             f"{pg_cell} | {ret['rows']:,}, {ret['seconds']:.1f}, {ret['rows'] / ret['seconds']:,.0f} |"
         )
+    loads = [
+        f"{r['backend']} {int(size):,} rows window {key.removeprefix('cycle_')}: "
+        f"{c['load_before']:.1f}/{c['load_after']:.1f}"
+        for r in results
+        for size, s in r["sizes"].items()
+        for key, c in s.items()
+        if key.startswith("cycle_") and "load_before" in c
+    ]
+    if loads:
+        lines += ["", "Load average (1 min) before/after each cycle: " + "; ".join(loads) + "."]
     lines += [
         "",
         f"Raw float32 per row: {RAW} bytes (64 features, 10 + 10 probabilities). The same vectors as JSON "
@@ -363,7 +384,7 @@ def main() -> None:
     )
     if not args.no_record:
         data = {"results": results, "json_bytes_per_row": raw_json, "workers": workers}
-        record("volume", "Volume: sampled rows at 100k-1M", command_line(), text, notes, data)
+        record("volume", "Volume: sampled rows at 100k-5M", command_line(), text, notes, data)
 
 
 if __name__ == "__main__":

@@ -53,8 +53,12 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     p, y = _check(probs, labels)
     if len(y) == 0:
         return float("nan")
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    return ece_of(p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64), n_bins)
+
+
+def ece_of(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """`ece` from each row's confidence and correctness (1.0 or 0.0), for callers that score
+    many subsets of the same rows."""
     # Bin i holds (i/n, (i+1)/n]; confidence 0 falls in the first bin.
     idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     total = 0.0
@@ -62,7 +66,7 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
         m = idx == b
         if m.any():
             total += m.sum() * abs(correct[m].mean() - conf[m].mean())
-    return float(total / len(y))
+    return float(total / len(conf))
 
 
 def ece_adaptive(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
@@ -70,14 +74,17 @@ def ece_adaptive(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> flo
     p, y = _check(probs, labels)
     if len(y) == 0:
         return float("nan")
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    return ece_adaptive_of(p.max(axis=1), (p.argmax(axis=1) == y).astype(np.float64), n_bins)
+
+
+def ece_adaptive_of(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """`ece_adaptive` from each row's confidence and correctness, as `ece_of`."""
     order = np.argsort(conf, kind="stable")
     total = 0.0
     for chunk in np.array_split(order, min(n_bins, len(order))):
         if len(chunk):
             total += len(chunk) * abs(correct[chunk].mean() - conf[chunk].mean())
-    return float(total / len(y))
+    return float(total / len(conf))
 
 
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -85,9 +92,14 @@ def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     p, y = _check(probs, labels)
     if len(y) == 0:
         return float("nan")
-    onehot = np.zeros_like(p)
-    onehot[np.arange(len(y)), y] = 1.0
-    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+    return float(np.mean(brier_rows(p, y)))
+
+
+def brier_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's squared distance to its one-hot label (float64 `p`, int `y`)."""
+    diff = p.copy()
+    diff[np.arange(len(y)), y] -= 1.0  # p - onehot, without an [N, C] one-hot array
+    return np.sum(diff**2, axis=1)
 
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -95,16 +107,26 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     p, y = _check(probs, labels)
     if len(y) == 0:
         return float("nan")
-    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], _EPS, 1.0))))
+    return float(-np.mean(log_likelihood_rows(p, y)))
+
+
+def log_likelihood_rows(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's log-probability of its label (clipped at 1e-12)."""
+    return np.log(np.clip(p[np.arange(len(y)), y], _EPS, 1.0))
 
 
 def kl_divergence(p_ref: np.ndarray, p_model: np.ndarray) -> float:
     """Mean KL(p_ref || p_model) over rows, in nats."""
+    return float(np.mean(kl_rows(p_ref, p_model)))
+
+
+def kl_rows(p_ref: np.ndarray, p_model: np.ndarray) -> np.ndarray:
+    """Each row's KL(p_ref || p_model), in nats."""
     a, _ = _check(p_ref)
     b, _ = _check(p_model)
     a = np.clip(a, _EPS, 1.0)
     b = np.clip(b, _EPS, 1.0)
-    return float(np.mean(np.sum(a * (np.log(a) - np.log(b)), axis=1)))
+    return np.sum(a * (np.log(a) - np.log(b)), axis=1)
 
 
 def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:

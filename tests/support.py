@@ -407,45 +407,102 @@ def _dumps(value: Any) -> str:
 
 
 def add_samples(store: Any, records: list[SampleRecord]) -> int:
-    """Inserts rows built one by one (each with its own id), in one transaction."""
-    from sqlalchemy import insert
-
-    from distill_watchdog.store.tables import Sample, TeacherOutput
+    """Inserts rows built one by one, in one transaction; the store assigns their keys (each
+    record's `id` only ties its teachers' answers to it here)."""
+    from distill_watchdog.store.rows import SAMPLE_COLUMNS, insert_rows
     from distill_watchdog.store.vectors import to_blob
 
     samples = [
-        {
-            "id": r.id,
-            "request_id": r.request_id,
-            "at": r.at,
-            "features": to_blob(r.features),
-            "student_probs": to_blob(r.student_probs),
-            "student_version": r.student_version,
-            "slice_json": _dumps(r.slices),
-            "quarantined": r.quarantined,
-        }
+        (
+            r.request_id,
+            r.at,
+            to_blob(r.features),
+            to_blob(r.student_probs),
+            r.student_version,
+            _dumps(r.slices),
+            r.quarantined,
+        )
         for r in records
     ]
     outputs = [
-        {
-            "sample_id": r.id,
-            "teacher": name,
-            "version": version,
-            "probs": None if probs is None else to_blob(probs),
-            "quarantined": quarantined,
-        }
-        for r in records
+        (j, name, version, None if probs is None else to_blob(probs), quarantined)
+        for j, r in enumerate(records)
         for name, (version, probs, quarantined) in r.teachers.items()
     ]
 
     def op(session: Any) -> int:
-        if samples:
-            session.execute(insert(Sample), samples)
-        if outputs:
-            session.execute(insert(TeacherOutput), outputs)
-        return len(samples)
+        return len(insert_rows(session.connection(), SAMPLE_COLUMNS, samples, outputs))
 
     return store.db.retry("add_samples", op)
+
+
+def text_keyed_tables(vectors: str) -> Any:
+    """The sampled-row tables (SQLAlchemy metadata) as builds before integer keys created them:
+    32-character text row ids, vectors as JSON text (`"json"`, schema version 1, with the eval
+    set's table) or float32 bytes (`"bytes"`, version 2)."""
+    import sqlalchemy as sa
+
+    vector = sa.String if vectors == "json" else sa.LargeBinary
+    suffix = "_json" if vectors == "json" else ""
+    meta = sa.MetaData()
+    sa.Table(
+        "samples",
+        meta,
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("request_id", sa.String(128), nullable=False, index=True),
+        sa.Column("at", sa.Float, nullable=False, index=True),
+        sa.Column(f"features{suffix}", vector, nullable=False),
+        sa.Column(f"student_probs{suffix}", vector, nullable=False),
+        sa.Column("student_version", sa.String(64), nullable=False),
+        sa.Column("slice_json", sa.String, nullable=False),
+        sa.Column("quarantined", sa.Boolean, nullable=False, index=True),
+        sa.Column("label", sa.Integer),
+        sa.Column("labelled_at", sa.Float),
+    )
+    sa.Table(
+        "teacher_outputs",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("sample_id", sa.String(32), nullable=False, index=True),
+        sa.Column("teacher", sa.String(200), nullable=False),
+        sa.Column("version", sa.String(200), nullable=False),
+        sa.Column(f"probs{suffix}", vector),
+        sa.Column("quarantined", sa.Boolean, nullable=False),
+    )
+    if vectors == "json":
+        sa.Table(
+            "eval_rows",
+            meta,
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("teacher", sa.String(200), nullable=False, index=True),
+            sa.Column("ordinal", sa.Integer, nullable=False),
+            sa.Column("features_json", sa.String, nullable=False),
+            sa.Column("label", sa.Integer),
+            sa.Column("slice", sa.String(200), nullable=False),
+            sa.Column("probs_json", sa.String, nullable=False),
+            sa.Column("version", sa.String(200), nullable=False),
+            sa.Column("source", sa.String(16), nullable=False),
+        )
+    sa.Table(
+        "schema_info", meta, sa.Column("id", sa.Integer, primary_key=True), sa.Column("version", sa.Integer)
+    )
+    return meta
+
+
+def interrupt_upgrade(url: str, upgrade: Callable[..., bool], batches: int, *queries: str) -> list[Any]:
+    """Runs a schema upgrade for `batches` batches only, as a process stopped part-way would,
+    then returns each query's single value."""
+    from sqlalchemy import text
+
+    from distill_watchdog.store.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        assert upgrade(engine, stop_after=batches) is False  # stopped part-way
+        with engine.connect() as conn:
+            return [conn.execute(text(q)).scalar() for q in queries]
+    finally:
+        engine.dispose()
 
 
 def recent_samples(store: Any, limit: int = 1000) -> list[dict[str, Any]]:
@@ -505,8 +562,6 @@ def sample_columns(store: Any, limit: int, since: float | None = None) -> Any:
 
     out = SampleColumns()
     for cols in store.sample_chunks(limit, since):
-        offset = len(out.ids)
-        for name in ("ids", "at", "features", "student_probs", "student_versions", "slices", "labels"):
+        for name in SampleColumns.__dataclass_fields__:
             getattr(out, name).extend(getattr(cols, name))
-        out.outputs.extend((i + offset, *rest) for i, *rest in cols.outputs)
     return out

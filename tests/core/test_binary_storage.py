@@ -12,48 +12,9 @@ import sqlalchemy as sa
 from distill_watchdog.store import SCHEMA_VERSION, Store, migrate
 from distill_watchdog.store.db import make_engine
 
-from support import SampleRecord, add_samples, recent_samples
+from support import SampleRecord, add_samples, interrupt_upgrade, recent_samples, text_keyed_tables
 
-# The version-1 tables that held vectors, as that build created them.
-_OLD = sa.MetaData()
-sa.Table(
-    "samples",
-    _OLD,
-    sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("request_id", sa.String(128), nullable=False, index=True),
-    sa.Column("at", sa.Float, nullable=False, index=True),
-    sa.Column("features_json", sa.String, nullable=False),
-    sa.Column("student_probs_json", sa.String, nullable=False),
-    sa.Column("student_version", sa.String(64), nullable=False),
-    sa.Column("slice_json", sa.String, nullable=False),
-    sa.Column("quarantined", sa.Boolean, nullable=False, index=True),
-    sa.Column("label", sa.Integer),
-    sa.Column("labelled_at", sa.Float),
-)
-sa.Table(
-    "teacher_outputs",
-    _OLD,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("sample_id", sa.String(32), nullable=False, index=True),
-    sa.Column("teacher", sa.String(200), nullable=False),
-    sa.Column("version", sa.String(200), nullable=False),
-    sa.Column("probs_json", sa.String),
-    sa.Column("quarantined", sa.Boolean, nullable=False),
-)
-sa.Table(
-    "eval_rows",
-    _OLD,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("teacher", sa.String(200), nullable=False, index=True),
-    sa.Column("ordinal", sa.Integer, nullable=False),
-    sa.Column("features_json", sa.String, nullable=False),
-    sa.Column("label", sa.Integer),
-    sa.Column("slice", sa.String(200), nullable=False),
-    sa.Column("probs_json", sa.String, nullable=False),
-    sa.Column("version", sa.String(200), nullable=False),
-    sa.Column("source", sa.String(16), nullable=False),
-)
-sa.Table("schema_info", _OLD, sa.Column("id", sa.Integer, primary_key=True), sa.Column("version", sa.Integer))
+_OLD = text_keyed_tables("json")  # the version-1 tables that held vectors
 
 
 def _old_store(url: str, n: int) -> dict[str, list]:
@@ -147,12 +108,13 @@ def test_an_old_store_is_upgraded_with_rows_identical(store_url, monkeypatch):
 def test_an_interrupted_upgrade_resumes(store_url, monkeypatch):
     monkeypatch.setattr(migrate, "BATCH", 50)
     want = _old_store(store_url, 400)
-    engine = make_engine(store_url)
-    assert migrate.vectors_to_binary(engine, stop_after=3) is False  # stopped part-way
-    with engine.connect() as conn:
-        done = conn.execute(sa.text("SELECT count(*) FROM samples WHERE features IS NOT NULL")).scalar()
-        version = conn.execute(sa.text("SELECT version FROM schema_info")).scalar()
-    engine.dispose()
+    done, version = interrupt_upgrade(
+        store_url,
+        migrate.vectors_to_binary,
+        3,
+        "SELECT count(*) FROM samples WHERE features IS NOT NULL",
+        "SELECT version FROM schema_info",
+    )
     assert done == 150 and version == 1
     _check_identical(Store(store_url), want, 400)  # the next start carries on
 

@@ -113,3 +113,8 @@ def test_rows_of_another_shape_are_skipped(store_url) -> None:
     assert len(read_window(store, 1000, WEIGHTS, features=9, classes=2)) == 30
     # unset: the newest row's shape decides
     assert read_window(store, 1000, WEIGHTS).x.shape[1] == 9
+    # the newest 30 rows are wide: skipped pages go on until the window has its rows of the shape
+    paged = read_window(store, 50, WEIGHTS, features=4, classes=3, chunk=7)
+    assert paged.x.shape[1] == 4 and len(paged) + paged.dropped_no_teacher == 50
+    whole = read_window(store, 50, WEIGHTS, features=4, classes=3)
+    np.testing.assert_array_equal(paged.at, whole.at)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import time
 
 import numpy as np
 import orjson
@@ -36,17 +35,14 @@ def test_outcomes_and_rows_follow_the_settled_quarantine():
     batch.teachers["big"].quarantined = True  # settled: v2 is not trusted
     assert batch.outcomes() == {"quarantined": 4, "stored": 0, "teacher_error": 0}
     samples, outputs = pickle.loads(pickle.dumps(batch)).rows()  # as the writing process sees it
-    ids = [row[0] for row in samples]
-    assert [row[1] for row in samples] == ["r0", "r1", "r2", "r3"]
-    assert len(set(ids)) == 4 and all(len(i) == 32 for i in ids)
-    assert ids == sorted(ids)  # in creation order: appended at the end of the indexes
-    assert all(row[7] is True for row in samples)  # every row has a quarantined answer
-    by_row = {(sample_id, teacher): rest for sample_id, teacher, *rest in outputs}
-    assert by_row[ids[0], "expert"] == ["", None, False]  # a failure is never quarantined
-    assert (ids[1], "expert") not in by_row
-    assert by_row[ids[1], "big"] == ["v2", np.float32([0, 1]).tobytes(), True]  # float32 bytes
-    assert np.frombuffer(samples[2][3], "<f4").tolist() == batch.features[2].tolist()
-    assert samples[2][5] == "s2" and orjson.loads(samples[2][6]) == {"sensor": "b"}
+    assert [row[0] for row in samples] == ["r0", "r1", "r2", "r3"]  # the store assigns the keys
+    assert all(row[6] is True for row in samples)  # every row has a quarantined answer
+    by_row = {(row, teacher): rest for row, teacher, *rest in outputs}  # answers name their row
+    assert by_row[0, "expert"] == ["", None, False]  # a failure is never quarantined
+    assert (1, "expert") not in by_row
+    assert by_row[1, "big"] == ["v2", np.float32([0, 1]).tobytes(), True]  # float32 bytes
+    assert np.frombuffer(samples[2][2], "<f4").tolist() == batch.features[2].tolist()
+    assert samples[2][4] == "s2" and orjson.loads(samples[2][5]) == {"sensor": "b"}
 
 
 def test_rows_no_teacher_answered_are_teacher_errors():
@@ -117,10 +113,25 @@ def test_a_flush_whose_caller_is_cancelled_still_writes_its_rows(make_settings):
     assert counted["dropped"] == 0 and sum(counted.values()) == 8  # each row counted once, as written
 
 
-def test_later_inserts_get_later_ids():
-    """Ids rise with time, so bulk inserts append to the id indexes instead of touching a page per row."""
-    first = [row[0] for row in _batch().rows()[0]]
-    time.sleep(0.002)
-    second = [row[0] for row in _batch().rows()[0]]
-    assert max(first) < min(second)
-    assert len(set(first + second)) == 8
+def test_later_inserts_get_later_keys_and_answers_follow_their_rows(store_url):
+    """Keys rise with each insert, so bulk inserts append to the key indexes instead of touching a
+    page per row; each answer is stored under its own row's key."""
+    import sqlalchemy as sa
+
+    from distill_watchdog.store import Store
+
+    store = Store(store_url)
+    first, second = _batch(), _batch()
+    second.request_ids = ["q0", "q1", "q2", "q3"]
+    store.add_sample_batches([first])
+    store.add_sample_batches([second])
+    with store.db.engine.connect() as conn:
+        keys = dict(conn.execute(sa.text("SELECT request_id, id FROM samples")).all())
+        answers = conn.execute(sa.text("SELECT sample_id, teacher, probs FROM teacher_outputs")).all()
+    assert max(keys[f"r{i}"] for i in range(4)) < min(keys[f"q{i}"] for i in range(4))
+    by_key = {(key, teacher): probs for key, teacher, probs in answers}
+    assert len(by_key) == 12  # 4 + 2 answers per batch
+    for i in range(4):
+        for rid in (f"r{i}", f"q{i}"):
+            assert bytes(by_key[keys[rid], "big"]) == np.float32(np.eye(2)[i % 2]).tobytes()
+            assert ((keys[rid], "expert") in by_key) == (i % 2 == 0)

@@ -21,7 +21,7 @@ from distill_watchdog.store.tables import SchemaInfo
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: vectors as float32 bytes (migrate.py)
+SCHEMA_VERSION = 3  # 2: vectors as float32 bytes; 3: integer keys of sampled rows (migrate.py)
 
 T = TypeVar("T")
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from sqlalchemy import func, update
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from distill_watchdog.store.db import Database
+from distill_watchdog.store.rows import SAMPLE_COLUMNS, insert_rows
 from distill_watchdog.store.tables import EvalRow, Sample, TeacherEvent, TeacherOutput, TeacherPin
 from distill_watchdog.store.vectors import DTYPE, from_blob, to_blobs
 
@@ -29,50 +30,82 @@ def dumps(value: Any) -> str:
 @dataclass
 class SampleColumns:
     """Sampled rows as the store holds them, newest first, one list per column (vectors as
-    float32 bytes, slices as JSON text)."""
+    float32 bytes, slices as JSON text), and the teacher answers of those rows."""
 
-    ids: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
     at: list[float] = field(default_factory=list)
     features: list[bytes] = field(default_factory=list)
     student_probs: list[bytes] = field(default_factory=list)
     student_versions: list[str] = field(default_factory=list)
     slices: list[str] = field(default_factory=list)
     labels: list[int | None] = field(default_factory=list)
-    # (row index, teacher, version, quarantined, probs bytes or None when the teacher failed)
+    # (sample id, teacher, version, quarantined (0/1 on SQLite), probs bytes or None when the
+    # teacher failed)
     outputs: list[tuple[int, str, str, bool, bytes | None]] = field(default_factory=list)
 
 
-_OUTPUTS_OF_CHUNK = (
+_OUTPUTS_BY_KEY = (
+    "SELECT sample_id, teacher, version, quarantined, probs FROM teacher_outputs "
+    "WHERE sample_id >= {mark} AND sample_id <= {mark}"
+)
+_OUTPUTS_BY_TIME = (
     "SELECT t.sample_id, t.teacher, t.version, t.quarantined, t.probs FROM teacher_outputs t "
     "JOIN samples s ON t.sample_id = s.id WHERE s.at >= {mark} AND s.at <= {mark}"
 )
+_KEY_SPREAD = 4  # a chunk whose keys span more than this many times its rows is joined by time
 
 
-def _columns(session: Session, sql: str, params: tuple[Any, ...], mark: str) -> SampleColumns:
-    """One chunk of sampled rows as columns, with the teacher outputs of those rows.
+@dataclass(slots=True)
+class _Page:
+    cols: SampleColumns  # the rows of the wanted shape, with their answers
+    read: int  # rows the query returned, of any shape
+    last: tuple[float, int] | None  # the (at, id) of the last of them: where the next page starts
+
+
+def _page(
+    session: Session, sql: str, params: tuple[Any, ...], mark: str, sizes: tuple[int | None, int | None]
+) -> _Page:
+    """One chunk of sampled rows as columns, with the teacher answers of those rows; with
+    `sizes` (bytes of features, of student probabilities), only rows of that shape.
 
     Through the driver's own cursor: plain tuples, no per-row result objects, which were most
-    of the Python time of a million-row window.
+    of the Python time of a million-row window. The shape is checked here, not in SQL:
+    PostgreSQL guessed that `length(...) = n` kept almost no row, and read and sorted the
+    whole table for every chunk instead of walking the `at` index. Keys follow insertion order,
+    which follows time, so a chunk's answers are one range scan of the answers' key; a chunk
+    whose keys are scattered (rows stored far out of time order) is joined on its time range.
     """
-    cursor = session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    driver: Any = session.connection().connection.dbapi_connection
+    # psycopg: binary results (bytea as bytes, not hex text the server encodes and we decode)
+    postgres = session.get_bind().dialect.name == "postgresql"
+    cursor = driver.cursor(binary=True) if postgres else driver.cursor()
     try:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
+        read = cursor.fetchall()
+        if not read:
+            return _Page(SampleColumns(), 0, None)
+        fb, cb = sizes
+        rows = read
+        if fb is not None or cb is not None:
+            rows = [r for r in read if (fb is None or len(r[2]) == fb) and (cb is None or len(r[3]) == cb)]
+        page = _Page(SampleColumns(), len(read), (read[-1][1], read[-1][0]))
         if not rows:
-            return SampleColumns()
-        cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
-        index = dict(zip(cols.ids, range(len(rows)), strict=True))
-        cursor.execute(_OUTPUTS_OF_CHUNK.format(mark=mark), (min(cols.at), max(cols.at)))
+            return page
+        cols = page.cols = SampleColumns(*(list(c) for c in zip(*rows, strict=True)))
+        ids = np.asarray(cols.ids, np.int64)
+        low, high = int(ids.min()), int(ids.max())
+        if high - low < _KEY_SPREAD * len(ids):
+            cursor.execute(_OUTPUTS_BY_KEY.format(mark=mark), (low, high))
+        else:
+            cursor.execute(_OUTPUTS_BY_TIME.format(mark=mark), (min(cols.at), max(cols.at)))
         found = cursor.fetchall()
     finally:
         cursor.close()
-    get = index.get
-    cols.outputs = [
-        (i, teacher, version, bool(quarantined), probs)
-        for sid, teacher, version, quarantined, probs in found
-        if (i := get(sid)) is not None
-    ]
-    return cols
+    if found:  # only the answers of this chunk's rows (not of rows skipped or in other chunks)
+        keys = np.fromiter((r[0] for r in found), np.int64, len(found))
+        mine = np.isin(keys, ids)
+        cols.outputs = found if mine.all() else [found[k] for k in np.flatnonzero(mine)]
+    return page
 
 
 @dataclass(slots=True)
@@ -119,22 +152,21 @@ class SampleBatch:
         }
 
     def rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The insert tuples of both tables, built straight from the columns (no object per row)."""
+        """The insert tuples of both tables (`rows.SAMPLE_COLUMNS`, `rows.OUTPUT_COLUMNS` with the
+        row's index in this batch as its sample), built from the columns (no object per row)."""
         n = len(self)
         quarantined = [False] * n
         outputs: list[tuple[Any, ...]] = []
-        ids = _new_ids(n)
         for name, column in self.teachers.items():
             flag = column.quarantined and column.probs is not None
             answers = [None] * len(column.rows) if column.probs is None else to_blobs(column.probs)
             for j, probs in zip(column.rows, answers, strict=True):
-                outputs.append((ids[j], name, column.version, probs, flag))
+                outputs.append((j, name, column.version, probs, flag))
                 if flag:
                     quarantined[j] = True
         features, student = to_blobs(self.features), to_blobs(self.student_probs)
         samples = [
             (
-                ids[j],
                 self.request_ids[j],
                 self.at[j],
                 features[j],
@@ -148,50 +180,9 @@ class SampleBatch:
         return samples, outputs
 
 
-# The insert tuples' columns, with their PostgreSQL types for binary COPY.
-_SAMPLE_COLUMNS = (
-    Sample.__tablename__,
-    [("id", "text"), ("request_id", "text"), ("at", "float8"), ("features", "bytea"),
-     ("student_probs", "bytea"), ("student_version", "text"), ("slice_json", "text"),
-     ("quarantined", "bool")],
-)  # fmt: skip
-_OUTPUT_COLUMNS = (
-    TeacherOutput.__tablename__,
-    [("sample_id", "text"), ("teacher", "text"), ("version", "text"), ("probs", "bytea"),
-     ("quarantined", "bool")],
-)  # fmt: skip
 # How sampled rows reach PostgreSQL: "copy" (COPY ... FROM STDIN, binary) or "executemany"
 # (psycopg's pipelined batches). bench/volume.py measures both on the same store.
 PG_INSERT = "copy"
-
-
-def _copy(cursor: Any, table: tuple[str, list[tuple[str, str]]], rows: list[tuple[Any, ...]]) -> None:
-    """One binary COPY of `rows` into `table` (psycopg 3), inside the caller's transaction."""
-    if not rows:
-        return
-    name, columns = table
-    names = ", ".join(column for column, _ in columns)
-    with cursor.copy(f"COPY {name} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types([kind for _, kind in columns])
-        for row in rows:
-            copy.write_row(row)
-
-
-def _new_ids(n: int) -> list[str]:
-    """`n` 32-hex-digit ids in creation order: a millisecond clock (12 digits), the row's place
-    in its batch (5) and random bits (15), in the manner of a UUIDv7. Batches written in the same
-    millisecond interleave, but all of them sort after every earlier row, which is what keeps
-    the index pages written few.
-
-    The sample id is the primary key of `samples` and is indexed in `teacher_outputs`. Random
-    ids (uuid4's) put every row of a bulk insert on its own page of both indexes, so the bytes
-    written per row grew with the table: on SQLite, 30 µs of CPU and 17 KB written per row once
-    it held 200k rows, against 13 µs and 2.3 KB in time order, at any size
-    (bench/sample_store.py).
-    """
-    head = f"{time.time_ns() // 1_000_000:012x}"
-    raw = os.urandom(8 * n).hex()
-    return [f"{head}{k & 0xFFFFF:05x}{raw[16 * k : 16 * k + 15]}" for k in range(n)]
 
 
 class SampleStore:
@@ -205,32 +196,15 @@ class SampleStore:
         outputs: list[tuple[Any, ...]] = []
         for batch in batches:
             rows, answers = batch.rows()
+            offset = len(samples)
             samples += rows
-            outputs += answers
-        return self._insert_samples(samples, outputs)
-
-    def _insert_samples(self, samples: list[tuple[Any, ...]], outputs: list[tuple[Any, ...]]) -> int:
-        """Both tables' rows in one transaction: binary COPY on PostgreSQL (`PG_INSERT`), else two
-        executemany statements through the driver itself (SQLAlchemy's `insert()` with a record
-        object per row cost twice the CPU per row on SQLite)."""
+            outputs += [(j + offset, *rest) for j, *rest in answers] if offset else answers
         if not samples:
             return 0
-        copy = self.db.is_postgres and PG_INSERT == "copy"
+        copy = PG_INSERT == "copy"
 
         def op(session: Session) -> int:
-            connection = session.connection()
-            if copy:
-                cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                _copy(cursor, _SAMPLE_COLUMNS, samples)
-                _copy(cursor, _OUTPUT_COLUMNS, outputs)
-                return len(samples)
-            mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
-            for (table, columns), rows in ((_SAMPLE_COLUMNS, samples), (_OUTPUT_COLUMNS, outputs)):
-                if rows:
-                    names = ", ".join(name for name, _ in columns)
-                    marks = ", ".join([mark] * len(columns))
-                    connection.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
-            return len(samples)
+            return len(insert_rows(session.connection(), SAMPLE_COLUMNS, samples, outputs, copy))
 
         return self.db.retry("add_samples", op)
 
@@ -257,19 +231,18 @@ class SampleStore:
 
         Each chunk is its own short query (keyset on `at`, `id`), so a window of a million rows
         never holds more than one chunk of driver rows and no transaction stays open between
-        chunks.
+        chunks. Rows of another shape are read and left out: they do not count against `limit`.
         """
         chunk = chunk or WINDOW_CHUNK
         mark = "?" if self.db.engine.dialect.paramstyle == "qmark" else "%s"
         where, params = ["NOT quarantined"], []
-        for clause, value in (
-            ("at >= {m}", since),
-            ("length(features) = {m}", None if features is None else features * DTYPE.itemsize),
-            ("length(student_probs) = {m}", None if classes is None else classes * DTYPE.itemsize),
-        ):
-            if value is not None:
-                where.append(clause.format(m=mark))
-                params.append(value)
+        if since is not None:
+            where.append(f"at >= {mark}")
+            params.append(since)
+        sizes = (
+            None if features is None else features * DTYPE.itemsize,
+            None if classes is None else classes * DTYPE.itemsize,
+        )
         columns = "id, at, features, student_probs, student_version, slice_json, label"
         left, after = limit, None
         while left > 0:
@@ -277,20 +250,20 @@ class SampleStore:
             if after is not None:  # keyset: rows after the previous chunk's last (at, id)
                 clauses.append(f"at <= {mark} AND NOT (at = {mark} AND id >= {mark})")
                 values += [after[0], after[0], after[1]]
+            asked = int(min(chunk, left))
             sql = (
                 f"SELECT {columns} FROM {Sample.__tablename__} WHERE {' AND '.join(clauses)} "
-                f"ORDER BY at DESC, id DESC LIMIT {int(min(chunk, left))}"
+                f"ORDER BY at DESC, id DESC LIMIT {asked}"
             )
-            cols = self.db.retry(
-                "sample_chunks", lambda session, q=sql, v=tuple(values): _columns(session, q, v, mark)
+            page = self.db.retry(
+                "sample_chunks", lambda session, q=sql, v=tuple(values): _page(session, q, v, mark, sizes)
             )
-            if not cols.ids:
-                return
-            yield cols
-            left -= len(cols.ids)
-            if len(cols.ids) < chunk:
-                return
-            after = (cols.at[-1], cols.ids[-1])
+            if page.cols.ids:
+                yield page.cols
+            left -= len(page.cols.ids)
+            if page.read < asked or page.last is None:
+                return  # the query found fewer rows than it asked for: no more
+            after = page.last
 
     def add_labels(self, labels: list[tuple[str, int]]) -> tuple[int, list[str]]:
         """Joins true labels to sampled rows by request id: (labels applied, ids not found).
@@ -396,7 +369,7 @@ class SampleStore:
         """How many samples `first_teacher_labelled` would find (at most `up_to`), without loading them."""
 
         def op(session: Session) -> int:
-            found = sa_select(TeacherOutput.id).where(*_answered_by(teacher, version)).limit(up_to)
+            found = sa_select(TeacherOutput.sample_id).where(*_answered_by(teacher, version)).limit(up_to)
             return int(session.exec(select(func.count()).select_from(found.subquery())).one())
 
         return self.db.retry("count_teacher_labelled", op)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Column, LargeBinary
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, text
 from sqlmodel import Field, SQLModel
 
 
@@ -56,32 +56,56 @@ class AuditEvent(SQLModel, table=True):
 # --- sampling and teachers (store/samples.py) ---------------------------------------------
 
 
+# A 64-bit key on PostgreSQL (BIGSERIAL); on SQLite the INTEGER PRIMARY KEY is the rowid itself.
+RowKey = BigInteger().with_variant(Integer(), "sqlite")
+
+
 class Sample(SQLModel, table=True):
-    """One sampled production row; `quarantined` rows are kept out of training and comparison."""
+    """One sampled production row; `quarantined` rows are kept out of training and comparison.
+
+    `id` is an integer the store assigns in insertion order, internal to the store: users
+    identify rows by `request_id`. Fixed-width columns come first so PostgreSQL pads no bytes
+    between them. `request_id` has a hash index on PostgreSQL (labels look it up by equality
+    only; a hash entry is 4 bytes whatever the id's length); `quarantined` is indexed only
+    where true, the rare rows its queries look for.
+    """
 
     __tablename__ = "samples"
-    id: str = Field(primary_key=True, max_length=32)
-    request_id: str = Field(index=True, max_length=128)
+    __table_args__ = (
+        Index("ix_samples_request_id", "request_id", postgresql_using="hash"),
+        Index(
+            "ix_samples_quarantined",
+            "quarantined",
+            sqlite_where=text("quarantined"),
+            postgresql_where=text("quarantined"),
+        ),
+    )
+    id: int | None = Field(default=None, sa_column=Column(RowKey, primary_key=True, autoincrement=True))
     at: float = Field(index=True)
+    labelled_at: float | None = None
+    label: int | None = None
+    quarantined: bool = False
     features: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32 (vectors.py)
     student_probs: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    request_id: str = Field(max_length=128)
     student_version: str = Field(max_length=64)
     slice_json: str = "{}"
-    quarantined: bool = Field(default=False, index=True)
-    label: int | None = None
-    labelled_at: float | None = None
 
 
 class TeacherOutput(SQLModel, table=True):
-    """A teacher's answer for one sample; `probs` (float32) is null when the teacher failed."""
+    """A teacher's answer for one sample; `probs` (float32) is null when the teacher failed.
+
+    Keyed by (sample, teacher), one answer per teacher and row; on SQLite the rows live in
+    that key's B-tree (WITHOUT ROWID), so a sample's answers need no second index.
+    """
 
     __tablename__ = "teacher_outputs"
-    id: int | None = Field(default=None, primary_key=True)
-    sample_id: str = Field(index=True, max_length=32)
-    teacher: str = Field(max_length=200)
+    __table_args__ = {"sqlite_with_rowid": False}
+    sample_id: int = Field(sa_column=Column(RowKey, primary_key=True, autoincrement=False))
+    teacher: str = Field(primary_key=True, max_length=200)
+    quarantined: bool = False
     version: str = Field(default="", max_length=200)
     probs: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
-    quarantined: bool = False
 
 
 class TeacherPin(SQLModel, table=True):

@@ -41,7 +41,8 @@ def compute(
         card = registry.get(active).card if active else None
         width, classes = (card.num_features, len(card.classes)) if card else (None, None)
         window = load_window(store, settings, features=width, classes=classes)
-    w = window.take(np.flatnonzero(window.student_versions == active)) if len(window) else window
+    mine = window.student_versions == active
+    w = window if bool(mine.all()) else window.take(np.flatnonzero(mine))
     out: dict[str, Any] = {
         "student_version": active,
         "rows": len(w),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -32,26 +33,66 @@ def _f(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def block(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Agreement, KL(teacher||student), calibration vs teacher and vs labels, estimated accuracy."""
-    n = len(student)
+@dataclass
+class RowTerms:
+    """Each row's metric terms against the teacher, computed once for the window: the window and
+    every slice (subsets of its rows) then only average their rows' terms, with the same
+    numbers as computing each subset from its probabilities."""
+
+    conf: np.ndarray  # the student's top probability
+    agree: np.ndarray  # the student's top class is the teacher's
+    kl: np.ndarray  # KL(teacher || student)
+    brier: np.ndarray  # vs the teacher's top class
+    log_likelihood: np.ndarray  # of the teacher's top class
+
+    @classmethod
+    def of(cls, student: np.ndarray, teacher: np.ndarray) -> RowTerms:
+        target = teacher.argmax(1)
+        return cls(
+            conf=student.max(1),
+            agree=student.argmax(1) == target,
+            kl=M.kl_rows(teacher, student),
+            brier=M.brier_rows(student, target),
+            log_likelihood=M.log_likelihood_rows(student, target),
+        )
+
+
+def block(
+    student: np.ndarray,
+    teacher: np.ndarray,
+    labels: np.ndarray,
+    terms: RowTerms | None = None,
+    rows: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Agreement, KL(teacher||student), calibration vs teacher and vs labels, estimated accuracy.
+
+    `rows` (a boolean mask): only those rows, with `terms` already theirs (a slice's share of
+    the window's `RowTerms`), so a slice copies no probabilities.
+    """
+    rows = np.ones(len(labels), bool) if rows is None else rows
+    n = int(rows.sum())
     out: dict[str, Any] = {"n": n}
     if n == 0:
         return out
-    agree = student.argmax(1) == teacher.argmax(1)
-    lo, hi = wilson(float(agree.sum()), n)
-    vs_teacher = M.summary(student, None, teacher)
+    t = terms or RowTerms.of(student, teacher)
+    lo, hi = wilson(float(t.agree.sum()), n)
+    correct = t.agree.astype(np.float64)
     out.update(
-        agreement=float(agree.mean()),
+        agreement=float(t.agree.mean()),
         agreement_ci=[lo, hi],
-        kl=_f(M.kl_divergence(teacher, student)),
-        estimated_accuracy=float(student.max(1).mean()),
-        teacher={k: _f(vs_teacher[k]) for k in ("ece", "ece_adaptive", "brier", "nll")},
+        kl=_f(np.mean(t.kl)),
+        estimated_accuracy=float(t.conf.mean()),
+        teacher={
+            "ece": _f(M.ece_of(t.conf, correct)),
+            "ece_adaptive": _f(M.ece_adaptive_of(t.conf, correct)),
+            "brier": _f(np.mean(t.brier)),
+            "nll": _f(-np.mean(t.log_likelihood)),
+        },
     )
     classes = student.shape[1]
-    known = (labels >= 0) & (labels < classes)
+    known = rows & (labels >= 0) & (labels < classes)
     out["labelled"] = int(known.sum())
-    invalid = int(((labels < -1) | (labels >= classes)).sum())
+    invalid = int((rows & ((labels < -1) | (labels >= classes))).sum())
     if invalid:  # stored before labels were checked, or for a student with more classes: skipped
         out["invalid_labels"] = invalid
     if known.any():
@@ -98,9 +139,11 @@ def bounded_slices(w: Window, max_per_key: int, max_slices: int) -> dict[str, np
 
 def slice_table(w: Window, slices: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     """Metric blocks for the whole window (`all`) and each slice of `bounded_slices`."""
-    table = {"all": block(w.student, w.teacher, w.labels)}
+    terms = RowTerms.of(w.student, w.teacher)
+    table = {"all": block(w.student, w.teacher, w.labels, terms)}
     for label, m in slices.items():
-        table[label] = block(w.student[m], w.teacher[m], w.labels[m])
+        part = RowTerms(*(getattr(terms, f.name)[m] for f in fields(RowTerms)))
+        table[label] = block(w.student, w.teacher, w.labels, part, rows=m)
     return table
 
 

@@ -1,14 +1,19 @@
 """The current window of sampled rows as arrays: features, student and teacher probabilities, slices.
 
 Read in chunks (`Store.sample_chunks`) into arrays sized once for the window, so memory is the
-window's arrays plus one chunk, whatever the number of rows: about 4·(D + C) + 16·C + 40 bytes
-per row (D features, C classes), e.g. 0.5 GB at 1M rows of 64 features and 10 classes.
+window's arrays plus one chunk, whatever the number of rows: about 4·D + 28·C + 40 bytes per
+row (D features, C classes), e.g. 0.6 GB at 1M rows of 64 features and 10 classes.
 """
 
 from __future__ import annotations
 
+import gc
 import time
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import numpy as np
 import orjson
@@ -16,6 +21,8 @@ import orjson
 from distill_watchdog.config import Settings
 from distill_watchdog.store import SampleColumns, Store
 from distill_watchdog.store.vectors import DTYPE, from_blobs
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass
@@ -98,9 +105,34 @@ def read_window(
     """The newest `limit` unquarantined rows (at or after `since`), read chunk by chunk."""
     builder = WindowBuilder(limit, weights, features, classes)
     chunks = store.sample_chunks(limit, since=since, features=features, classes=classes, chunk=chunk)
-    for part in chunks:
-        builder.add(part)
+    with _no_cycle_collection():
+        for part in _read_ahead(chunks):
+            builder.add(part)
     return builder.finish()
+
+
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Python's cycle collector paused while a window is read: the driver's rows (millions of
+    tuples, none in a cycle) set it off every few hundred rows, and each pass walked the live
+    ones again, which was most of a million-row read's CPU. Reference counting frees them."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _read_ahead(chunks: Iterator[SampleColumns]) -> Iterator[SampleColumns]:
+    """`chunks`, the next one read in a thread while the caller copies the one before: the
+    database's own work (SQLite's steps run without the GIL; PostgreSQL's server) overlaps it."""
+    with ThreadPoolExecutor(1, thread_name_prefix="window-read") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (part := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield part
 
 
 def window_from_columns(cols: SampleColumns, weights: dict[str, float]) -> Window:
@@ -112,6 +144,8 @@ def window_from_columns(cols: SampleColumns, weights: dict[str, float]) -> Windo
 class WindowBuilder:
     """Fills arrays sized for `limit` rows chunk by chunk, then keeps the rows a teacher answered.
 
+    Rows arrive newest first and are written from the arrays' end backwards, so a window read in
+    time order is already oldest first: its arrays are handed over without a reordering copy.
     Oldest first; each row's teacher distribution is the weighted mean of its usable answers
     (quarantined and failed ones skipped); rows with none are dropped and counted. Rows whose
     vectors are not `features`/`classes` wide (another model's) are skipped; unset, the newest
@@ -141,12 +175,20 @@ class WindowBuilder:
         self.codes = np.empty(n, np.int32)
         self.versions = np.empty(n, dtype=object)
 
-    def _slice_code(self, text: str) -> int:
-        code = self.kinds.get(text)
-        if code is None:
-            code = self.kinds[text] = len(self.kind_labels)
+    def _codes(self, texts: list[str]) -> np.ndarray:
+        """Each slice text's code (a new code per text not seen before), without a call per row."""
+        kinds = self.kinds
+        for text in set(texts).difference(kinds):
+            kinds[text] = len(self.kind_labels)
             self.kind_labels.append([f"{k}={v}" for k, v in sorted(orjson.loads(text).items())])
-        return code
+        return np.fromiter(map(kinds.__getitem__, texts), np.int32, len(texts))
+
+    def _shared(self, versions: list[str]) -> list[str]:
+        """The versions with one string object per distinct value (a million rows share a few)."""
+        shared = self.version_of
+        for v in set(versions).difference(shared):
+            shared[v] = v
+        return list(map(shared.__getitem__, versions))
 
     def add(self, cols: SampleColumns) -> None:
         """Copies one chunk (newest first) into the arrays; rows beyond `limit` are ignored."""
@@ -158,67 +200,83 @@ class WindowBuilder:
         if not hasattr(self, "x"):
             self._allocate()
         fb, cb = self.d * DTYPE.itemsize, self.c * DTYPE.itemsize
-        rows = [
-            i
-            for i, (f, p) in enumerate(zip(cols.features, cols.student_probs, strict=True))
-            if len(f) == fb and len(p) == cb
-        ][: self.limit - self.n]
-        if not rows:
+        n = len(cols.ids)
+        fits = (_sizes(cols.features) == fb) & (_sizes(cols.student_probs) == cb)
+        rows = np.flatnonzero(fits)[: self.limit - self.n]
+        if not len(rows):
             return
-        start, m = self.n, len(rows)
-        end = start + m
-        self.x[start:end] = from_blobs([cols.features[i] for i in rows], self.d)
-        self.student[start:end] = from_blobs([cols.student_probs[i] for i in rows], self.c)
-        self.at[start:end] = [cols.at[i] for i in rows]
-        self.labels[start:end] = [-1 if cols.labels[i] is None else cols.labels[i] for i in rows]
-        self.codes[start:end] = [self._slice_code(cols.slices[i]) for i in rows]
-        shared = self.version_of
-        self.versions[start:end] = [shared.setdefault(v, v) for v in (cols.student_versions[i] for i in rows)]
-        self._add_outputs(cols, rows, start, cb)
-        self.n = end
+        every = len(rows) == n
 
-    def _add_outputs(self, cols: SampleColumns, rows: list[int], start: int, cb: int) -> None:
-        place = np.full(len(cols.ids), -1, np.int64)
-        place[rows] = np.arange(start, start + len(rows))
-        usable: dict[str, tuple[list[int], list[bytes]]] = {}
-        versions: dict[tuple[str, str], list[int]] = {}
-        for i, name, version, quarantined, probs in cols.outputs:
-            j = place[i]
-            if j < 0:
-                continue
+        def pick(values: list) -> list:  # type: ignore[type-arg]
+            return values if every else [values[i] for i in rows]
+
+        # the chunk's rows, newest first, fill slots [first, last) from the end backwards
+        last = self.limit - self.n
+        first = last - len(rows)
+        back = slice(None, None, -1)
+        self.x[first:last] = from_blobs(pick(cols.features), self.d)[back]
+        self.student[first:last] = from_blobs(pick(cols.student_probs), self.c)[back]
+        self.at[first:last] = pick(cols.at)[back]
+        labels = np.array(pick(cols.labels)[back], np.float64)  # None -> NaN
+        self.labels[first:last] = np.where(np.isnan(labels), -1, labels)
+        self.codes[first:last] = self._codes(pick(cols.slices)[back])
+        self.versions[first:last] = self._shared(pick(cols.student_versions)[back])
+        place = np.full(n, -1, np.int64)
+        place[rows] = np.arange(last - 1, first - 1, -1)
+        self._add_outputs(cols, place, cb)
+        self.n += len(rows)
+
+    def _add_outputs(self, cols: SampleColumns, place: np.ndarray, cb: int) -> None:
+        """Adds each answer to its row's weighted mix, per teacher, and notes the versions seen."""
+        if not cols.outputs:
+            return
+        sample_ids, names, versions, quarantined, probs = zip(*cols.outputs, strict=True)
+        ids = np.asarray(cols.ids, np.int64)
+        by_id = np.argsort(ids)
+        found = by_id[np.searchsorted(ids, np.asarray(sample_ids, np.int64), sorter=by_id)]
+        at = place[found]  # each answer's place in the window, -1 for rows not taken
+        taken = at >= 0
+        usable = taken & ~np.asarray(quarantined, bool) & (_sizes([p or b"" for p in probs]) == cb)
+        teacher, called = _factor(names), _factor(versions)
+        width = len(called.labels)
+        pair = teacher.codes * width + called.codes
+        for code in np.unique(pair[taken]):
+            name, version = teacher.labels[code // width], called.labels[code % width]
             if version:
-                versions.setdefault((name, version), []).append(j)
-            if not quarantined and probs is not None and len(probs) == cb:
-                found = usable.setdefault(name, ([], []))
-                found[0].append(j)
-                found[1].append(probs)
-        for key, index in versions.items():
-            self.seen_versions.setdefault(key, []).append(np.asarray(index, np.int64))
-        for name in sorted(usable):
-            index, blobs = usable[name]
-            w = self.weights.get(name, 1.0)
-            at = np.asarray(index, np.int64)
-            self.mix[at] += from_blobs(blobs, self.c) * w  # one answer per teacher and row
-            self.weight[at] += w
+                self.seen_versions.setdefault((name, version), []).append(at[taken & (pair == code)])
+        for code in np.argsort(teacher.labels):  # teachers in name order, as the sums always were
+            index = np.flatnonzero(usable & (teacher.codes == code))
+            if not len(index):
+                continue
+            w = self.weights.get(teacher.labels[code], 1.0)
+            rows = at[index]
+            # one answer per teacher and row: no index repeats within one assignment
+            self.mix[rows] += from_blobs([probs[i] for i in index], self.c) * w
+            self.weight[rows] += w
 
     def finish(self) -> Window:
-        n = self.n
+        n, first = self.n, self.limit - self.n
         if n == 0:
             return _empty(0)
-        keep = self.weight[:n] > 0
+        keep = self.weight > 0  # every slot; those never filled hold no weight
         dropped = n - int(keep.sum())
-        if not keep.any():
+        if dropped == n:
             return _empty(dropped)
-        kept = np.flatnonzero(keep)
-        order = kept[np.argsort(self.at[kept], kind="stable")]  # oldest first
+        at = self.at[first:]
+        if dropped == 0 and bool(np.all(at[1:] > at[:-1])):
+            order: slice | np.ndarray = slice(first, None)  # already oldest first: views, no copy
+        else:  # oldest first; rows of one time in the order they came (newest key first)
+            kept = first + np.flatnonzero(keep[first:])
+            order = kept[np.lexsort((-kept, self.at[kept]))]
         teacher_versions: dict[str, set[str]] = {}
         for (name, version), parts in self.seen_versions.items():
             if any(keep[p].any() for p in parts):
                 teacher_versions.setdefault(name, set()).add(version)
+        weight = self.weight[order]
         return Window(
             x=self.x[order],
             student=self.student[order].astype(np.float64),
-            teacher=self.mix[order] / self.weight[order, None],
+            teacher=self.mix[order] / weight[:, None],
             labels=self.labels[order],
             slice_codes=self.codes[order],
             slice_kinds=self.kind_labels,
@@ -227,6 +285,25 @@ class WindowBuilder:
             teacher_versions={k: sorted(v) for k, v in teacher_versions.items()},
             dropped_no_teacher=dropped,
         )
+
+
+def _sizes(blobs: Sequence[bytes]) -> np.ndarray:
+    return np.fromiter(map(len, blobs), np.int64, len(blobs))
+
+
+@dataclass
+class _Factor(Generic[K]):
+    codes: np.ndarray  # per value, its index in `labels`
+    labels: list[K]
+
+
+def _factor(values: Sequence[K]) -> _Factor[K]:
+    """Distinct values and each value's code: a dict pass, for the few teachers of many rows."""
+    index: dict[K, int] = {}
+    for v in set(values):
+        index[v] = len(index)
+    labels = list(index)
+    return _Factor(np.fromiter(map(index.__getitem__, values), np.int64, len(values)), labels)
 
 
 def _empty(dropped: int) -> Window:
