@@ -247,9 +247,7 @@ class SynthesisSpec(_Spec):
         0.5, ge=0, description="with curation.match_production: drop candidates weighted below this"
     )
     max_ratio: float = Field(1.0, gt=0, description="kept per slice <= this x real rows")
-    weight: float = Field(
-        0.5, gt=0, le=1, description="synthetic row weight, x the mean data weight of its slice's seeds"
-    )
+    weight: float = Field(0.5, gt=0, le=1, description="row weight of a synthetic row (real rows: their own)")
     ablate: bool = Field(False, description="also train without synthetic rows and report both")
 
     @field_validator("generator")

@@ -166,7 +166,7 @@ def _curate_and_split(st: RunState) -> None:
         )
     st.cur, st.production = cur, production
     st.fit_idx, st.hold_idx = cur.keep[fit_pos], cur.keep[hold_pos]
-    st.weights_fit, st.weights_hold = cur.weights[fit_pos], cur.weights[hold_pos]
+    st.weights_fit = cur.weights[fit_pos]
     st.hints = [h[st.fit_idx] for h in st.hints]
 
 

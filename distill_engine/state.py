@@ -38,7 +38,6 @@ class RunState:
     fit_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     hold_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     weights_fit: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    weights_hold: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hints: list[np.ndarray] = field(default_factory=list)
     curves: list[dict[str, Any]] = field(default_factory=list)
     warm_start: dict[str, Any] | None = None
@@ -76,16 +75,11 @@ def seed_all(seed: int) -> None:
 
 
 def holdout_data(st: RunState, teacher_all: np.ndarray | None, labels: bool = True) -> TrainData | None:
-    """The hold-out rows as validation data, with their curated weights (None when there are none).
-
-    Weighted like training: a job that up-weights a few rows (a weak slice after a shift) also
-    selects its best epoch by them, not by the many rows it already fits."""
+    """The hold-out rows as validation data (None when there are none)."""
     if not len(st.hold_idx):
         return None
     y = st.labels(st.hold_idx) if labels else None
-    weights = st.weights_hold if len(st.weights_hold) == len(st.hold_idx) else None
-    teacher = None if teacher_all is None else teacher_all[st.hold_idx]
-    return make_data(st.train.x[st.hold_idx], teacher, y, weights)
+    return make_data(st.train.x[st.hold_idx], None if teacher_all is None else teacher_all[st.hold_idx], y)
 
 
 def temperature_on_holdout(st: RunState, model: torch.nn.Module) -> tuple[float, str]:

@@ -117,19 +117,15 @@ def _per_slice(names: np.ndarray, mask: np.ndarray) -> dict[str, int]:
 
 def _seeds(
     job: DistillJob, x: np.ndarray, slices: np.ndarray | None, weights: np.ndarray | None
-) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Each wanted slice's seed rows (its training rows, those of weight >= `min_seed_weight`)
-    and their mean data weight."""
+) -> dict[str, np.ndarray]:
+    """Each wanted slice's seed rows: its training rows, those of weight >= `min_seed_weight`."""
     spec = job.synthesis
     names = np.full(len(x), "*", dtype=object) if slices is None else slices.astype(str).astype(object)
-    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
-    heavy = w >= spec.min_seed_weight if spec.min_seed_weight > 0 else np.ones(len(x), bool)
-    rows, mean_weight = {}, {}
-    for name in spec.slices or sorted(set(names.tolist())):
-        mine = (names == name) & heavy
-        rows[str(name)] = x[mine].astype(np.float64)
-        mean_weight[str(name)] = float(w[mine].mean()) if mine.any() else 1.0
-    return rows, mean_weight
+    heavy = np.ones(len(x), bool)
+    if weights is not None and spec.min_seed_weight > 0:
+        heavy = weights >= spec.min_seed_weight
+    wanted = spec.slices or sorted(set(names.tolist()))
+    return {str(name): x[(names == name) & heavy].astype(np.float64) for name in wanted}
 
 
 def _candidates(
@@ -184,7 +180,7 @@ def synthesize(
     """Generate, label and filter synthetic rows from the training rows `x` (never hold-out rows);
     `weights`: the rows' own data weights, for `min_seed_weight`."""
     spec, rng = job.synthesis, np.random.default_rng(seed + 33)
-    seeds, seed_weight = _seeds(job, x, slices, weights)
+    seeds = _seeds(job, x, slices, weights)
     cand, tags, counts = _candidates(job, seeds, x.shape[1], rng)
     empty = Synthetic(np.zeros((0, x.shape[1]), np.float32), np.zeros((0, 0)), np.zeros(0), None, counts)
     if not len(cand):
@@ -220,6 +216,5 @@ def synthesize(
     for name, n in _per_slice(tags, keep).items():
         counts[name]["kept"] = n
     out_slices = None if slices is None else tags[keep].astype(str)
-    # Below their seeds: `weight` x the mean data weight of the slice's seed rows.
-    row_weight = np.array([spec.weight * seed_weight[str(t)] for t in tags[keep]], dtype=np.float64)
-    return Synthetic(cand[keep], probs[keep], row_weight, out_slices, counts, calls)
+    weights = np.full(int(keep.sum()), spec.weight)
+    return Synthetic(cand[keep], probs[keep], weights, out_slices, counts, calls)

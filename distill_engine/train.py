@@ -165,8 +165,7 @@ def _hint_stage(
 def _validate(
     model: nn.Module, val: TrainData, loss_spec: LossSpec, alpha: float, dev: torch.device
 ) -> dict[str, float]:
-    """Validation score (agreement with the teacher, else label accuracy; weighted by the rows'
-    weights) and loss."""
+    """Validation score (agreement with the teacher, else label accuracy) and loss."""
     model.eval()
     logits = torch.cat([model(val.x[i : i + 4096].to(dev)).float() for i in range(0, len(val), 4096)])
     teacher = None if val.teacher_probs is None else val.teacher_probs.to(dev)
@@ -175,9 +174,7 @@ def _validate(
     target = teacher.argmax(1) if teacher is not None else labels
     assert target is not None
     known = target >= 0
-    w = val.weights.to(dev)[known]
-    right = (logits.argmax(1)[known] == target[known]).float()
-    score = float((right * w).sum() / w.sum()) if bool(known.any()) and float(w.sum()) > 0 else 0.0
+    score = float((logits.argmax(1)[known] == target[known]).float().mean()) if bool(known.any()) else 0.0
     return {"val_score": score, "val_loss": float(loss)}
 
 

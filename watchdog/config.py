@@ -277,12 +277,7 @@ class PolicyConfig(Section):
         False, description="a candidate that passes the gates is promoted at once; else it waits for approval"
     )
     weak_slice_weight: Positive = Field(
-        3.0, description="training weight of weak slices' rows since they were last healthy (at least)"
-    )
-    weak_slice_share: Annotated[float, _within(0, 0.9)] = Field(
-        0.2,
-        description="those rows together carry at least this share of the training weight: a few rows "
-        "after a shift among many older ones are otherwise too light to learn from",
+        3.0, description="training weight of weak slices' rows since they were last healthy"
     )
     warm_start: bool = Field(
         True, description="candidates start from the active student's weights (same architecture)"

@@ -110,15 +110,3 @@ def test_a_weak_slices_rows_since_it_was_healthy_are_weighted_seed_synthesis_and
         assert (hold["slice"] == "sensor=c").sum() > hold["changed"].sum()  # older c rows held out too
     job = yaml.safe_load((run / "job.yaml").read_text())
     assert job["synthesis"]["min_seed_weight"] == settings.policy.weak_slice_weight
-
-
-def test_few_changed_rows_carry_the_configured_share_of_the_training_weight() -> None:
-    from distill_watchdog.config import PolicyConfig
-    from distill_watchdog.loop.build import _weak_row_weight
-
-    cfg = PolicyConfig()
-    few = {"s=c": np.arange(10_000) < 10}
-    w = _weak_row_weight(cfg, few, 10_000)
-    assert abs(10 * w / (10 * w + 9_990) - cfg.weak_slice_share) < 1e-9
-    many = {"s=c": np.arange(10_000) < 5_000}  # already a large share: the plain weight
-    assert _weak_row_weight(cfg, many, 10_000) == cfg.weak_slice_weight

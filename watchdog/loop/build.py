@@ -103,26 +103,10 @@ def _weights(
         changed[label] = w.mask(label) & since
         recent |= since
     weight = np.ones(len(w))
-    weight[_any(changed, len(w))] = _weak_row_weight(settings.policy, changed, len(w))
+    for m in changed.values():
+        weight[m] = settings.policy.weak_slice_weight
     known = [t for t in healthy.values() if t is not None]
     return weight, recent, changed, min(known) if known else None
-
-
-def _any(masks: dict[str, np.ndarray], n: int) -> np.ndarray:
-    out = np.zeros(n, dtype=bool)
-    for m in masks.values():
-        out |= m
-    return out
-
-
-def _weak_row_weight(cfg: Any, changed: dict[str, np.ndarray], n: int) -> float:
-    """One changed row's weight: `weak_slice_weight`, or more so that the changed rows together
-    carry `weak_slice_share` of the training weight."""
-    k = int(_any(changed, n).sum())
-    if k == 0 or k == n:
-        return float(cfg.weak_slice_weight)
-    share = cfg.weak_slice_share * (n - k) / ((1 - cfg.weak_slice_share) * k)
-    return float(max(cfg.weak_slice_weight, share))
 
 
 def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -210,12 +194,7 @@ def _engine_teachers(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _synthesis(
-    settings: Settings,
-    job: dict[str, Any],
-    w: Window,
-    train_idx: np.ndarray,
-    weak: list[str],
-    seed_weight: float,
+    settings: Settings, job: dict[str, Any], w: Window, train_idx: np.ndarray, weak: list[str]
 ) -> dict[str, Any] | None:
     """Turns on the engine's synthesis stage for the weak slices' training rows (policy.synthesis).
 
@@ -229,8 +208,9 @@ def _synthesis(
         return None
     present = {str(s) for s in w.slice_strings()[train_idx]}
     slices = sorted(s for s in present if any(label in s.split(",") for label in weak))
-    # Seeds: the weak slices' changed rows, the only rows weighted above 1 in train.npz.
-    seeds = {"min_seed_weight": seed_weight} if seed_weight > 1 else {}
+    # Seeds: the weak slices' changed rows, the ones up-weighted to policy.weak_slice_weight.
+    heavier = settings.policy.weak_slice_weight
+    seeds = {"min_seed_weight": heavier} if heavier > 1 else {}
     spec = deep_merge(
         {"enabled": True, "slices": slices, **seeds}, settings.distill.job.get("synthesis") or {}
     )
@@ -291,11 +271,13 @@ def build_job(
     run_dir.mkdir(parents=True, exist_ok=True)
     replay = replay_rows(settings, active)
     _save(run_dir / "train.npz", w, train_idx, weight[train_idx], replay)
-    _save(run_dir / "holdout.npz", w, hold_idx, changed=_any(masks, len(w)))
+    any_changed = np.zeros(len(w), dtype=bool)
+    for m in masks.values():
+        any_changed |= m
+    _save(run_dir / "holdout.npz", w, hold_idx, changed=any_changed)
     np.savez(run_dir / "production.npz", x=w.x[train_idx[-settings.monitor.window :]])
     job, about = _job_spec(settings, registry, active)
-    heaviest = float(weight[train_idx].max()) if len(train_idx) else 1.0
-    about["synthesis"] = _synthesis(settings, job, w, train_idx, weak, heaviest)
+    about["synthesis"] = _synthesis(settings, job, w, train_idx, weak)
     (run_dir / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return {
         "run_id": run_id,
@@ -305,7 +287,7 @@ def build_job(
         "holdout": "stratified by slice and time, from the recent rows",
         "weak_counts": parts.weak_counts,
         "weak_rows": int(sum(c["train"] for c in parts.weak_counts.values())),
-        "weak_slice_weight": float(weight.max()) if len(weight) else 1.0,
+        "weak_slice_weight": cfg.weak_slice_weight,
         "replayed_reference_rows": 0 if replay is None else int(len(replay[0])),
         "weak_since": healthy_at,
         "teacher_versions": w.teacher_versions,
