@@ -41,9 +41,23 @@ def test_a_negative_entry_counts_from_the_last_cpu_the_process_may_use() -> None
 def test_serving_is_pinned_to_the_cpus_background_work_does_not_use() -> None:
     code = "import os; from distill_watchdog.background import pin_serving; "
     code += "from distill_watchdog.config import ServerConfig; s = ServerConfig(background_cpus=[-1]); "
-    code += "pin_serving(s); print(sorted(os.sched_getaffinity(0)), s.background_cpus)"
+    code += "cpus = pin_serving(s); print(sorted(os.sched_getaffinity(0)), list(cpus), s.background_cpus)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == f"{CPUS[:-1]} {[CPUS[-1]]}"  # children are given CPU numbers
+    # Children are given CPU numbers; the settings keep the entry as written.
+    assert out.strip() == f"{CPUS[:-1]} {[CPUS[-1]]} [-1]"
+
+
+@needs_two
+def test_the_daemon_holds_the_background_cpus_as_numbers_and_leaves_the_settings_as_written(
+    tmp_path: Path,
+) -> None:
+    from distill_watchdog.app import create_app
+
+    settings = load_settings(None, data_dir=str(tmp_path / "data"), server={"background_cpus": [-1]})
+    assert create_app(settings).daemon.background_cpus == (CPUS[-1],)
+    pinned = create_app(settings, background_cpus=(CPUS[0],)).daemon  # what pin_serving returned
+    assert pinned.background_cpus == (CPUS[0],)
+    assert settings.server.background_cpus == [-1]
 
 
 def _state(pid: int) -> tuple[set[int], int, int]:
