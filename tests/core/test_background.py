@@ -16,7 +16,7 @@ from distill_watchdog.errors import ConfigError
 from distill_watchdog.loop.monitor import process as monitor_process
 from distill_watchdog.shadow.teachers.pool import TeacherProcesses
 
-from support import eventually
+from support import DaemonProcess, eventually, free_port, wait_ready
 
 CPUS = sorted(os.sched_getaffinity(0))
 needs_two = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs to split")
@@ -121,3 +121,32 @@ def test_serve_refuses_unusable_background_cpus_with_one_line_naming_the_key(tmp
         f"server.background_cpus: CPU 4096 is not available to this process (it may use "
         f"{', '.join(map(str, CPUS))})"
     ]
+
+
+@needs_two
+@pytest.mark.slow  # two uvicorn workers
+def test_each_worker_pins_itself_to_the_serving_cpus(tmp_path: Path) -> None:
+    """With `server.workers > 1` the supervisor stays unpinned; each worker resolves the same
+    relative entry (-1) against every CPU and pins itself to the rest."""
+    port = free_port()
+    config = tmp_path / "w.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\nserver:\n  port: {port}\n  workers: 2\n  background_cpus: [-1]\n"
+    )
+    daemon = DaemonProcess(config, port=port).start(wait=False)
+    assert daemon.proc is not None
+    serving = set(CPUS[:-1])
+
+    def workers_pinned() -> bool:
+        children = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()
+        return [os.sched_getaffinity(int(c)) for c in children].count(serving) == 2
+
+    try:
+        try:
+            wait_ready(daemon.url, timeout=120, path="/v2/health/live")
+        except TimeoutError:
+            pytest.fail(f"the workers did not start:\n{daemon.log()[-3000:]}")
+        eventually(workers_pinned, 30, "both workers on the serving CPUs")
+        assert os.sched_getaffinity(daemon.proc.pid) == set(CPUS)  # the supervisor serves nothing
+    finally:
+        daemon.stop()
