@@ -15,6 +15,15 @@ from support import Postgres, free_port, write_model
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+@pytest.fixture(autouse=True)
+def fresh_metrics() -> None:
+    """Every test starts with no counts, gauges or tracked sources in the daemon's one registry,
+    so none depends on the tests that ran before it in this process."""
+    from distill_watchdog import metrics
+
+    metrics.reset()
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     pg = Postgres()

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from distill_watchdog import metrics
+from distill_watchdog import background, metrics
 from distill_watchdog.config import Settings
 from distill_watchdog.errors import WatchdogError
 from distill_watchdog.registry import Registry
@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 class Component(Protocol):
     """A background part of the daemon (sampling worker, scheduler, ...).
 
-    One that others use names its `Daemon` field in a class attribute `slot`: create_app fills
-    the slot before any component starts, so none depends on another's start order.
+    One that others use names its `Daemon` field in a class attribute `slot`: `build_daemon`
+    fills the slot, and makes what the components share, before any component starts, so none
+    depends on another's start order.
     """
 
     async def start(self, daemon: Daemon) -> None: ...
@@ -69,7 +70,10 @@ class Daemon:
     alerts: Alerter | None = None  # fire/resolve never block
     teachers: SamplingService | None = None  # teacher states, admin accept
     scheduler: Scheduler | None = None  # leader, last cycle
-    runs: RunManager | None = None  # trigger, approve, reject: made by the scheduler's start
+    runs: RunManager | None = None  # trigger, approve, reject: made by build_daemon with the scheduler
+    # `server.background_cpus` as CPU numbers, resolved once at start (None: not pinned): what
+    # every child process is given. The settings keep the entries as written.
+    background_cpus: tuple[int, ...] | None = None
     components: list[Component] = field(default_factory=list)
     draining: bool = False
     started_at: float = field(default_factory=time.time)
@@ -94,8 +98,7 @@ class WatchdogASGI:
         self.framework = framework
         self._children: dict[tuple[str, int], Any] = {}
         self._durations: dict[str, Any] = {}
-        self.in_flight = 0  # read at scrape time: a plain int costs nothing per request
-        metrics.track(metrics.requests_in_flight, lambda: self.in_flight)
+        self.in_flight = 0  # read at scrape time (tracked while the daemon runs): a plain int
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -193,11 +196,30 @@ async def _watchdog_error(request: Request, exc: Exception) -> Response:
     return routes.error(exc.status_code, str(exc))
 
 
-def build_daemon(settings: Settings) -> Daemon:
+def build_daemon(
+    settings: Settings, components: Sequence[Component] = (), background_cpus: tuple[int, ...] | None = None
+) -> Daemon:
+    """The container the components are given: every part they share exists before any starts."""
     store = Store(settings.store_url)
     registry = Registry(store, settings.models_dir, ort_threads=settings.student.ort_threads)
     models = ModelManager(registry, warm_batch=settings.student.max_batch_size)
-    return Daemon(settings=settings, store=store, registry=registry, models=models)
+    daemon = Daemon(
+        settings=settings,
+        store=store,
+        registry=registry,
+        models=models,
+        background_cpus=background_cpus,
+        components=list(components),
+    )
+    for component in daemon.components:
+        slot = getattr(component, "slot", None)
+        if slot is not None:
+            setattr(daemon, slot, component)
+    if daemon.scheduler is not None:  # runs are the loop's: the scheduler starts them, admin reviews them
+        from distill_watchdog.loop.runs import RunManager
+
+        daemon.runs = RunManager(daemon)
+    return daemon
 
 
 def _register_initial_student(daemon: Daemon) -> None:
@@ -210,15 +232,19 @@ def _register_initial_student(daemon: Daemon) -> None:
 
 
 def create_app(
-    settings: Settings, components: list[Component] | None = None, freeze_gc: bool = False
+    settings: Settings,
+    components: Sequence[Component] | None = None,
+    freeze_gc: bool = False,
+    background_cpus: tuple[int, ...] | None = None,
 ) -> WatchdogASGI:
-    """The daemon's ASGI app; `freeze_gc` for a process that runs nothing else (`serve`)."""
-    daemon = build_daemon(settings)
-    daemon.components = list(components or [])
-    for component in daemon.components:
-        slot = getattr(component, "slot", None)
-        if slot is not None:
-            setattr(daemon, slot, component)
+    """The daemon's ASGI app; `freeze_gc` for a process that runs nothing else (`serve`).
+
+    `background_cpus`: what `background.pin_serving` returned in a pinned process; by default the
+    settings' entries resolved against this process's CPUs (nothing is pinned here).
+    """
+    if background_cpus is None:
+        background_cpus = background.resolve(settings.server)
+    daemon = build_daemon(settings, components or (), background_cpus)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -235,6 +261,7 @@ def create_app(
         poller = asyncio.get_running_loop().create_task(
             daemon.models.poll_forever(settings.store.poll_interval_s)
         )
+        metrics.track(metrics.requests_in_flight, wrapper, lambda: wrapper.in_flight)
         for component in daemon.components:
             await component.start(daemon)
         published = (
@@ -267,6 +294,7 @@ def create_app(
                 except Exception:
                     log.exception("daemon: a component failed to stop cleanly")
             await daemon.batcher.stop()
+            metrics.untrack(metrics.requests_in_flight, wrapper)
             daemon.store.close()
             metrics.process_ended(os.getpid())
 

@@ -60,20 +60,27 @@ def split_cpus(background: Sequence[int] | None) -> tuple[set[int] | None, set[i
     return serving, wanted
 
 
-def pin_serving(server: ServerConfig) -> set[int] | None:
-    """Pins the serving process to the CPUs background work does not use; returns them.
+def resolve(server: ServerConfig) -> tuple[int, ...] | None:
+    """`server.background_cpus` as CPU numbers of this (unpinned) process; None when unset."""
+    _, background = split_cpus(server.background_cpus)
+    return tuple(sorted(background)) if background is not None else None
 
-    `server.background_cpus` is rewritten as CPU numbers, which the child processes started
-    later are given: relative entries would mean something else once serving is pinned.
+
+def pin_serving(server: ServerConfig) -> tuple[int, ...] | None:
+    """Pins the serving process to the CPUs background work does not use; returns the background
+    CPUs as CPU numbers (None: nothing pinned).
+
+    The daemon gives child processes these numbers, not the configured entries: relative ones
+    would mean something else once serving is pinned. The settings are left as written.
     """
     serving, background = split_cpus(server.background_cpus)
-    if serving is not None and background is not None:
-        # Every thread: a CPU mask is per thread on Linux, and some start with the interpreter.
-        for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(int(tid), serving)
-        server.background_cpus = sorted(background)
-    return serving
+    if serving is None or background is None:
+        return None
+    # Every thread: a CPU mask is per thread on Linux, and some start with the interpreter.
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), serving)
+    return tuple(sorted(background))
 
 
 def apply(pid: int, priority: Priority, cpus: Sequence[int] | None = None) -> None:

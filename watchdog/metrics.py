@@ -26,6 +26,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -110,6 +111,11 @@ class _LoopMetric(Generic[_Child]):
 
     def _new_child(self) -> _Child:
         raise NotImplementedError
+
+    def reset(self) -> None:
+        self._children.clear()
+        if not self.labelnames:
+            self._children[()] = self._new_child()
 
     def labels(self, *values: str, **kw: str) -> _Child:
         key = tuple(values) if values else tuple(str(kw[n]) for n in self.labelnames)
@@ -514,22 +520,35 @@ class _AcrossProcesses:
 
 _ACROSS = CollectorRegistry(auto_describe=False)
 _ACROSS.register(_AcrossProcesses())
-_tracked: list[tuple[Gauge, Callable[[], float]]] = []
+# Gauges read from the running parts of the daemon: gauge -> {owner: its value}.
+_sources: dict[Gauge, dict[object, Callable[[], float]]] = {}
 
 
-def track(gauge: Gauge, value: Callable[[], float]) -> None:
-    """A gauge read from `value`: at scrape time in one process; in multiprocess mode written to
-    its file each second (`publish_forever`) and at each scrape, so other workers' scrapes see it."""
+def track(gauge: Gauge, owner: object, value: Callable[[], float]) -> None:
+    """`owner`'s `value()` counts into `gauge`, summed with other owners', until `untrack`: read
+    at scrape time in one process; in multiprocess mode written to its file each second
+    (`publish_forever`) and at each scrape, so other workers' scrapes see it."""
+    _sources.setdefault(gauge, {})[owner] = value
     if MULTIPROCESS:
-        _tracked.append((gauge, value))
-        gauge.set(value())
+        gauge.set(_sum(gauge))
     else:
-        gauge.set_function(value)
+        gauge.set_function(lambda: _sum(gauge))
+
+
+def untrack(gauge: Gauge, owner: object) -> None:
+    """`owner` stopped: its value leaves the gauge."""
+    _sources.get(gauge, {}).pop(owner, None)
+    if MULTIPROCESS:
+        gauge.set(_sum(gauge))
+
+
+def _sum(gauge: Gauge) -> float:
+    return float(sum(value() for value in list(_sources.get(gauge, {}).values())))
 
 
 def _publish() -> None:
-    for gauge, value in _tracked:
-        gauge.set(value())
+    for gauge in list(_sources):
+        gauge.set(_sum(gauge))
 
 
 async def publish_forever(interval_s: float = 1.0) -> None:
@@ -569,3 +588,21 @@ def set_active_model(version: str) -> None:
     """Keeps exactly one `watchdog_model_info` series: the version being served."""
     retire(model_info)
     model_info.labels(version=version).set(1)
+
+
+_DEFINED = tuple(m for m in list(globals().values()) if isinstance(m, MetricWrapperBase | _LoopMetric))
+
+
+def reset() -> None:
+    """Every series of this process back to none, and no gauge tracked or shadow sample kept, as
+    in a new process (one process only): each test starts from zero whatever ran before it."""
+    for metric in _DEFINED:
+        if isinstance(metric, _LoopMetric):
+            metric.reset()
+        elif metric._labelnames:
+            metric.clear()
+        else:
+            metric._metric_init()  # prometheus_client's own reset of an unlabelled series
+    _sources.clear()
+    remote.live.clear()
+    remote.ended.clear()

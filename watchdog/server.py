@@ -10,18 +10,19 @@ import uvicorn
 
 from distill_watchdog import metrics
 from distill_watchdog.app import create_app
-from distill_watchdog.background import pin_serving
+from distill_watchdog.background import pin_serving, split_cpus
 from distill_watchdog.config import CONFIG_ENV, Settings, load_settings
 from distill_watchdog.logs import setup_logging
 
 
 def app_from_env() -> object:
-    """Factory for uvicorn workers (server.workers > 1): each process reads the same config."""
+    """Factory for uvicorn workers (server.workers > 1): each process reads the same config and
+    pins itself (the supervisor that starts them is not pinned, so each resolves the same CPUs)."""
     settings = load_settings(os.environ.get(CONFIG_ENV))
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
-    pin_serving(settings.server)
+    cpus = pin_serving(settings.server)
     setup_logging(settings.server.log_format)
-    return create_app(settings, components=default_components(settings), freeze_gc=True)
+    return create_app(settings, components=default_components(settings), freeze_gc=True, background_cpus=cpus)
 
 
 def default_components(settings: Settings) -> list:
@@ -40,7 +41,7 @@ def default_components(settings: Settings) -> list:
 def serve(settings: Settings, config_path: str | None = None) -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     sys.setswitchinterval(settings.server.gil_switch_interval_ms / 1000)
-    pin_serving(settings.server)  # before the model loads: its thread count follows
+    split_cpus(settings.server.background_cpus)  # unusable CPUs stop the daemon here, with one line
     setup_logging(settings.server.log_format)
     common = dict(
         host=settings.server.host,
@@ -62,5 +63,6 @@ def serve(settings: Settings, config_path: str | None = None) -> None:
             "distill_watchdog.server:app_from_env", factory=True, workers=settings.server.workers, **common
         )
         return
-    app = create_app(settings, components=default_components(settings), freeze_gc=True)
+    cpus = pin_serving(settings.server)  # before the model loads: its thread count follows
+    app = create_app(settings, components=default_components(settings), freeze_gc=True, background_cpus=cpus)
     uvicorn.Server(uvicorn.Config(app, **common)).run()

@@ -16,7 +16,7 @@ from distill_watchdog.errors import ConfigError
 from distill_watchdog.loop.monitor import process as monitor_process
 from distill_watchdog.shadow.teachers.pool import TeacherProcesses
 
-from support import eventually
+from support import DaemonProcess, eventually, free_port, wait_ready
 
 CPUS = sorted(os.sched_getaffinity(0))
 needs_two = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs to split")
@@ -41,9 +41,23 @@ def test_a_negative_entry_counts_from_the_last_cpu_the_process_may_use() -> None
 def test_serving_is_pinned_to_the_cpus_background_work_does_not_use() -> None:
     code = "import os; from distill_watchdog.background import pin_serving; "
     code += "from distill_watchdog.config import ServerConfig; s = ServerConfig(background_cpus=[-1]); "
-    code += "pin_serving(s); print(sorted(os.sched_getaffinity(0)), s.background_cpus)"
+    code += "cpus = pin_serving(s); print(sorted(os.sched_getaffinity(0)), list(cpus), s.background_cpus)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == f"{CPUS[:-1]} {[CPUS[-1]]}"  # children are given CPU numbers
+    # Children are given CPU numbers; the settings keep the entry as written.
+    assert out.strip() == f"{CPUS[:-1]} {[CPUS[-1]]} [-1]"
+
+
+@needs_two
+def test_the_daemon_holds_the_background_cpus_as_numbers_and_leaves_the_settings_as_written(
+    tmp_path: Path,
+) -> None:
+    from distill_watchdog.app import create_app
+
+    settings = load_settings(None, data_dir=str(tmp_path / "data"), server={"background_cpus": [-1]})
+    assert create_app(settings).daemon.background_cpus == (CPUS[-1],)
+    pinned = create_app(settings, background_cpus=(CPUS[0],)).daemon  # what pin_serving returned
+    assert pinned.background_cpus == (CPUS[0],)
+    assert settings.server.background_cpus == [-1]
 
 
 def _state(pid: int) -> tuple[set[int], int, int]:
@@ -107,3 +121,32 @@ def test_serve_refuses_unusable_background_cpus_with_one_line_naming_the_key(tmp
         f"server.background_cpus: CPU 4096 is not available to this process (it may use "
         f"{', '.join(map(str, CPUS))})"
     ]
+
+
+@needs_two
+@pytest.mark.slow  # two uvicorn workers
+def test_each_worker_pins_itself_to_the_serving_cpus(tmp_path: Path) -> None:
+    """With `server.workers > 1` the supervisor stays unpinned; each worker resolves the same
+    relative entry (-1) against every CPU and pins itself to the rest."""
+    port = free_port()
+    config = tmp_path / "w.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\nserver:\n  port: {port}\n  workers: 2\n  background_cpus: [-1]\n"
+    )
+    daemon = DaemonProcess(config, port=port).start(wait=False)
+    assert daemon.proc is not None
+    serving = set(CPUS[:-1])
+
+    def workers_pinned() -> bool:
+        children = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children").read_text().split()
+        return [os.sched_getaffinity(int(c)) for c in children].count(serving) == 2
+
+    try:
+        try:
+            wait_ready(daemon.url, timeout=120, path="/v2/health/live")
+        except TimeoutError:
+            pytest.fail(f"the workers did not start:\n{daemon.log()[-3000:]}")
+        eventually(workers_pinned, 30, "both workers on the serving CPUs")
+        assert os.sched_getaffinity(daemon.proc.pid) == set(CPUS)  # the supervisor serves nothing
+    finally:
+        daemon.stop()

@@ -222,7 +222,7 @@ def test_runs_of_a_dead_replica_are_failed_but_live_ones_kept(tmp_path: Path) ->
 
     store = Store(f"sqlite:///{tmp_path / 'o.db'}")
     settings = load_settings(None, data_dir=str(tmp_path / "data"))
-    manager = RunManager(SimpleNamespace(store=store, settings=settings), tmp_path / "s.json")  # type: ignore[arg-type]
+    manager = RunManager(SimpleNamespace(store=store, settings=settings))  # type: ignore[arg-type]
     old = time.time() - 600
     for run_id, owner, touched in (("dead", "other-replica", old), ("alive", "other-replica", time.time())):
         detail = orjson.dumps({"owner": owner}).decode()

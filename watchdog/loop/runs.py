@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OWNER = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 FINISH_TIMEOUT_S = 900.0
 
 
@@ -51,10 +50,18 @@ def _tail(path: Path, chars: int = 600) -> str:
 
 
 class RunManager:
-    def __init__(self, daemon: Daemon, settings_file: Path) -> None:
+    """Starts, follows and ends the runs of one daemon (made by `app.build_daemon` with the
+    scheduler, so the admin API and the scheduler share it whatever their start order)."""
+
+    def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.settings = daemon.settings
-        self.settings_file = settings_file
+        # The steps' `--settings`, private to this user (procs.write_settings).
+        self.settings_file = procs.write_settings(
+            self.settings, self.settings.data_dir / "run" / f"settings-{os.getpid()}.json"
+        )
+        # Marks this manager's runs: another replica's stale runs are orphans (recover_orphans).
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -101,7 +108,7 @@ class RunManager:
                 {
                     "reason": reason,
                     "actor": actor,
-                    "owner": OWNER,
+                    "owner": self.owner,
                     "trigger_numbers": numbers,
                     "trigger_drift": drift,
                 },
@@ -167,9 +174,7 @@ class RunManager:
         """Runs one step of the run (procs.run_step, on the background CPUs at `priority`); a step
         that cannot start, times out or exits non-zero raises RunError."""
         try:
-            code = await procs.run_step(
-                argv, log_path, timeout, priority, self.settings.server.background_cpus
-            )
+            code = await procs.run_step(argv, log_path, timeout, priority, self.daemon.background_cpus)
         except TimeoutError:  # before OSError, its base class
             raise RunError(f"{what}: timed out after {timeout:g} s") from None
         except OSError as exc:
@@ -375,7 +380,7 @@ class RunManager:
         cutoff = time.time() - stale_s
         for row in self.daemon.store.list_runs(50):
             owner = orjson.loads(row.detail_json).get("owner")
-            if row.status == "running" and owner != OWNER and row.updated_at < cutoff:
+            if row.status == "running" and owner != self.owner and row.updated_at < cutoff:
                 self.daemon.store.update_run(
                     row.id, expect=("running",), status="failed", detail={"error": "its replica stopped"}
                 )

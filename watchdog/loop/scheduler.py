@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -23,10 +22,10 @@ from distill_watchdog.loop import policy
 from distill_watchdog.loop.artifacts import prune_runs
 from distill_watchdog.loop.monitor import process as monitor_process
 from distill_watchdog.loop.monitor.stats import top_slices
-from distill_watchdog.loop.runs import RunManager
 
 if TYPE_CHECKING:
     from distill_watchdog.app import Daemon
+    from distill_watchdog.loop.runs import RunManager
     from distill_watchdog.store import LeaderLock
 
 log = logging.getLogger(__name__)
@@ -62,7 +61,8 @@ def _ceiling_run(store: Any) -> str | None:
 
 
 class Scheduler:
-    """The leader's timers: monitor cycles, retention, teacher re-evaluation; runs via RunManager."""
+    """The leader's timers: monitor cycles, retention, teacher re-evaluation; runs through the
+    daemon's RunManager, which it stops with itself."""
 
     slot = "scheduler"  # the Daemon field create_app fills with it
 
@@ -77,21 +77,19 @@ class Scheduler:
         self._sched: AsyncIOScheduler | None = None
 
     async def start(self, daemon: Daemon) -> None:
+        if daemon.runs is None:
+            raise RuntimeError("scheduler: the daemon has no run manager (build_daemon makes it)")
         self.daemon = daemon
+        self.runs = daemon.runs
         settings = daemon.settings
-        settings_file = procs.write_settings(
-            settings, settings.data_dir / "run" / f"settings-{os.getpid()}.json"
-        )
         self.worker = procs.Worker(
             "monitor",
             monitor_process.main,
             (settings.child_json(),),
             "idle",
-            settings.server.background_cpus,
+            daemon.background_cpus,
             metrics.scheduler_errors_total.labels(task="monitor"),
         )
-        self.runs = RunManager(daemon, settings_file)
-        daemon.runs = self.runs
         self.lock = daemon.store.leader_lock()
         metrics.leader.set(0)
         cfg = settings.monitor

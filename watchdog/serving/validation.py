@@ -32,7 +32,7 @@ class _Ids:
 
     def __init__(self) -> None:
         self.reset()
-        os.register_at_fork(after_in_child=self.reset)  # a worker must not repeat its parent's ids
+        self._fork_hook = False
 
     def reset(self) -> None:
         self.pool = ""
@@ -42,6 +42,11 @@ class _Ids:
         width = 2 * self.ID_BYTES
         end = self.at + n * width
         if end > len(self.pool):
+            if not self._fork_hook:
+                # With the first buffer, not at import: a forked child must not repeat its
+                # parent's ids.
+                os.register_at_fork(after_in_child=self.reset)
+                self._fork_hook = True
             self.pool = os.urandom(self.ID_BYTES * max(n, self.BUFFER_IDS)).hex()
             self.at, end = 0, n * width
         start, self.at = self.at, end

@@ -50,8 +50,10 @@ class TeacherWorker:
         feature_names: Sequence[str] | None = None,
         on_taken: Callable[[], None] | None = None,
         on_change: Callable[[], None] | None = None,
+        cpus: Sequence[int] | None = None,
     ) -> None:
         self.settings = settings
+        self.cpus = cpus  # where the teacher processes run: the daemon's background CPUs
         self.cfg = settings.sampling
         self.store = store
         self.alerts = alerts  # fire/resolve, or None when no receiver is configured
@@ -133,7 +135,7 @@ class TeacherWorker:
     async def _boot(self) -> bool:
         """Starts the teacher processes: the engine imports torch there, not here."""
         self._processes = TeacherProcesses(
-            self.settings.teachers, self.cfg.concurrency, self.settings.server.background_cpus
+            self.settings.teachers, self.cfg.concurrency, list(self.cpus) if self.cpus else None
         )
         try:
             await self._processes.start()

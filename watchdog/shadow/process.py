@@ -61,9 +61,15 @@ class _Alerts:
 
 
 def _main(
-    sock: socket.socket, settings_json: str, feature_names: list[str] | None, alerts: bool, parent: int
+    sock: socket.socket,
+    settings_json: str,
+    feature_names: list[str] | None,
+    alerts: bool,
+    parent: int,
+    cpus: tuple[int, ...] | None,
 ) -> None:
-    """The process's whole life (spawned): logging as the daemon's, then `_run`."""
+    """The process's whole life (spawned): logging as the daemon's, then `_run`. `cpus`: the
+    daemon's background CPUs as CPU numbers (this process and its teacher processes run there)."""
     from distill_watchdog.logs import setup_logging
 
     # The teacher processes are this one's children: a daemonic process may not start any. It
@@ -74,18 +80,22 @@ def _main(
     die_with(parent)
     from distill_watchdog.background import enter
 
-    enter("low", settings.server.background_cpus)
-    asyncio.run(_run(sock, settings, feature_names, alerts))
+    enter("low", cpus)
+    asyncio.run(_run(sock, settings, feature_names, alerts, cpus))
 
 
 async def _run(
-    sock: socket.socket, settings: Settings, feature_names: list[str] | None, alerts: bool
+    sock: socket.socket,
+    settings: Settings,
+    feature_names: list[str] | None,
+    alerts: bool,
+    cpus: tuple[int, ...] | None,
 ) -> None:
     from distill_watchdog.store import Store
 
     reader, writer = await asyncio.open_connection(sock=sock)
     store = await asyncio.to_thread(Store, settings.store_url, False)
-    shadow = _Shadow(writer, settings, store, feature_names, alerts)
+    shadow = _Shadow(writer, settings, store, feature_names, alerts, cpus)
     try:
         await shadow.worker.start()
     except Exception as exc:
@@ -108,6 +118,7 @@ class _Shadow:
         store: Any,
         feature_names: list[str] | None,
         alerts: bool,
+        cpus: tuple[int, ...] | None,
     ) -> None:
         from distill_watchdog.shadow.pipeline import TeacherWorker
 
@@ -115,7 +126,7 @@ class _Shadow:
         self.received = 0
         self.pushed: dict[str, Any] = {}
         alerter = _Alerts(self.send, settings.alerts) if alerts else None
-        self.worker = TeacherWorker(settings, store, alerter, feature_names, self.taken, self.push_all)
+        self.worker = TeacherWorker(settings, store, alerter, feature_names, self.taken, self.push_all, cpus)
 
     def send(self, message: Any) -> None:
         self.writer.write(frame(message))
@@ -198,10 +209,12 @@ class ShadowProcess:
         settings: Settings,
         feature_names: list[str] | None,
         alerter: Any,
+        cpus: tuple[int, ...] | None = None,
     ) -> None:
         self.settings = settings
         self.feature_names = feature_names
         self.alerter = alerter  # alerts.Alerter, or None
+        self.cpus = cpus  # the daemon's background CPUs (CPU numbers), where the process runs
         self.running = False  # its teacher worker runs (teachers loaded)
         self.states: dict[str, Any] = {}  # teacher name -> pinning.TeacherState, as last sent
         self.teacher_status: list[dict[str, Any]] = []
@@ -235,7 +248,13 @@ class ShadowProcess:
 
     async def start(self) -> None:
         """Starts the process and waits for its worker (raises if the process cannot start)."""
-        args = (self.settings.child_json(), self.feature_names, self.alerter is not None, os.getpid())
+        args = (
+            self.settings.child_json(),
+            self.feature_names,
+            self.alerter is not None,
+            os.getpid(),
+            self.cpus,
+        )
         started = await spawn(_main, args, "shadow")
         process, reader, writer = started.process, started.reader, started.writer
         try:

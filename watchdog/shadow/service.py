@@ -35,10 +35,10 @@ class SamplingService:
     async def start(self, daemon: Daemon) -> None:
         model = daemon.models.current
         names = list(model.card.feature_names) if model is not None and model.card.feature_names else None
-        self.shadow = ShadowProcess(self.settings, names, daemon.alerts)
+        self.shadow = ShadowProcess(self.settings, names, daemon.alerts, daemon.background_cpus)
         self.sampler = RequestSampler(self.settings, self.shadow, names)
         # Read at scrape time: a locked gauge set on every sampled row cost the event loop more.
-        metrics.track(metrics.sample_queue_depth, self.sampler.depth)
+        metrics.track(metrics.sample_queue_depth, self, self.sampler.depth)
         daemon.sampler = self.sampler
         try:
             await self.shadow.start()
@@ -63,6 +63,7 @@ class SamplingService:
             await self.shadow.stop()
         if self.sampler is not None and (left := self.sampler.drop_kept()):
             log.warning("sampling: %d sampled rows dropped at shutdown", left)
+        metrics.untrack(metrics.sample_queue_depth, self)
 
     # --- teachers -------------------------------------------------------------------------------
 
