@@ -139,6 +139,48 @@ def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Pat
         assert wide["student"] == {"factory": "distill_engine.zoo:mlp", "kwargs": v["kwargs"]}
         assert wide["train"] == {"epochs": 5} and "init_from" not in wide["student"]
     assert plan(tmp_path, PolicyConfig(wider_candidates=0))["variants"] == []
+    # Not capacity-limited by its own stop rule, but it lost on a slice: grow too.
+    result["stop"]["training"] = "converged"
+    (tmp_path / "out" / "result.json").write_text(json.dumps(result))
+    traded = plan(tmp_path, PolicyConfig(wider_candidates=1), ["sensor=b (frozen -0.045)"])
+    assert len(traded["variants"]) == 1 and traded["traded"] == ["sensor=b (frozen -0.045)"]
+    assert "lost on sensor=b" in traded["why"]
+
+
+def test_a_candidate_that_loses_on_a_slice_is_found_traded(tmp_path: Path) -> None:
+    from distill_watchdog.loop.widen import traded_slices
+
+    settings = load_settings(
+        None,
+        data_dir=str(tmp_path / "data"),
+        teachers=[{"name": "big", "kind": "onnx", "location": "unused.onnx"}],
+        monitor={"window": 600},
+        policy={"min_samples": 60, "max_ece": 1.0},
+    )
+    store = Store(settings.store_url)
+    registry = Registry(store, settings.models_dir)
+    teacher_like = write_model(tmp_path / "src", stem="parent", seed=1)  # agrees with the teacher
+    info = registry.register_files(*teacher_like)
+    registry.record_activation(info.version, actor="test")
+    seed_samples(store, info.version, n=900, teacher_seed=1)
+    run_dir = tmp_path / "data" / "runs" / "r1"
+    row = DistillRun(
+        id="r1",
+        created_at=time.time(),
+        updated_at=time.time(),
+        status="running",
+        parent_version=info.version,
+        run_dir=str(run_dir),
+        detail_json=orjson.dumps({"trigger_numbers": {"weak_slices": [{"slice": "sensor=c"}]}}).decode(),
+    )
+    store.add_run(row)
+    build_job(settings, store, registry, run_dir, "r1", ["sensor=c"])
+    _candidate(run_dir / "out", teacher_like, "converged", 826)  # the parent again
+    assert traded_slices(settings, store, row) == []
+    shutil.rmtree(run_dir / "out")
+    _candidate(run_dir / "out", write_model(tmp_path / "src", stem="other", seed=0), "converged", 826)
+    traded = traded_slices(settings, store, row)
+    assert {t.split(" ")[0] for t in traded} >= {"all", "sensor=a", "sensor=b"}
 
 
 def test_a_policy_run_without_weak_slices_must_gain_overall_a_manual_one_need_not(tmp_path: Path) -> None:

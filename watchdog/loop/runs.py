@@ -195,8 +195,8 @@ class RunManager:
                 raise RunError(f"training: finished without writing {name}")
 
     async def _widen(self, run_id: str, run_dir: Path) -> None:
-        """A capacity-limited candidate: train the wider variants too (`widen.py`). A variant
-        that fails is recorded and left out; the first candidate still stands."""
+        """A capacity-limited candidate, or one that lost on a slice: train the wider variants too
+        (`widen.py`). A variant that fails is recorded and left out; the first candidate stands."""
         if self.settings.policy.wider_candidates == 0:
             return
         argv = [sys.executable, "-m", "distill_watchdog.loop.widen", "--settings", str(self.settings_file)]

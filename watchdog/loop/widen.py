@@ -1,10 +1,11 @@
 """Candidates that can grow: wider students when the first candidate is capacity-limited.
 
 When the engine's stop rule says the run's student plateaued and a wider probe fits the
-teacher clearly better (`capacity_limited`), up to `policy.wider_candidates` wider variants
-of the same family, each within `policy.max_params_factor` x the parent's parameters, are
-trained on the same job folder (from scratch: a wider network cannot start from the parent's
-weights). The gates then judge every candidate and the best that passes is promoted.
+teacher clearly better (`capacity_limited`), or the first candidate lost on a slice (it fails
+the regression gate), up to `policy.wider_candidates` wider variants of the same family, each
+within `policy.max_params_factor` x the parent's parameters, are trained on the same job folder
+(from scratch: a wider network cannot start from the parent's weights). The gates then judge
+every candidate and the best that passes is promoted.
 
 `python -m distill_watchdog.loop.widen --settings FILE --run ID` writes `job-wide-N.yaml` for
 each variant and `widen.json` (the variants, or why there are none): a child process, since
@@ -30,11 +31,16 @@ def stop_diagnosis(result: dict[str, Any]) -> str | None:
     return stop.get("training") or stop.get("verdict")
 
 
-def plan(run_dir: Path, cfg: PolicyConfig) -> dict[str, Any]:
-    """Writes one job file per wider variant; returns what was decided and why."""
+def plan(run_dir: Path, cfg: PolicyConfig, traded: list[str] | None = None) -> dict[str, Any]:
+    """Writes one job file per wider variant; returns what was decided and why.
+
+    `traded`: slices the first candidate lost on (the regression gate's test) while it trained
+    for the weak ones: a student that cannot hold both is short of capacity too, whatever its
+    own stop rule saw.
+    """
     result = json.loads((run_dir / "out" / "result.json").read_text())
     diagnosis = stop_diagnosis(result)
-    if diagnosis != "capacity_limited" or cfg.wider_candidates == 0:
+    if cfg.wider_candidates == 0 or (diagnosis != "capacity_limited" and not traded):
         return {"diagnosis": diagnosis, "variants": [], "why": "the candidate is not capacity-limited"}
     from distill_engine import zoo
 
@@ -58,7 +64,39 @@ def plan(run_dir: Path, cfg: PolicyConfig) -> dict[str, Any]:
         variant["job"] = f"job-{WIDE_PREFIX}{i}.yaml"
         variant["out"] = f"out-{WIDE_PREFIX}{i}"
     why = "capacity-limited: wider variants within policy.max_params_factor"
-    return {"diagnosis": diagnosis, "variants": variants, "why": why if variants else "nothing to widen"}
+    if diagnosis != "capacity_limited":
+        why = f"the candidate lost on {', '.join(traded or [])}: wider variants within the budget"
+    out = {"diagnosis": diagnosis, "variants": variants, "why": why if variants else "nothing to widen"}
+    if traded:
+        out["traded"] = traded
+    return out
+
+
+def traded_slices(settings: Any, store: Any, run: Any) -> list[str]:
+    """Slices on which the first candidate fails the regression gate (hold-out or frozen set)."""
+    from distill_watchdog.card import parse_card
+    from distill_watchdog.loop.finish import _frozen, _holdout
+    from distill_watchdog.loop.gates import judge
+    from distill_watchdog.registry import Registry
+    from distill_watchdog.runtime import load_model
+
+    run_dir = Path(run.run_dir)
+    out = run_dir / "out"
+    if not (out / "student.onnx").exists():
+        return []
+    parent = Registry(store, settings.models_dir, ort_threads=1).load(run.parent_version)
+    card = parse_card(json.loads((out / "card.json").read_text()))
+    model = load_model((out / "student.onnx").read_bytes(), card, "out", threads=1)
+    hold = _holdout(run_dir / "holdout.npz")
+    sets = [hold]
+    frozen = _frozen(store, settings)
+    if frozen is not None and frozen.x.shape[1] == hold.x.shape[1]:
+        sets.append(frozen)
+    cfg = settings.policy
+    pairs = [(es, parent.predict_proba(es.x), model.predict_proba(es.x)) for es in sets]
+    verdict = judge(pairs, [], cfg.min_gain, cfg.max_regression, cfg.max_ece)
+    failed = [g for g in verdict["failed"] if g["gate"] == "max_regression"]
+    return sorted({f"{g['slice']} ({g['set']} {g['change']:+.3f})" for g in failed})
 
 
 def main() -> None:
@@ -70,7 +108,9 @@ def main() -> None:
     if run is None:
         raise SystemExit(f"no run {run_id}")
     run_dir = Path(run.run_dir)
-    (run_dir / "widen.json").write_text(json.dumps(plan(run_dir, settings.policy), default=str))
+    store = Store(settings.store_url)
+    traded = traded_slices(settings, store, run)
+    (run_dir / "widen.json").write_text(json.dumps(plan(run_dir, settings.policy, traded), default=str))
 
 
 if __name__ == "__main__":
