@@ -421,3 +421,20 @@ def test_retention_deletes_old_samples_cycles_and_decisions(tmp_path: Path, mode
     deleted = store.delete_before(time.time() - 100, batch=7)  # many small transactions
     assert 195 <= deleted["samples"] <= 205 and deleted["teacher_outputs"] == deleted["samples"]
     assert deleted["cycles"] == 1 and store.count_samples() == 300 - deleted["samples"]
+
+
+def test_a_window_wide_breach_gets_one_run_until_something_changes(tmp_path: Path) -> None:
+    """A student below min_agreement everywhere: one run answers it; the budget is kept for a
+    slice that breaks later, a drift change or a new teacher version."""
+    store = Store(f"sqlite:///{tmp_path / 'w.db'}")
+    cfg = PolicyConfig(min_agreement=0.9, hysteresis=1, cooldown_s=0, max_runs_per_day=10)
+    first = policy.decide(store, cfg, _cycle(0.85))
+    assert first.action == "trigger"
+    _add_run(store, "r1", time.time(), "promoted", {"trigger_numbers": first.numbers})
+    again = policy.decide(store, cfg, _cycle(0.87))
+    assert again.action == "blocked" and "window-wide" in again.reason and "r1" in again.reason
+    assert policy.decide(store, cfg, _cycle(0.87, ["sensor=c"])).action == "trigger"  # a weak slice
+    assert policy.decide(store, cfg, _cycle(0.87, drift=0.6)).action == "trigger"  # the drift moved
+    _add_run(store, "r0", time.time() - 5, "failed", {"trigger_numbers": first.numbers})
+    store.update_run("r1", status="failed")  # a failed run answered nothing
+    assert policy.decide(store, cfg, _cycle(0.87)).action == "trigger"

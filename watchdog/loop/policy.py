@@ -6,9 +6,10 @@ or there is a weak slice. A run triggers after `policy.hysteresis` breaching cyc
 unless blocked by: a run in progress or awaiting approval; the cooldown since the last run;
 the daily budget; or a `ceiling_reached` verdict of the last run while neither the teachers,
 the weak-slice set nor the drift share (by >= 0.1) changed since and no new rows of the weak
-slices arrived (bounded by `policy.ceiling_retries`). A weak slice with too few recent rows
-to train on and to hold out makes it *wait* for data instead. Every decision is stored with
-the numbers it was made on.
+slices arrived (bounded by `policy.ceiling_retries`); or, for a breach with no weak slice,
+a run that answered the same window-wide breach while nothing changed since. A weak slice
+with too few recent rows to train on and to hold out makes it *wait* for data instead. Every
+decision is stored with the numbers it was made on.
 """
 
 from __future__ import annotations
@@ -167,6 +168,24 @@ def _ceiling_blocks(store: Store, cfg: PolicyConfig, numbers: dict[str, Any]) ->
     return None
 
 
+def _window_wide_blocks(runs: list[Any], numbers: dict[str, Any]) -> str | None:
+    """Why a breach with no weak slice waits, or None: the newest run answered the same
+    window-wide breach (same teachers, no weak slice, drift within DRIFT_CHANGE) and nothing
+    changed since. A student below `policy.min_agreement` everywhere may stay there after its
+    best round; without this every cycle would spend the daily budget on it, leaving none for
+    a slice that breaks later."""
+    if numbers.get("weak_slices") or not runs:
+        return None
+    last = runs[0]
+    then = orjson.loads(last.detail_json).get("trigger_numbers") or {}
+    if last.status == "failed" or then.get("weak_slices") or not _same_setup(then, numbers):
+        return None
+    return (
+        f"run {last.id} ({last.status}) answered this window-wide breach; waiting for a weak slice, "
+        "the drift or a teacher to change"
+    )
+
+
 def _runs(store: Store) -> tuple[list[Any], list[Any]]:
     """Runs in progress, and the runs that count for cooldown and budget: a run that stopped
     for lack of data did not train, so it never holds back the next one."""
@@ -190,6 +209,9 @@ def _gate(store: Store, cfg: PolicyConfig, why: str, numbers: dict[str, Any], no
         return Decision("blocked", f"{why}; runs are off (policy.max_runs_per_day: 0)", numbers)
     if used >= cfg.max_runs_per_day:
         return Decision("blocked", f"{why}; daily budget of {cfg.max_runs_per_day} runs used", numbers)
+    waits = _window_wide_blocks(runs, numbers)
+    if waits:
+        return Decision("blocked", f"{why}; {waits}", numbers)
     ceiling = _ceiling_blocks(store, cfg, numbers)
     if ceiling:
         numbers["ceiling"] = True
