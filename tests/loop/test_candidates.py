@@ -43,32 +43,9 @@ def _candidate(folder: Path, model: tuple[Path, Path], stop: str, params: int) -
 
 
 def test_the_wider_candidate_is_tried_gated_reported_and_chosen(tmp_path: Path) -> None:
-    settings = load_settings(
-        None,
-        data_dir=str(tmp_path / "data"),
-        teachers=[{"name": "big", "kind": "onnx", "location": "unused.onnx"}],
-        monitor={"window": 600},
-        policy={"min_samples": 60, "max_ece": 1.0},  # the test networks are not calibrated
-    )
-    store = Store(settings.store_url)
-    registry = Registry(store, settings.models_dir)
-    parent = write_model(tmp_path / "src", stem="parent", seed=0)
-    info = registry.register_files(*parent)
-    registry.record_activation(info.version, actor="test")
-    seed_samples(store, info.version, n=900, shift_c=3.0, teacher_seed=1)  # the teacher: seed 1
+    settings, store, registry, parent, version = _loop_store(tmp_path, 0)
     run_dir = tmp_path / "data" / "runs" / "r1"
-    weak = {"weak_slices": [{"slice": "sensor=c"}]}
-    store.add_run(
-        DistillRun(
-            id="r1",
-            created_at=time.time(),
-            updated_at=time.time(),
-            status="running",
-            parent_version=info.version,
-            run_dir=str(run_dir),
-            detail_json=orjson.dumps({"trigger_numbers": weak}).decode(),
-        )
-    )
+    store.add_run(_run_row("r1", version, run_dir, ["sensor=c"]))
     build_job(settings, store, registry, run_dir, "r1", ["sensor=c"])
     # The first candidate learned nothing (the parent's own network) and was capacity-limited;
     # the wider one is the teacher's network: it gains everywhere.
@@ -147,32 +124,48 @@ def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Pat
     assert "lost on sensor=b" in traded["why"]
 
 
-def test_a_candidate_that_loses_on_a_slice_is_found_traded(tmp_path: Path) -> None:
-    from distill_watchdog.loop.widen import traded_slices
+def _run_row(
+    run_id: str, version: str, run_dir: Path, weak: list[str], trigger: str = "policy"
+) -> DistillRun:
+    numbers = {"weak_slices": [{"slice": w} for w in weak]}
+    return DistillRun(
+        id=run_id,
+        created_at=time.time(),
+        updated_at=time.time(),
+        status="running",
+        trigger=trigger,
+        parent_version=version,
+        run_dir=str(run_dir),
+        detail_json=orjson.dumps({"trigger_numbers": numbers}).decode(),
+    )
 
+
+def _loop_store(tmp_path: Path, parent_seed: int, shift_c: float = 3.0) -> tuple:
+    """Settings, store and registry with an active parent (write_model seed `parent_seed`) and
+    900 stored rows whose teacher is the seed-1 network."""
     settings = load_settings(
         None,
         data_dir=str(tmp_path / "data"),
         teachers=[{"name": "big", "kind": "onnx", "location": "unused.onnx"}],
         monitor={"window": 600},
-        policy={"min_samples": 60, "max_ece": 1.0},
+        policy={"min_samples": 60, "max_ece": 1.0},  # the test networks are not calibrated
     )
     store = Store(settings.store_url)
     registry = Registry(store, settings.models_dir)
-    teacher_like = write_model(tmp_path / "src", stem="parent", seed=1)  # agrees with the teacher
-    info = registry.register_files(*teacher_like)
+    parent = write_model(tmp_path / "src", stem="parent", seed=parent_seed)
+    info = registry.register_files(*parent)
     registry.record_activation(info.version, actor="test")
-    seed_samples(store, info.version, n=900, teacher_seed=1)
+    seed_samples(store, info.version, n=900, shift_c=shift_c, teacher_seed=1)
+    return settings, store, registry, parent, info.version
+
+
+def test_a_candidate_that_loses_on_a_slice_is_found_traded(tmp_path: Path) -> None:
+    from distill_watchdog.loop.widen import traded_slices
+
+    # The parent is the teacher's own network: any other candidate loses somewhere.
+    settings, store, registry, teacher_like, version = _loop_store(tmp_path, 1, shift_c=0.0)
     run_dir = tmp_path / "data" / "runs" / "r1"
-    row = DistillRun(
-        id="r1",
-        created_at=time.time(),
-        updated_at=time.time(),
-        status="running",
-        parent_version=info.version,
-        run_dir=str(run_dir),
-        detail_json=orjson.dumps({"trigger_numbers": {"weak_slices": [{"slice": "sensor=c"}]}}).decode(),
-    )
+    row = _run_row("r1", version, run_dir, ["sensor=c"])
     store.add_run(row)
     build_job(settings, store, registry, run_dir, "r1", ["sensor=c"])
     _candidate(run_dir / "out", teacher_like, "converged", 826)  # the parent again
@@ -184,34 +177,11 @@ def test_a_candidate_that_loses_on_a_slice_is_found_traded(tmp_path: Path) -> No
 
 
 def test_a_policy_run_without_weak_slices_must_gain_overall_a_manual_one_need_not(tmp_path: Path) -> None:
-    settings = load_settings(
-        None,
-        data_dir=str(tmp_path / "data"),
-        teachers=[{"name": "big", "kind": "onnx", "location": "unused.onnx"}],
-        monitor={"window": 600},
-        policy={"min_samples": 60, "max_ece": 1.0},
-    )
-    store = Store(settings.store_url)
-    registry = Registry(store, settings.models_dir)
-    parent = write_model(tmp_path / "src", stem="parent", seed=0)
-    info = registry.register_files(*parent)
-    registry.record_activation(info.version, actor="test")
-    seed_samples(store, info.version, n=900, shift_c=3.0, teacher_seed=1)
+    settings, store, registry, parent, version = _loop_store(tmp_path, 0)
     outcomes = {}
     for trigger in ("policy", "manual"):
         run_dir = tmp_path / "data" / "runs" / trigger
-        store.add_run(
-            DistillRun(
-                id=trigger,
-                created_at=time.time(),
-                updated_at=time.time(),
-                status="running",
-                trigger=trigger,
-                parent_version=info.version,
-                run_dir=str(run_dir),
-                detail_json=orjson.dumps({"trigger_numbers": {"weak_slices": []}}).decode(),
-            )
-        )
+        store.add_run(_run_row(trigger, version, run_dir, [], trigger))
         build_job(settings, store, registry, run_dir, trigger, [])
         _candidate(run_dir / "out", parent, "converged", 826)  # the parent again: no gain anywhere
         outcomes[trigger] = finish(settings, trigger)
