@@ -352,6 +352,12 @@ def test_weak_rows_are_weighted_since_the_slice_was_last_healthy(
     store.add_decision(None, "hold", "agreement", {"breached": True})  # no judgement of slices
     since = build.healthy_since(store, ["sensor=c", "sensor=a"])
     assert abs(since["sensor=c"] - time.time()) < 60 and since["sensor=a"] > since["sensor=c"]
+    # A cycle in which sensor c had too few rows to be judged (just after a promotion, say) does
+    # not make it healthy; one that judged it and found it fine does.
+    unjudged = {"breached": False, "weak_slices": [], "judged_slices": ["sensor=a"]}
+    store.add_decision(None, "ok", "within thresholds", unjudged)
+    after = build.healthy_since(store, ["sensor=c", "sensor=a"])
+    assert after["sensor=c"] == since["sensor=c"] and after["sensor=a"] > since["sensor=a"]
     at = [r["at"] for r in recent_samples(store, limit=600)]
     monkeypatch.setattr(build, "healthy_since", lambda _store, labels: dict.fromkeys(labels, sorted(at)[299]))
     built = build.build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])

@@ -48,6 +48,7 @@ def breaches(cycle: dict[str, Any], cfg: PolicyConfig) -> tuple[list[str], dict[
         "ece": ece,
         "drift_share": drift,
         "weak_slices": cycle.get("weak_slices", []),
+        "judged_slices": cycle.get("judged_slices"),
         "rows": cycle.get("rows", 0),
         "teacher_versions": cycle.get("teacher_versions", {}),
         "thresholds": cfg.model_dump(
@@ -85,8 +86,8 @@ def _streak(store: Store, hysteresis: int) -> int:
 
 
 def healthy_since(store: Store, labels: list[str], lookback: int = 500) -> dict[str, float | None]:
-    """Per slice, the time of the newest decision whose cycle did not find it weak (None: every
-    decision in `lookback` did, or there is none). A slice's rows after that are its changed
+    """Per slice, the time of the newest decision whose cycle judged it (enough rows) and did not
+    find it weak (None: none in `lookback`). A slice's rows after that are its changed
     rows. Per slice: a window-wide breach (agreement, drift) can last for days, and the time of
     the last decision with no breach at all would then count a slice's old rows as changed."""
     out: dict[str, float | None] = {label: None for label in labels}
@@ -98,9 +99,11 @@ def healthy_since(store: Store, labels: list[str], lookback: int = 500) -> dict[
         if "weak_slices" not in numbers:  # not a judgement of the window (e.g. a skipped cycle)
             continue
         weak = {w["slice"] for w in numbers["weak_slices"]}
-        for label in todo - weak:
+        judged = numbers.get("judged_slices")
+        healthy = (todo - weak) if judged is None else (todo & set(judged)) - weak
+        for label in healthy:
             out[label] = float(d.at)
-        todo &= weak
+        todo -= healthy
     return out
 
 

@@ -15,7 +15,7 @@ from distill_watchdog.config import Settings
 from distill_watchdog.loop.monitor.drift import Comparison, column_drift
 from distill_watchdog.loop.monitor.memory import peak_rss_bytes, reset_peak_rss
 from distill_watchdog.loop.monitor.reference import load_reference
-from distill_watchdog.loop.monitor.stats import bounded_slices, slice_table, weak_slices
+from distill_watchdog.loop.monitor.stats import OTHER, bounded_slices, slice_table, weak_slices
 from distill_watchdog.loop.monitor.window import Window, load_window
 from distill_watchdog.loop.policy import healthy_since
 from distill_watchdog.registry import Registry
@@ -60,6 +60,11 @@ def compute(
     since = healthy_since(store, list(slices))
     recent = {label: w.at > t for label, t in since.items() if t is not None}
     out["weak_slices"] = weak_slices(w, table, slices, settings.policy.min_samples, recent)
+    # Slices with the rows to be judged: only for them does "not weak" mean healthy.
+    enough = settings.policy.min_samples
+    out["judged_slices"] = [
+        label for label in slices if not label.endswith(OTHER) and table[label]["n"] >= enough
+    ]
     _count_new_rows(store, w, slices, out["weak_slices"], since)
     reference = load_reference(settings, registry, active) if active else None
     if reference is None:
