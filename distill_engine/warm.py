@@ -11,6 +11,12 @@ parameter names such as `body.0.weight`); names the exporter changed are matched
 order among the remaining initializers of the same shape. Loading is accepted only when
 torch and ONNX Runtime then agree on the logits, so a graph that is not the same
 architecture (or that an optimiser folded) fails loudly instead of training from garbage.
+
+A wider student of the same family grows from a narrower parent (Net2Net's function-preserving
+widening): each parent tensor fills the leading block of the same-named wider tensor, and the
+weights from the new units into the old ones are zero, so the wider student starts out
+computing exactly the parent's function and keeps what the parent learned from rows no longer
+in the window; the new units then learn what the parent had no room for.
 """
 
 from __future__ import annotations
@@ -60,11 +66,16 @@ def load_onnx_weights(
     used: set[str] = set()
     new: dict[str, torch.Tensor] = {}
     by_shape: list[str] = []
+    grown: list[str] = []
     for key, tensor in state.items():
         arr = by_name.get(key)
         if arr is not None and tuple(arr.shape) == tuple(tensor.shape):
             new[key] = torch.as_tensor(arr.copy(), dtype=tensor.dtype)
             used.add(key)
+        elif arr is not None and _fits_inside(arr.shape, tuple(tensor.shape)):
+            new[key] = _grow(tensor, arr)
+            used.add(key)
+            grown.append(key)
     for key, tensor in state.items():
         if key in new:
             continue
@@ -104,12 +115,31 @@ def load_onnx_weights(
         raise JobError(
             field,
             f"weights loaded from {path.name} do not reproduce its outputs (max |Δlogit| {diff:.3g}): "
-            "not the student's architecture",
+            + ("not a narrower student of the same family" if grown else "not the student's architecture"),
         )
     return {
         "path": str(path),
         "tensors": len(new),
         "matched_by_name": len(new) - len(by_shape),
         "matched_by_shape": by_shape,
+        "grown": grown,
         "max_abs_logit_diff": diff,
     }
+
+
+def _fits_inside(small: tuple[int, ...], big: tuple[int, ...]) -> bool:
+    """A narrower tensor of the same layer: larger only in the unit dimensions (0 and 1)."""
+    if len(small) != len(big) or len(big) == 0:
+        return False
+    return all(s <= b for s, b in zip(small[:2], big[:2], strict=True)) and small[2:] == big[2:]
+
+
+def _grow(tensor: torch.Tensor, parent: np.ndarray) -> torch.Tensor:
+    """The wider tensor: its fresh initialisation, the parent's block in front, and zero weights
+    from new inputs into the parent's units (so the old units compute what they did)."""
+    out = tensor.clone()
+    block = tuple(slice(0, n) for n in parent.shape)
+    out[block] = torch.as_tensor(parent.copy(), dtype=tensor.dtype)
+    if parent.ndim >= 2 and parent.shape[1] < tensor.shape[1]:
+        out[: parent.shape[0], parent.shape[1] :] = 0
+    return out

@@ -13,7 +13,7 @@ import yaml
 from distill_engine import run_job_file
 from distill_engine.errors import JobError
 from distill_engine.export import export_onnx, onnx_logits
-from distill_engine.warm import load_onnx_weights
+from distill_engine.warm import load_onnx_weights, onnx_initializers
 from distill_engine.zoo import cnn1d, mlp
 
 from .helpers import D, blobs, write_job
@@ -40,10 +40,39 @@ def test_loads_exported_weights_with_output_parity(tmp_path: Path, factory) -> N
 
 def test_other_architecture_is_a_job_error(tmp_path: Path) -> None:
     path = export_onnx(mlp(D, 3, hidden=(16,)).eval(), D, tmp_path / "parent.onnx")
-    with pytest.raises(JobError, match="student.init_from: .*architecture"):
-        load_onnx_weights(mlp(D, 3, hidden=(32,)), path, D)
+    for other in (mlp(D, 3, hidden=(8,)), mlp(D, 3, hidden=(16, 16))):  # narrower, deeper
+        with pytest.raises(JobError, match="student.init_from: .*architecture"):
+            load_onnx_weights(other, path, D)
     with pytest.raises(JobError, match="student.init_from: file not found"):
         load_onnx_weights(mlp(D, 3, hidden=(16,)), tmp_path / "missing.onnx", D)
+
+
+@pytest.mark.parametrize(
+    ("narrow", "wide"),
+    [
+        (lambda: mlp(D, 3, hidden=(16, 8)), lambda: mlp(D, 3, hidden=(40, 20))),
+        (lambda: cnn1d(D, 3, channels=(8, 8)), lambda: cnn1d(D, 3, channels=(16, 12))),
+    ],
+)
+def test_a_wider_student_grows_from_a_narrower_parent_with_its_outputs(  # type: ignore[no-untyped-def]
+    tmp_path: Path, narrow, wide
+) -> None:
+    """The wider student starts out computing the parent's function; its new units are live."""
+    torch.manual_seed(1)
+    path = export_onnx(narrow().eval(), D, tmp_path / "parent.onnx")
+    torch.manual_seed(2)
+    grown = wide()
+    x, _ = blobs(200, seed=3)
+    info = load_onnx_weights(grown, path, D, probe=x)
+    grown.eval()
+    with torch.no_grad():
+        ours = grown(torch.as_tensor(x)).double().numpy()
+    assert np.abs(ours - onnx_logits(path, x)).max() < 1e-4
+    assert info["grown"] and info["matched_by_shape"] == []
+    # New units keep their fresh incoming weights (they are not dead copies of zeros).
+    first = next(k for k in info["grown"] if k.endswith("weight"))
+    parent_rows = dict(onnx_initializers(path))[first].shape[0]
+    assert float(grown.state_dict()[first][parent_rows:].abs().sum()) > 0
 
 
 def test_job_warm_starts_from_a_previous_student(tmp_path: Path) -> None:

@@ -124,6 +124,40 @@ def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Pat
     assert "lost on sensor=b" in traded["why"]
 
 
+def test_wider_candidates_grow_from_the_warm_started_parent(tmp_path: Path) -> None:
+    """With a warm start the variants start as the parent (its function kept); a variant the
+    parent cannot grow into starts from scratch and says why."""
+    import torch
+    import yaml
+
+    from distill_engine.export import export_onnx
+    from distill_engine.zoo import mlp
+    from distill_watchdog.config import PolicyConfig
+    from distill_watchdog.loop.widen import plan
+
+    parent = export_onnx(mlp(64, 10, hidden=[8]).eval(), 64, tmp_path / "parent.onnx")
+    (tmp_path / "out").mkdir()
+    student = {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [8]}, "init_from": str(parent)}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"student": student}))
+    (tmp_path / "out" / "card.json").write_text(
+        json.dumps({"num_features": 64, "classes": list("0123456789")})
+    )
+    result = {"stop": {"verdict": "converged", "training": "capacity_limited"}}
+    (tmp_path / "out" / "result.json").write_text(json.dumps(result))
+    planned = plan(tmp_path, PolicyConfig(wider_candidates=2))
+    assert len(planned["variants"]) == 2
+    for v in planned["variants"]:
+        assert v["grown_from"] == str(parent)
+        assert yaml.safe_load((tmp_path / v["job"]).read_text())["student"]["init_from"] == str(parent)
+    torch.manual_seed(0)
+    other = export_onnx(mlp(64, 10, hidden=[4, 4]).eval(), 64, tmp_path / "other.onnx")
+    student["init_from"] = str(other)  # not the variants' layout: they start from scratch
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"student": student}))
+    for v in plan(tmp_path, PolicyConfig(wider_candidates=2))["variants"]:
+        assert v["grown_from"] is None and "narrower student" in v["from_scratch"]
+        assert "init_from" not in yaml.safe_load((tmp_path / v["job"]).read_text())["student"]
+
+
 def _run_row(
     run_id: str, version: str, run_dir: Path, weak: list[str], trigger: str = "policy"
 ) -> DistillRun:

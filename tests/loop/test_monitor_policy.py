@@ -368,6 +368,11 @@ def test_weak_rows_are_weighted_since_the_slice_was_last_healthy(
         assert heavy.sum() == built["weak_rows"] == built["weak_counts"]["sensor=c"]["train"]
         assert built["weak_rows"] + built["weak_counts"]["sensor=c"]["holdout"] == 100
         assert _rows_of(x, train["x"][heavy]).min() >= 300
+    # The newest block of its rows that found it weak began earlier (row 150): its rows from there.
+    built = build.build_job(
+        settings, store, registry, tmp_path / "run2", "r2", ["sensor=c"], {"sensor=c": sorted(at)[150]}
+    )
+    assert built["weak_rows"] + built["weak_counts"]["sensor=c"]["holdout"] == 150
 
 
 def test_cycle_results_become_gauges_with_bounded_slices_and_alerts(tmp_path: Path) -> None:

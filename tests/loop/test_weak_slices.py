@@ -42,8 +42,30 @@ def test_a_recent_block_of_bad_rows_is_found_among_a_slices_older_good_rows() ->
     since_healthy = at >= 3000 - 30  # each slice was last seen healthy 30 rows before the block
     found = _weak(w, recent={f"source={s}": since_healthy for s in "abc"})
     assert [f["slice"] for f in found] == ["source=c"]
-    assert found[0]["scope"] == "recent" and found[0]["n"] < 200
+    # The newest 100 rows of c are exactly the block: stronger evidence than c's 130 rows since
+    # it was healthy (30 of them good), and they say when the change began.
+    assert found[0]["scope"] == "newest" and found[0]["n"] == 100 and found[0]["from"] == 3000
     assert found[0]["agreement"] < 0.4 and found[0]["agreement_ci"][1] < found[0]["rest_ci_low"]
+
+
+def test_a_slow_slice_judged_healthy_each_cycle_is_found_by_its_newest_rows() -> None:
+    """c sends 1 row in 11; its last 100 go bad. On its window rows it passes, and it was judged
+    healthy a moment ago (its rows since then are too few to test): only its newest rows show it."""
+    rng = np.random.default_rng(2)
+    n = 11_000
+    sources = np.where(np.arange(n) % 11 == 0, "c", np.where(rng.random(n) < 0.5, "a", "b"))
+    c_rows = np.flatnonzero(sources == "c")
+    agree = rng.random(n) < 0.85
+    bad = c_rows[-100:]
+    agree[bad] = rng.random(100) < 0.45
+    at = np.arange(n, dtype=float)
+    w = _window(list(sources), agree, at)
+    recent = {f"source={s}": at > c_rows[-20] for s in "abc"}  # healthy 20 rows of c ago
+    found = _weak(w, recent=recent)
+    assert [f["slice"] for f in found] == ["source=c"] and found[0]["scope"] == "newest"
+    assert found[0]["from"] <= at[bad[0]] and found[0]["n"] <= 200  # where the change began
+    agree[bad] = rng.random(100) < 0.85  # the same slice without the change: not weak
+    assert _weak(_window(list(sources), agree, at), recent=recent) == []
 
 
 def test_many_healthy_slices_are_rarely_called_weak() -> None:

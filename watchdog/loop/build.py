@@ -25,7 +25,7 @@ from distill_watchdog.loop import holdout
 from distill_watchdog.loop.factories import factory_allowed, trusted_student
 from distill_watchdog.loop.monitor.reference import replay_rows
 from distill_watchdog.loop.monitor.window import Window, read_window
-from distill_watchdog.loop.policy import healthy_since
+from distill_watchdog.loop.policy import changed_after, healthy_since
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 
@@ -83,14 +83,15 @@ def _parent_student(card: Any) -> dict[str, Any] | None:
 
 
 def _weights(
-    settings: Settings, store: Store, w: Window, weak: list[str]
+    settings: Settings, store: Store, w: Window, weak: list[str], blocks: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], float | None]:
     """Row weights, the recent rows, each weak slice's changed rows, and the earliest time a
-    weak slice was last seen healthy.
+    weak slice's changed rows begin.
 
     A weak slice's changed rows are its rows since the newest decision that did not find it
-    weak (with none: its rows in the newest window): they show the problem, so they are
-    up-weighted, seed synthesis, and judge the candidate's gain. Recent: the newest window
+    weak, or since the newest block of its rows that found it weak began (`blocks`), whichever
+    is earlier (with neither: its rows in the newest window): they show the problem, so they
+    are up-weighted, seed synthesis, and judge the candidate's gain. Recent: the newest window
     and every changed row's time span; the hold-out is drawn from it.
     """
     window = np.zeros(len(w), dtype=bool)
@@ -98,7 +99,7 @@ def _weights(
     healthy = healthy_since(store, weak)
     recent, changed = window.copy(), {}
     for label in weak:
-        at = healthy[label]
+        at = healthy[label] = changed_after(healthy[label], blocks.get(label))
         since = w.at > at if at is not None else window
         changed[label] = w.mask(label) & since
         recent |= since
@@ -232,8 +233,10 @@ def build_job(
     run_dir: Path,
     run_id: str,
     weak: list[str],
+    blocks: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Writes the job folder; returns what went into it (rows, weights, paths).
+    """Writes the job folder; returns what went into it (rows, weights, paths). `blocks`: per
+    weak slice, when the newest block of rows that found it weak began (the cycle's `from`).
 
     Raises WaitingForData when a weak slice has too few recent rows for both sides.
     """
@@ -251,7 +254,7 @@ def build_job(
         features=card.num_features,
         classes=len(card.classes),
     )
-    weight, recent, masks, healthy_at = _weights(settings, store, w, weak)
+    weight, recent, masks, healthy_at = _weights(settings, store, w, weak, blocks or {})
     parts = holdout.split(
         w.at,
         w.slice_strings(),
@@ -353,10 +356,12 @@ def main() -> None:
         print(f"no run {run_id}", file=sys.stderr)
         sys.exit(2)
     numbers = orjson.loads(run.detail_json).get("trigger_numbers", {})
-    weak = [w["slice"] for w in numbers.get("weak_slices", [])]
+    entries = numbers.get("weak_slices", [])
+    weak = [w["slice"] for w in entries]
+    blocks = {w["slice"]: float(w["from"]) for w in entries if w.get("from") is not None}
     run_dir = Path(run.run_dir)
     try:
-        built = build_job(settings, store, registry, run_dir, run.id, weak)
+        built = build_job(settings, store, registry, run_dir, run.id, weak, blocks)
     except holdout.WaitingForData as exc:
         (run_dir / "waiting.json").write_text(json.dumps({"rows": exc.counts, "need": exc.need}))
         print(str(exc), file=sys.stderr)

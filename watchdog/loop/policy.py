@@ -107,6 +107,15 @@ def healthy_since(store: Store, labels: list[str], lookback: int = 500) -> dict[
     return out
 
 
+def changed_after(healthy_at: float | None, block_from: float | None) -> float | None:
+    """The time after which a weak slice's rows count as changed: when it was last seen
+    healthy, or earlier when the newest block that found it weak began before that (a slow
+    slice is judged healthy on its window while its newest rows go bad). None: its whole window."""
+    if healthy_at is None or block_from is None:
+        return healthy_at
+    return min(healthy_at, block_from - 1e-6)
+
+
 def _need(cfg: PolicyConfig) -> int:
     return cfg.min_weak_train_rows + cfg.min_weak_holdout_rows
 

@@ -3,9 +3,13 @@
 When the engine's stop rule says the run's student plateaued and a wider probe fits the
 teacher clearly better (`capacity_limited`), or the first candidate lost on a slice (it fails
 the regression gate), up to `policy.wider_candidates` wider variants of the same family, each
-within `policy.max_params_factor` x the parent's parameters, are trained on the same job folder
-(from scratch: a wider network cannot start from the parent's weights). The gates then judge
-every candidate and the best that passes is promoted.
+within `policy.max_params_factor` x the parent's parameters, are trained on the same job folder.
+The gates then judge every candidate and the best that passes is promoted.
+
+With a warm start, each variant grows from the parent (`student.init_from`: the engine keeps
+the parent's units and their function, new units start silent), so it keeps what the parent
+learned from rows no longer in the window; a variant the parent cannot grow into (another
+layout) starts from scratch, and `widen.json` says so.
 
 `python -m distill_watchdog.loop.widen --settings FILE --run ID` writes `job-wide-N.yaml` for
 each variant and `widen.json` (the variants, or why there are none): a child process, since
@@ -58,8 +62,15 @@ def plan(run_dir: Path, cfg: PolicyConfig, traded: list[str] | None = None) -> d
         max_params_factor=cfg.max_params_factor,
         k=cfg.wider_candidates,
     )
+    parent = student.get("init_from")
     for i, variant in enumerate(variants, 1):
         wide = {**job, "student": {"factory": variant["factory"], "kwargs": variant["kwargs"]}}
+        if parent:
+            variant["grown_from"], why_not = _growable(variant, parent, int(card["num_features"]), card)
+            if variant["grown_from"]:
+                wide["student"]["init_from"] = parent
+            else:
+                variant["from_scratch"] = why_not
         (run_dir / f"job-{WIDE_PREFIX}{i}.yaml").write_text(yaml.safe_dump(wide, sort_keys=False))
         variant["job"] = f"job-{WIDE_PREFIX}{i}.yaml"
         variant["out"] = f"out-{WIDE_PREFIX}{i}"
@@ -70,6 +81,22 @@ def plan(run_dir: Path, cfg: PolicyConfig, traded: list[str] | None = None) -> d
     if traded:
         out["traded"] = traded
     return out
+
+
+def _growable(
+    variant: dict[str, Any], parent: str, num_features: int, card: dict[str, Any]
+) -> tuple[str | None, str]:
+    """(parent path, "") when the variant can grow from the parent, else (None, why not)."""
+    from distill_engine.errors import JobError
+    from distill_engine.warm import load_onnx_weights
+    from distill_engine.zoo import build_model
+
+    model = build_model(variant["factory"], variant["kwargs"], num_features, len(card["classes"]))
+    try:
+        load_onnx_weights(model, parent, num_features)
+    except JobError as exc:
+        return None, str(exc)
+    return parent, ""
 
 
 def traded_slices(settings: Any, store: Any, run: Any) -> list[str]:

@@ -17,7 +17,7 @@ from distill_watchdog.loop.monitor.memory import peak_rss_bytes, reset_peak_rss
 from distill_watchdog.loop.monitor.reference import load_reference
 from distill_watchdog.loop.monitor.stats import OTHER, bounded_slices, slice_table, weak_slices
 from distill_watchdog.loop.monitor.window import Window, load_window
-from distill_watchdog.loop.policy import healthy_since
+from distill_watchdog.loop.policy import changed_after, healthy_since
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 from distill_watchdog.store.tables import MonitorCycle
@@ -107,17 +107,17 @@ def _count_new_rows(
     weak: list[dict[str, Any]],
     since: dict[str, float | None],
 ) -> None:
-    """Per weak slice: its rows since the loop last saw it healthy (`recent_rows`, what a run
-    would train and judge on) and since the newest run began (`rows_since_run`, new data the
-    ceiling rule waits for)."""
+    """Per weak slice: its changed rows (`recent_rows`: since the loop last saw it healthy or the
+    newest block that found it began; what a run would train and judge on) and its rows since
+    the newest run began (`rows_since_run`, new data the ceiling rule waits for)."""
     if not weak:
         return
     runs = [r for r in store.list_runs(5) if r.status != "failed"]
     run_at = runs[0].created_at if runs else None
     for entry in weak:
         m = slices[entry["slice"]]
-        healthy_at = since.get(entry["slice"])
-        entry["recent_rows"] = int((m & (w.at > healthy_at)).sum()) if healthy_at else int(m.sum())
+        after = changed_after(since.get(entry["slice"]), entry.get("from"))
+        entry["recent_rows"] = int((m & (w.at > after)).sum()) if after is not None else int(m.sum())
         entry["rows_since_run"] = int((m & (w.at > run_at)).sum()) if run_at else int(m.sum())
 
 

@@ -174,6 +174,19 @@ def _weak_test(agree: np.ndarray, m: np.ndarray, rest: np.ndarray, z: float) -> 
     }
 
 
+NEWEST_BLOCKS = 4  # min_samples x 1, 2, 4, 8: older changes show in the window or since-healthy tests
+
+
+def _newest_blocks(w: Window, m: np.ndarray, min_samples: int) -> list[np.ndarray]:
+    """The slice's newest rows in blocks of min_samples x 1, 2, 4, 8 (each smaller than the
+    slice): a change that began within a block's span shows at nearly full strength in the
+    block that starts near it, however slowly the slice sends."""
+    idx = np.flatnonzero(m)
+    idx = idx[np.argsort(w.at[idx], kind="stable")]
+    sizes = [min_samples * 2**j for j in range(NEWEST_BLOCKS)]
+    return [idx[-k:] for k in sizes if k < len(idx)]
+
+
 def weak_slices(
     w: Window,
     table: dict[str, dict[str, Any]],
@@ -184,11 +197,16 @@ def weak_slices(
     """Slices whose agreement is significantly below the rest of the window, by expected gain.
 
     Significant: the slice's Wilson upper bound lies below the Wilson lower bound of the rows
-    outside it (z corrected for the number of tests). Each slice is tested on its window rows
-    and on its rows since the loop last saw it healthy (`recent`, per slice): a shift that
-    sent a few hundred bad rows hides among a slice's older good rows, and the slice may stop
-    sending before the old rows leave the window. Expected gain: the window agreement recovered
-    if the slice rose to the rest's level, i.e. share of the window's rows x gap.
+    outside it (z corrected for the number of tests). Each slice is tested on its window rows,
+    on its rows since the loop last saw it healthy (`recent`, per slice), and on its newest
+    rows in blocks of `min_samples` x 1, 2, 4 ...: a shift that sent a few hundred bad rows
+    hides among a slice's older good rows, a slow slice may be judged healthy on its window
+    cycle after cycle while its newest rows go bad, and it may stop sending before the old
+    rows leave the window. Of the blocks that find it, the one with the strongest evidence
+    (gap x sqrt(rows), the scan statistic's estimate of where the change began) gives `from`,
+    the time of its first row: the slice's rows since then are its changed rows. Expected
+    gain: the window agreement recovered if the slice rose to the rest's level, i.e. share of
+    the window's rows x gap.
     """
     n_all = len(w)
     if n_all == 0:
@@ -206,15 +224,29 @@ def weak_slices(
             new = m & recent[label]
             if min_samples <= int(new.sum()) < int(m.sum()):
                 scopes.append((label, "recent", new))
+        for block in _newest_blocks(w, m, min_samples):
+            newest = np.zeros(n_all, dtype=bool)
+            newest[block] = True
+            scopes.append((label, "newest", newest))
     z = _z_for(len(scopes))
     found: dict[str, dict[str, Any]] = {}
+    block: dict[str, dict[str, Any]] = {}
     for label, scope, m in scopes:
         result = _weak_test(agree, m, ~slices[label], z)
         if result is None:
             continue
         result["expected_gain"] = result["gap"] * int(slices[label].sum()) / n_all
-        if label not in found or result["expected_gain"] > found[label]["expected_gain"]:
-            found[label] = {"slice": label, "scope": scope, **result}
+        entry = {"slice": label, "scope": scope, **result}
+        if scope == "newest":
+            entry["from"] = float(w.at[m].min())
+            evidence = result["gap"] * math.sqrt(result["n"])
+            if label not in block or evidence > block[label]["gap"] * math.sqrt(block[label]["n"]):
+                block[label] = entry
+        elif label not in found or result["expected_gain"] > found[label]["expected_gain"]:
+            found[label] = entry
+    for label, entry in block.items():
+        if label not in found or entry["expected_gain"] > found[label]["expected_gain"]:
+            found[label] = entry
     return sorted(found.values(), key=lambda r: -r["expected_gain"])
 
 
