@@ -122,6 +122,9 @@ def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Pat
     traded = plan(tmp_path, PolicyConfig(wider_candidates=1), ["sensor=b (frozen -0.045)"])
     assert len(traded["variants"]) == 1 and traded["traded"] == ["sensor=b (frozen -0.045)"]
     assert "lost on sensor=b" in traded["why"]
+    # It passed, but left most of a weak slice's gap open: grow too.
+    gap = plan(tmp_path, PolicyConfig(wider_candidates=1), [], ["sensor=c (gain +0.030 of gap 0.130)"])
+    assert len(gap["variants"]) == 1 and "left open sensor=c" in gap["why"]
 
 
 def test_wider_candidates_grow_from_the_warm_started_parent(tmp_path: Path) -> None:
@@ -159,9 +162,14 @@ def test_wider_candidates_grow_from_the_warm_started_parent(tmp_path: Path) -> N
 
 
 def _run_row(
-    run_id: str, version: str, run_dir: Path, weak: list[str], trigger: str = "policy"
+    run_id: str,
+    version: str,
+    run_dir: Path,
+    weak: list[str],
+    trigger: str = "policy",
+    gap: float | None = None,
 ) -> DistillRun:
-    numbers = {"weak_slices": [{"slice": w} for w in weak]}
+    numbers = {"weak_slices": [{"slice": w, "gap": gap} for w in weak]}
     return DistillRun(
         id=run_id,
         created_at=time.time(),
@@ -193,8 +201,8 @@ def _loop_store(tmp_path: Path, parent_seed: int, shift_c: float = 3.0) -> tuple
     return settings, store, registry, parent, info.version
 
 
-def test_a_candidate_that_loses_on_a_slice_is_found_traded(tmp_path: Path) -> None:
-    from distill_watchdog.loop.widen import traded_slices
+def test_a_candidate_that_loses_on_a_slice_or_leaves_its_gap_open_is_found(tmp_path: Path) -> None:
+    from distill_watchdog.loop.widen import first_candidate
 
     # The parent is the teacher's own network: any other candidate loses somewhere.
     settings, store, registry, teacher_like, version = _loop_store(tmp_path, 1, shift_c=0.0)
@@ -203,10 +211,13 @@ def test_a_candidate_that_loses_on_a_slice_is_found_traded(tmp_path: Path) -> No
     store.add_run(row)
     build_job(settings, store, registry, run_dir, "r1", ["sensor=c"])
     _candidate(run_dir / "out", teacher_like, "converged", 826)  # the parent again
-    assert traded_slices(settings, store, row) == []
+    assert first_candidate(settings, store, row) == ([], [])  # no gap in the trigger: none to close
+    # The cycle saw sensor c 30 points below the rest: the parent again gains nothing of it.
+    gap_row = _run_row("r1", version, run_dir, ["sensor=c"], gap=0.3)
+    assert first_candidate(settings, store, gap_row) == ([], ["sensor=c (gain +0.000 of gap 0.300)"])
     shutil.rmtree(run_dir / "out")
     _candidate(run_dir / "out", write_model(tmp_path / "src", stem="other", seed=0), "converged", 826)
-    traded = traded_slices(settings, store, row)
+    traded, _ = first_candidate(settings, store, row)
     assert {t.split(" ")[0] for t in traded} >= {"all", "sensor=a", "sensor=b"}
 
 

@@ -1,9 +1,11 @@
 """Candidates that can grow: wider students when the first candidate is capacity-limited.
 
 When the engine's stop rule says the run's student plateaued and a wider probe fits the
-teacher clearly better (`capacity_limited`), or the first candidate lost on a slice (it fails
-the regression gate), up to `policy.wider_candidates` wider variants of the same family, each
-within `policy.max_params_factor` x the parent's parameters, are trained on the same job folder.
+teacher clearly better (`capacity_limited`), the first candidate lost on a slice (it fails
+the regression gate), or it left most of a weak slice's gap open (its gain on the slice's
+changed hold-out rows is under half the gap the cycle measured), up to
+`policy.wider_candidates` wider variants of the same family, each within
+`policy.max_params_factor` x the parent's parameters, are trained on the same job folder.
 The gates then judge every candidate and the best that passes is promoted.
 
 With a warm start, each variant grows from the parent (`student.init_from`: the engine keeps
@@ -35,16 +37,20 @@ def stop_diagnosis(result: dict[str, Any]) -> str | None:
     return stop.get("training") or stop.get("verdict")
 
 
-def plan(run_dir: Path, cfg: PolicyConfig, traded: list[str] | None = None) -> dict[str, Any]:
+def plan(
+    run_dir: Path, cfg: PolicyConfig, traded: list[str] | None = None, open_gaps: list[str] | None = None
+) -> dict[str, Any]:
     """Writes one job file per wider variant; returns what was decided and why.
 
     `traded`: slices the first candidate lost on (the regression gate's test) while it trained
     for the weak ones: a student that cannot hold both is short of capacity too, whatever its
-    own stop rule saw.
+    own stop rule saw. `open_gaps`: weak slices whose gap it left mostly open: a small
+    student often learns a few changed rows only at a cost it cannot pay elsewhere, and a
+    wider one grown from it may close the gap.
     """
     result = json.loads((run_dir / "out" / "result.json").read_text())
     diagnosis = stop_diagnosis(result)
-    if cfg.wider_candidates == 0 or (diagnosis != "capacity_limited" and not traded):
+    if cfg.wider_candidates == 0 or (diagnosis != "capacity_limited" and not traded and not open_gaps):
         return {"diagnosis": diagnosis, "variants": [], "why": "the candidate is not capacity-limited"}
     from distill_engine import zoo
 
@@ -75,11 +81,15 @@ def plan(run_dir: Path, cfg: PolicyConfig, traded: list[str] | None = None) -> d
         variant["job"] = f"job-{WIDE_PREFIX}{i}.yaml"
         variant["out"] = f"out-{WIDE_PREFIX}{i}"
     why = "capacity-limited: wider variants within policy.max_params_factor"
-    if diagnosis != "capacity_limited":
-        why = f"the candidate lost on {', '.join(traded or [])}: wider variants within the budget"
+    if diagnosis != "capacity_limited" and traded:
+        why = f"the candidate lost on {', '.join(traded)}: wider variants within the budget"
+    elif diagnosis != "capacity_limited":
+        why = f"the candidate left open {', '.join(open_gaps or [])}: wider variants within the budget"
     out = {"diagnosis": diagnosis, "variants": variants, "why": why if variants else "nothing to widen"}
     if traded:
         out["traded"] = traded
+    if open_gaps:
+        out["open_gaps"] = open_gaps
     return out
 
 
@@ -99,18 +109,20 @@ def _growable(
     return parent, ""
 
 
-def traded_slices(settings: Any, store: Any, run: Any) -> list[str]:
-    """Slices on which the first candidate fails the regression gate (hold-out or frozen set)."""
+def first_candidate(settings: Any, store: Any, run: Any) -> tuple[list[str], list[str]]:
+    """How the first candidate did against the parent: the slices on which it fails the
+    regression gate (hold-out or frozen set), and the weak slices whose gap it left mostly
+    open (gain on the changed hold-out rows under half the gap in the run's trigger)."""
     from distill_watchdog.card import parse_card
     from distill_watchdog.loop.finish import _frozen, _holdout
-    from distill_watchdog.loop.gates import judge
+    from distill_watchdog.loop.gates import changed_key, judge
     from distill_watchdog.registry import Registry
     from distill_watchdog.runtime import load_model
 
     run_dir = Path(run.run_dir)
     out = run_dir / "out"
     if not (out / "student.onnx").exists():
-        return []
+        return [], []
     parent = Registry(store, settings.models_dir, ort_threads=1).load(run.parent_version)
     card = parse_card(json.loads((out / "card.json").read_text()))
     model = load_model((out / "student.onnx").read_bytes(), card, "out", threads=1)
@@ -123,7 +135,16 @@ def traded_slices(settings: Any, store: Any, run: Any) -> list[str]:
     pairs = [(es, parent.predict_proba(es.x), model.predict_proba(es.x)) for es in sets]
     verdict = judge(pairs, [], cfg.min_gain, cfg.max_regression, cfg.max_ece)
     failed = [g for g in verdict["failed"] if g["gate"] == "max_regression"]
-    return sorted({f"{g['slice']} ({g['set']} {g['change']:+.3f})" for g in failed})
+    traded = sorted({f"{g['slice']} ({g['set']} {g['change']:+.3f})" for g in failed})
+    entries = (json.loads(run.detail_json or "{}").get("trigger_numbers") or {}).get("weak_slices", [])
+    table = verdict["tables"].get("holdout", {})
+    open_gaps = []
+    for entry in entries:
+        row = table.get(changed_key(entry["slice"]), table.get(entry["slice"]))
+        gap = entry.get("gap")
+        if row is not None and gap is not None and row["change"] < gap / 2:
+            open_gaps.append(f"{entry['slice']} (gain {row['change']:+.3f} of gap {gap:.3f})")
+    return traded, open_gaps
 
 
 def main() -> None:
@@ -136,8 +157,9 @@ def main() -> None:
         raise SystemExit(f"no run {run_id}")
     run_dir = Path(run.run_dir)
     store = Store(settings.store_url)
-    traded = traded_slices(settings, store, run)
-    (run_dir / "widen.json").write_text(json.dumps(plan(run_dir, settings.policy, traded), default=str))
+    traded, open_gaps = first_candidate(settings, store, run)
+    planned = plan(run_dir, settings.policy, traded, open_gaps)
+    (run_dir / "widen.json").write_text(json.dumps(planned, default=str))
 
 
 if __name__ == "__main__":
