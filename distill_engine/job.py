@@ -179,6 +179,10 @@ class CalibrateSpec(_Spec):
     enabled: bool = True
     holdout: float = Field(0.1, gt=0, lt=0.5)
     min_holdout_rows: int = Field(30, ge=1, description="floor of the hold-out size (at most half the rows)")
+    exclude_slices: list[str] = Field(
+        default_factory=list,
+        description="slices never held out: rows a warm-start parent trained on would favour its epoch",
+    )
 
 
 class BaselineSpec(_Spec):

@@ -159,15 +159,29 @@ def _curate_and_split(st: RunState) -> None:
     st.progress.emit("curation", **{k: v for k, v in cur.counts.items() if not isinstance(v, dict)})
     fit_pos, hold_pos = np.arange(len(cur.keep)), np.zeros(0, dtype=np.int64)
     if job.calibrate.enabled or job.train.patience > 0:
-        classes = st.teach.train_probs[cur.keep].argmax(1)
-        slices = None if st.train.slices is None else st.train.slices[cur.keep]
-        fit_pos, hold_pos = stratified_split(
-            strata_of(classes, slices), job.calibrate.holdout, job.calibrate.min_holdout_rows, job.train.seed
-        )
+        fit_pos, hold_pos = _holdout_split(st, cur.keep)
     st.cur, st.production = cur, production
     st.fit_idx, st.hold_idx = cur.keep[fit_pos], cur.keep[hold_pos]
     st.weights_fit = cur.weights[fit_pos]
     st.hints = [h[st.fit_idx] for h in st.hints]
+
+
+def _holdout_split(st: RunState, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (fit, hold) of the curated rows: a stratified hold-out drawn only from rows
+    outside `calibrate.exclude_slices` (rows the parent trained on would score its own weights
+    best, and early stopping would keep the first epoch)."""
+    job = st.job
+    classes = st.teach.train_probs[keep].argmax(1)
+    slices = None if st.train.slices is None else st.train.slices[keep]
+    eligible = np.ones(len(keep), dtype=bool)
+    if slices is not None and job.calibrate.exclude_slices:
+        eligible = ~np.isin(np.asarray(slices).astype(str), job.calibrate.exclude_slices)
+    pos = np.flatnonzero(eligible)
+    fit, hold = stratified_split(
+        strata_of(classes[pos], None if slices is None else slices[pos]),
+        job.calibrate.holdout, job.calibrate.min_holdout_rows, job.train.seed,
+    )  # fmt: skip
+    return np.sort(np.concatenate([pos[fit], np.flatnonzero(~eligible)])), pos[hold]
 
 
 def _synthesize(st: RunState, adapters: dict[str, Teacher]) -> None:

@@ -59,6 +59,36 @@ def test_stratified_holdout_keeps_every_class_and_slice_on_both_sides() -> None:
     assert len(stratified_split(strata_of(classes, None), 0.01, 30, seed=0)[1]) == 30  # the floor
 
 
+def test_excluded_slices_are_trained_on_but_never_held_out() -> None:
+    """Rows a warm-start parent trained on (the loop's replayed `reference`) would favour its epoch."""
+    from types import SimpleNamespace
+
+    from distill_engine.job import DistillJob
+    from distill_engine.runner import _holdout_split
+
+    rng = np.random.default_rng(0)
+    slices = np.array(["reference"] * 300 + ["a"] * 200 + ["b"] * 100)
+    probs = np.eye(C)[rng.integers(0, C, len(slices))]
+    job = DistillJob.model_validate(
+        {
+            "name": "t",
+            "data": {"train": "t.npz", "eval": "e.npz"},
+            "calibrate": {"exclude_slices": ["reference"]},
+        }
+    )
+    st = SimpleNamespace(
+        job=job, teach=SimpleNamespace(train_probs=probs), train=SimpleNamespace(slices=slices)
+    )
+    keep = np.arange(len(slices))
+    fit, hold = _holdout_split(st, keep)  # type: ignore[arg-type]
+    assert len(hold) >= 30 and set(slices[hold]) == {"a", "b"}
+    assert sorted(np.concatenate([fit, hold]).tolist()) == keep.tolist()
+    assert (slices[fit] == "reference").sum() == 300
+    job.calibrate.exclude_slices = []
+    _, hold_all = _holdout_split(st, keep)  # type: ignore[arg-type]
+    assert "reference" in set(slices[hold_all])
+
+
 def test_wider_variants_stay_within_the_params_budget() -> None:
     parent = count_params(mlp(64, 10, hidden=[32]))
     variants = wider_variants("distill_engine.zoo:mlp", {"hidden": [32]}, 64, 10, 4.0, k=3)

@@ -286,6 +286,8 @@ def test_job_holds_out_recent_rows_per_slice_weights_weak_rows_and_replays_refer
     settings.monitor.reference = tmp_path / "ref.npz"
     built = build_job(settings, store, registry, tmp_path / "run", "r1", ["sensor=c"])
     assert built["train_rows"] + built["holdout_rows"] == 600 and built["replayed_reference_rows"] == 50
+    job = yaml.safe_load((tmp_path / "run" / "job.yaml").read_text())
+    assert job["calibrate"]["exclude_slices"] == ["reference"]  # trained on, never validated on
     with np.load(tmp_path / "run" / "train.npz") as train, np.load(tmp_path / "run" / "holdout.npz") as hold:
         assert len(train["x"]) == built["train_rows"] + 50 and (train["slice"] == "reference").sum() == 50
         real = train["slice"] != "reference"

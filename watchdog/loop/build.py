@@ -280,6 +280,13 @@ def build_job(
     _save(run_dir / "holdout.npz", w, hold_idx, changed=any_changed)
     np.savez(run_dir / "production.npz", x=w.x[train_idx[-settings.monitor.window :]])
     job, about = _job_spec(settings, registry, active)
+    if replay is not None:
+        # Replayed rows are rehearsal of what the parent learned, not today's traffic; held out
+        # they would score the parent's own weights best and early stopping would keep them.
+        calibrate = job.get("calibrate", True)
+        calibrate = dict(calibrate) if isinstance(calibrate, dict) else {"enabled": bool(calibrate)}
+        calibrate["exclude_slices"] = sorted({*calibrate.get("exclude_slices", []), "reference"})
+        job["calibrate"] = calibrate
     about["synthesis"] = _synthesis(settings, job, w, train_idx, weak)
     (run_dir / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     return {
