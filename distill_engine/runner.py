@@ -224,7 +224,7 @@ def _train_student(
     student = build_model(job.student.factory, job.student.kwargs, st.num_features, st.num_classes, "student")
     if job.student.init_from:
         st.warm_start = load_onnx_weights(
-            student, job.resolve(job.student.init_from), st.num_features, probe=st.ev.x
+            student, job.resolve(job.student.init_from), st.num_features, probe=st.ev.x, grow=True
         )
     hint_epochs = (
         job.loss.hint_epochs

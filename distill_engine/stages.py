@@ -34,6 +34,7 @@ def train_assistants(st: RunState) -> tuple[list[dict[str, Any]], np.ndarray]:
                 st.num_features,
                 f"{field}.init_from",
                 probe=st.ev.x,
+                grow=True,
             )
         t0 = time.perf_counter()
         data = make_data(

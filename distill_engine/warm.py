@@ -48,8 +48,11 @@ def load_onnx_weights(
     field: str = "student.init_from",
     tolerance: float = 1e-4,
     probe: np.ndarray | None = None,
+    grow: bool = False,
 ) -> dict[str, Any]:
     """Copy the ONNX file's weights into `model` in place; JobError when they do not fit.
+    `grow`: `model` may be a wider student of the parent's family (a warm start, not a check
+    that a factory describes the file).
 
     Returns what was loaded: tensors matched by name / by shape, and the max abs logit
     difference torch vs ONNX Runtime on `probe` rows (random rows when None).
@@ -72,7 +75,7 @@ def load_onnx_weights(
         if arr is not None and tuple(arr.shape) == tuple(tensor.shape):
             new[key] = torch.as_tensor(arr.copy(), dtype=tensor.dtype)
             used.add(key)
-        elif arr is not None and _fits_inside(arr.shape, tuple(tensor.shape)):
+        elif grow and arr is not None and _fits_inside(arr.shape, tuple(tensor.shape)):
             new[key] = _grow(tensor, arr)
             used.add(key)
             grown.append(key)

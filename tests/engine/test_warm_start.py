@@ -63,12 +63,14 @@ def test_a_wider_student_grows_from_a_narrower_parent_with_its_outputs(  # type:
     torch.manual_seed(2)
     grown = wide()
     x, _ = blobs(200, seed=3)
-    info = load_onnx_weights(grown, path, D, probe=x)
+    info = load_onnx_weights(grown, path, D, probe=x, grow=True)
     grown.eval()
     with torch.no_grad():
         ours = grown(torch.as_tensor(x)).double().numpy()
     assert np.abs(ours - onnx_logits(path, x)).max() < 1e-4
     assert info["grown"] and info["matched_by_shape"] == []
+    with pytest.raises(JobError, match="architecture"):  # without grow: a check that it is the same
+        load_onnx_weights(wide(), path, D)
     # New units keep their fresh incoming weights (they are not dead copies of zeros).
     first = next(k for k in info["grown"] if k.endswith("weight"))
     parent_rows = dict(onnx_initializers(path))[first].shape[0]

@@ -103,7 +103,7 @@ def _growable(
 
     model = build_model(variant["factory"], variant["kwargs"], num_features, len(card["classes"]))
     try:
-        load_onnx_weights(model, parent, num_features)
+        load_onnx_weights(model, parent, num_features, grow=True)
     except JobError as exc:
         return None, str(exc)
     return parent, ""
