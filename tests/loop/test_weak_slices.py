@@ -87,3 +87,28 @@ def test_small_slices_wait_for_min_samples() -> None:
     w = _window(sources, agree, np.arange(540, dtype=float))
     assert _weak(w, min_samples=50) == []
     assert [f["slice"] for f in _weak(w, min_samples=30)] == ["source=c"]
+
+
+def test_changed_rows_begin_where_the_change_began_across_a_healthy_verdict() -> None:
+    """A cycle judged c healthy while its first 48 bad rows did not yet show; the 52 after it
+    find it weak. Its changed rows are all 100: a run needs them, and c may send no more."""
+    from distill_watchdog.loop.policy import changed_after
+
+    rng = np.random.default_rng(3)
+    n = 6000
+    sources = np.where(np.arange(n) % 20 == 0, "c", np.where(rng.random(n) < 0.5, "a", "b"))
+    agree = rng.random(n) < 0.87
+    c_rows = np.flatnonzero(sources == "c")
+    bad = c_rows[-100:]
+    # The first 48 bad rows a little less bad (60%) than the 52 after the verdict (50%): the rows
+    # since the verdict are the scope with the widest gap, yet all 100 are the change.
+    agree[bad[:48]] = rng.permutation(np.arange(48) < 29)
+    agree[bad[48:]] = rng.permutation(np.arange(52) < 26)
+    at = np.arange(n, dtype=float)
+    w = _window(list(sources), agree, at)
+    healthy_at = at[bad[47]]  # the verdict came after 48 of the bad rows
+    found = _weak(w, recent={f"source={s}": at > healthy_at for s in "abc"})
+    assert [f["slice"] for f in found] == ["source=c"] and found[0]["scope"] == "recent"
+    start = changed_after(healthy_at, found[0]["from"])
+    changed = int(((sources == "c") & (at > start)).sum())
+    assert 90 <= changed <= 110  # about the 100 bad rows, not the 52 since the verdict

@@ -202,11 +202,10 @@ def weak_slices(
     rows in blocks of `min_samples` x 1, 2, 4 ...: a shift that sent a few hundred bad rows
     hides among a slice's older good rows, a slow slice may be judged healthy on its window
     cycle after cycle while its newest rows go bad, and it may stop sending before the old
-    rows leave the window. Of the blocks that find it, the one with the strongest evidence
-    (gap x sqrt(rows), the scan statistic's estimate of where the change began) gives `from`,
-    the time of its first row: the slice's rows since then are its changed rows. Expected
-    gain: the window agreement recovered if the slice rose to the rest's level, i.e. share of
-    the window's rows x gap.
+    rows leave the window. A weak slice's `from` estimates when its change began (`_change_start`):
+    its rows since then are its changed rows, even where a cycle judged it healthy while its
+    first bad rows did not yet show. Expected gain: the window agreement recovered if the slice
+    rose to the rest's level, i.e. share of the window's rows x gap.
     """
     n_all = len(w)
     if n_all == 0:
@@ -238,7 +237,6 @@ def weak_slices(
         result["expected_gain"] = result["gap"] * int(slices[label].sum()) / n_all
         entry = {"slice": label, "scope": scope, **result}
         if scope == "newest":
-            entry["from"] = float(w.at[m].min())
             evidence = result["gap"] * math.sqrt(result["n"])
             if label not in block or evidence > block[label]["gap"] * math.sqrt(block[label]["n"]):
                 block[label] = entry
@@ -247,7 +245,26 @@ def weak_slices(
     for label, entry in block.items():
         if label not in found or entry["expected_gain"] > found[label]["expected_gain"]:
             found[label] = entry
+    for label, entry in found.items():
+        start = _change_start(w, slices[label], agree, entry["rest_agreement"], min_samples)
+        if start is not None:
+            entry["from"] = start
     return sorted(found.values(), key=lambda r: -r["expected_gain"])
+
+
+def _change_start(w: Window, m: np.ndarray, agree: np.ndarray, rest: float, min_samples: int) -> float | None:
+    """When a weak slice's change began: the time of the first of its newest k rows, k (up to
+    the largest newest block) maximising gap x sqrt(k), the scan statistic's estimate of a
+    change point. Evidence only: the slice was found weak by its own test."""
+    idx = np.flatnonzero(m)
+    idx = idx[np.argsort(w.at[idx], kind="stable")][::-1][: min_samples * 2 ** (NEWEST_BLOCKS - 1)]
+    first = max(1, min(min_samples, len(idx)) // 2)
+    if len(idx) < first:
+        return None
+    k = np.arange(1, len(idx) + 1)
+    evidence = (rest - np.cumsum(agree[idx]) / k) * np.sqrt(k)
+    best = first - 1 + int(np.argmax(evidence[first - 1 :]))
+    return float(w.at[idx[best]]) if evidence[best] > 0 else None
 
 
 def top_slices(table: dict[str, dict[str, Any]], k: int) -> list[str]:
