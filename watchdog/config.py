@@ -260,7 +260,9 @@ class PolicyConfig(Section):
     hysteresis: PositiveInt = Field(2, description="breaching cycles in a row before a run starts")
     cooldown_s: Annotated[float, _within(0)] = Field(3600.0, description="least time between two runs")
     max_runs_per_day: Annotated[int, _within(0)] = Field(
-        4, description="runs the policy may start per day; 0: monitor only, never a run"
+        4,
+        description="runs the policy may start per day (those with no weak slice: at most half); "
+        "0: monitor only, never a run",
     )
     min_samples: PositiveInt = Field(
         50, description="rows a slice needs (in the window, or since it was last healthy) to be found weak"

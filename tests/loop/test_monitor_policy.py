@@ -451,3 +451,21 @@ def test_a_window_wide_breach_gets_one_run_until_something_changes(tmp_path: Pat
     _add_run(store, "r0", time.time() - 5, "failed", {"trigger_numbers": first.numbers})
     store.update_run("r1", status="failed")  # a failed run answered nothing
     assert policy.decide(store, cfg, _cycle(0.87)).action == "trigger"
+
+
+def test_runs_with_no_weak_slice_use_at_most_half_the_daily_budget(tmp_path: Path) -> None:
+    """Each promotion on clean traffic can release the next window-wide run (a new student, a new
+    reference and drift share); half the budget stays for a slice that breaks later."""
+    store = Store(f"sqlite:///{tmp_path / 'h.db'}")
+    cfg = PolicyConfig(min_agreement=0.9, hysteresis=1, cooldown_s=0, max_runs_per_day=4)
+    for i, drift in enumerate((0.1, 0.3)):
+        decision = policy.decide(store, cfg, _cycle(0.85, drift=drift))
+        assert decision.action == "trigger"
+        _add_run(store, f"w{i}", time.time(), "promoted", {"trigger_numbers": decision.numbers})
+    third = policy.decide(store, cfg, _cycle(0.86, drift=0.6))  # released by the drift, but
+    assert third.action == "blocked" and "used 2 of the daily budget of 4" in third.reason
+    weak = policy.decide(store, cfg, _cycle(0.86, ["sensor=c"]))
+    assert weak.action == "trigger"  # what the rest is kept for
+    old = time.time() - 90_000  # yesterday's runs do not count
+    store.update_run("w0", created_at=old)
+    assert policy.decide(store, cfg, _cycle(0.86, drift=0.9)).action == "trigger"

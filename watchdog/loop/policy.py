@@ -4,8 +4,9 @@ A cycle *breaches* when overall agreement is below `policy.min_agreement`, ECE a
 teacher is above `policy.max_ece`, the drifted-feature share is above `policy.max_drift_share`,
 or there is a weak slice. A run triggers after `policy.hysteresis` breaching cycles in a row,
 unless blocked by: a run in progress or awaiting approval; the cooldown since the last run;
-the daily budget; or a `ceiling_reached` verdict of the last run while neither the teachers,
-the weak-slice set nor the drift share (by >= 0.1) changed since and no new rows of the weak
+the daily budget (runs for a breach with no weak slice use at most half of it); or a
+`ceiling_reached` verdict of the last run while neither the teachers, the weak-slice set nor
+the drift share (by >= 0.1) changed since and no new rows of the weak
 slices arrived (bounded by `policy.ceiling_retries`); or, for a breach with no weak slice,
 a run that answered the same window-wide breach while nothing changed since. A weak slice
 with too few recent rows to train on and to hold out makes it *wait* for data instead. Every
@@ -198,6 +199,19 @@ def _window_wide_blocks(runs: list[Any], numbers: dict[str, Any]) -> str | None:
     )
 
 
+def _window_wide_today(runs: list[Any], now: float) -> int:
+    """Policy runs of the last day that answered a breach with no weak slice. They may use half
+    the daily budget: each promotion on clean traffic can release the next (a new student, a
+    new reference and drift share), and a slice that breaks later must still find runs left."""
+    count = 0
+    for r in runs:
+        if r.created_at < now - 86400 or r.trigger != "policy":
+            continue
+        if not (orjson.loads(r.detail_json).get("trigger_numbers") or {}).get("weak_slices"):
+            count += 1
+    return count
+
+
 def _runs(store: Store) -> tuple[list[Any], list[Any]]:
     """Runs in progress, and the runs that count for cooldown and budget: a run that stopped
     for lack of data did not train, so it never holds back the next one."""
@@ -221,6 +235,14 @@ def _gate(store: Store, cfg: PolicyConfig, why: str, numbers: dict[str, Any], no
         return Decision("blocked", f"{why}; runs are off (policy.max_runs_per_day: 0)", numbers)
     if used >= cfg.max_runs_per_day:
         return Decision("blocked", f"{why}; daily budget of {cfg.max_runs_per_day} runs used", numbers)
+    share = max(1, cfg.max_runs_per_day // 2)
+    if not numbers.get("weak_slices") and _window_wide_today(runs, now) >= share:
+        return Decision(
+            "blocked",
+            f"{why}; runs with no weak slice used {share} of the daily budget of "
+            f"{cfg.max_runs_per_day}: the rest is kept for weak slices",
+            numbers,
+        )
     waits = _window_wide_blocks(runs, numbers)
     if waits:
         return Decision("blocked", f"{why}; {waits}", numbers)
