@@ -122,7 +122,7 @@ def test_widening_plans_wider_students_within_the_parameter_budget(tmp_path: Pat
     traded = plan(tmp_path, PolicyConfig(wider_candidates=1), ["sensor=b (frozen -0.045)"])
     assert len(traded["variants"]) == 1 and traded["traded"] == ["sensor=b (frozen -0.045)"]
     assert "lost on sensor=b" in traded["why"]
-    # It passed, but left most of a weak slice's gap open: grow too.
+    # It passed, but left part of a weak slice's gap open: grow too.
     gap = plan(tmp_path, PolicyConfig(wider_candidates=1), [], ["sensor=c (gain +0.030 of gap 0.130)"])
     assert len(gap["variants"]) == 1 and "left open sensor=c" in gap["why"]
 

@@ -2,8 +2,8 @@
 
 When the engine's stop rule says the run's student plateaued and a wider probe fits the
 teacher clearly better (`capacity_limited`), the first candidate lost on a slice (it fails
-the regression gate), or it left most of a weak slice's gap open (its gain on the slice's
-changed hold-out rows is under half the gap the cycle measured), up to
+the regression gate), or it left part of a weak slice's gap open (its gain on the slice's
+changed hold-out rows is under `CLOSED_SHARE` of the gap the cycle measured), up to
 `policy.wider_candidates` wider variants of the same family, each within
 `policy.max_params_factor` x the parent's parameters, are trained on the same job folder.
 The gates then judge every candidate and the best that passes is promoted.
@@ -29,6 +29,9 @@ import yaml
 from distill_watchdog.config import PolicyConfig
 
 WIDE_PREFIX = "wide-"
+# A first candidate that closed less of a weak slice's gap than this also gets the wider
+# variants: the gates choose by gain, so a variant that closes more can only help.
+CLOSED_SHARE = 0.8
 
 
 def stop_diagnosis(result: dict[str, Any]) -> str | None:
@@ -44,7 +47,7 @@ def plan(
 
     `traded`: slices the first candidate lost on (the regression gate's test) while it trained
     for the weak ones: a student that cannot hold both is short of capacity too, whatever its
-    own stop rule saw. `open_gaps`: weak slices whose gap it left mostly open: a small
+    own stop rule saw. `open_gaps`: weak slices whose gap it left partly open: a small
     student often learns a few changed rows only at a cost it cannot pay elsewhere, and a
     wider one grown from it may close the gap.
     """
@@ -112,7 +115,7 @@ def _growable(
 def first_candidate(settings: Any, store: Any, run: Any) -> tuple[list[str], list[str]]:
     """How the first candidate did against the parent: the slices on which it fails the
     regression gate (hold-out or frozen set), and the weak slices whose gap it left mostly
-    open (gain on the changed hold-out rows under half the gap in the run's trigger)."""
+    open (gain on the changed hold-out rows under CLOSED_SHARE of the gap in the run's trigger)."""
     from distill_watchdog.card import parse_card
     from distill_watchdog.loop.finish import _frozen, _holdout
     from distill_watchdog.loop.gates import changed_key, judge
@@ -142,7 +145,7 @@ def first_candidate(settings: Any, store: Any, run: Any) -> tuple[list[str], lis
     for entry in entries:
         row = table.get(changed_key(entry["slice"]), table.get(entry["slice"]))
         gap = entry.get("gap")
-        if row is not None and gap is not None and row["change"] < gap / 2:
+        if row is not None and gap is not None and row["change"] < CLOSED_SHARE * gap:
             open_gaps.append(f"{entry['slice']} (gain {row['change']:+.3f} of gap {gap:.3f})")
     return traded, open_gaps
 
