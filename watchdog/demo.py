@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -312,6 +313,9 @@ def run_scenario(root: Path, sc: Scenario, port: int, log: Any = print) -> dict[
     root = root.resolve()
     files = prepare(root, sc, log)
     tprobs = {name: teacher_probs(files["teacher"], x) for name, x in files["tests"].items()}
+    # Data and models are reused from an earlier demo; the daemon starts afresh from the first
+    # student (an earlier demo's promoted student would leave nothing to show).
+    shutil.rmtree(root / "daemon", ignore_errors=True)
     config = write_config(root, files, sc, port)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with ServeProcess(config, port, root / "daemon.log") as daemon, httpx.Client(timeout=30) as client:
