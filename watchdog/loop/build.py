@@ -29,6 +29,8 @@ from distill_watchdog.loop.policy import changed_after, healthy_since
 from distill_watchdog.registry import Registry
 from distill_watchdog.store import Store
 
+REPLAY_SLICE = "reference"  # the slice of the parent's snapshot rows appended to train.npz
+
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -57,7 +59,7 @@ def _save(
         x = np.concatenate([x, replay[0]])
         probs = np.concatenate([probs, replay[1]])
         y = np.concatenate([y, np.full(n, -1, dtype=y.dtype)])
-        slices = np.concatenate([slices.astype(str), np.full(n, "reference")])
+        slices = np.concatenate([slices.astype(str), np.full(n, REPLAY_SLICE)])
         if weight is not None:
             weight = np.concatenate([weight, np.ones(n)])
     arrays: dict[str, Any] = {
@@ -83,13 +85,13 @@ def _parent_student(card: Any) -> dict[str, Any] | None:
 
 
 def _weights(
-    settings: Settings, store: Store, w: Window, weak: list[str], blocks: dict[str, float]
+    settings: Settings, store: Store, w: Window, weak: list[str], changed_from: dict[str, float]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], float | None]:
     """Row weights, the recent rows, each weak slice's changed rows, and the earliest time a
     weak slice's changed rows begin.
 
     A weak slice's changed rows are its rows since the newest decision that did not find it
-    weak, or since the newest block of its rows that found it weak began (`blocks`), whichever
+    weak, or since its change began (`changed_from`, the cycle's change point), whichever
     is earlier (with neither: its rows in the newest window): they show the problem, so they
     are up-weighted, seed synthesis, and judge the candidate's gain. Recent: the newest window
     and every changed row's time span; the hold-out is drawn from it.
@@ -99,7 +101,7 @@ def _weights(
     healthy = healthy_since(store, weak)
     recent, changed = window.copy(), {}
     for label in weak:
-        at = healthy[label] = changed_after(healthy[label], blocks.get(label))
+        at = healthy[label] = changed_after(healthy[label], changed_from.get(label))
         since = w.at > at if at is not None else window
         changed[label] = w.mask(label) & since
         recent |= since
@@ -233,10 +235,10 @@ def build_job(
     run_dir: Path,
     run_id: str,
     weak: list[str],
-    blocks: dict[str, float] | None = None,
+    changed_from: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Writes the job folder; returns what went into it (rows, weights, paths). `blocks`: per
-    weak slice, when the newest block of rows that found it weak began (the cycle's `from`).
+    """Writes the job folder; returns what went into it (rows, weights, paths). `changed_from`:
+    per weak slice, when the cycle estimated its change began (the weak-slice entry's `from`).
 
     Raises WaitingForData when a weak slice has too few recent rows for both sides.
     """
@@ -254,7 +256,7 @@ def build_job(
         features=card.num_features,
         classes=len(card.classes),
     )
-    weight, recent, masks, healthy_at = _weights(settings, store, w, weak, blocks or {})
+    weight, recent, masks, healthy_at = _weights(settings, store, w, weak, changed_from or {})
     parts = holdout.split(
         w.at,
         w.slice_strings(),
@@ -285,7 +287,7 @@ def build_job(
         # they would score the parent's own weights best and early stopping would keep them.
         calibrate = job.get("calibrate", True)
         calibrate = dict(calibrate) if isinstance(calibrate, dict) else {"enabled": bool(calibrate)}
-        calibrate["exclude_slices"] = sorted({*calibrate.get("exclude_slices", []), "reference"})
+        calibrate["exclude_slices"] = sorted({*calibrate.get("exclude_slices", []), REPLAY_SLICE})
         job["calibrate"] = calibrate
     about["synthesis"] = _synthesis(settings, job, w, train_idx, weak)
     (run_dir / "job.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
@@ -365,10 +367,10 @@ def main() -> None:
     numbers = orjson.loads(run.detail_json).get("trigger_numbers", {})
     entries = numbers.get("weak_slices", [])
     weak = [w["slice"] for w in entries]
-    blocks = {w["slice"]: float(w["from"]) for w in entries if w.get("from") is not None}
+    changed_from = {w["slice"]: float(w["from"]) for w in entries if w.get("from") is not None}
     run_dir = Path(run.run_dir)
     try:
-        built = build_job(settings, store, registry, run_dir, run.id, weak, blocks)
+        built = build_job(settings, store, registry, run_dir, run.id, weak, changed_from)
     except holdout.WaitingForData as exc:
         (run_dir / "waiting.json").write_text(json.dumps({"rows": exc.counts, "need": exc.need}))
         print(str(exc), file=sys.stderr)

@@ -108,13 +108,13 @@ def healthy_since(store: Store, labels: list[str], lookback: int = 500) -> dict[
     return out
 
 
-def changed_after(healthy_at: float | None, block_from: float | None) -> float | None:
+def changed_after(healthy_at: float | None, change_from: float | None) -> float | None:
     """The time after which a weak slice's rows count as changed: when it was last seen
-    healthy, or earlier when the newest block that found it weak began before that (a slow
-    slice is judged healthy on its window while its newest rows go bad). None: its whole window."""
-    if healthy_at is None or block_from is None:
+    healthy, or earlier when the cycle's change point (`from`) lies before that (a slow slice
+    may be judged healthy while its first bad rows do not yet show). None: its whole window."""
+    if healthy_at is None or change_from is None:
         return healthy_at
-    return min(healthy_at, block_from - 1e-6)
+    return min(healthy_at, change_from - 1e-6)
 
 
 def _need(cfg: PolicyConfig) -> int:

@@ -75,7 +75,7 @@ def plan(
     for i, variant in enumerate(variants, 1):
         wide = {**job, "student": {"factory": variant["factory"], "kwargs": variant["kwargs"]}}
         if parent:
-            variant["grown_from"], why_not = _growable(variant, parent, int(card["num_features"]), card)
+            variant["grown_from"], why_not = _growable(variant, parent, card)
             if variant["grown_from"]:
                 wide["student"]["init_from"] = parent
             else:
@@ -96,14 +96,13 @@ def plan(
     return out
 
 
-def _growable(
-    variant: dict[str, Any], parent: str, num_features: int, card: dict[str, Any]
-) -> tuple[str | None, str]:
+def _growable(variant: dict[str, Any], parent: str, card: dict[str, Any]) -> tuple[str | None, str]:
     """(parent path, "") when the variant can grow from the parent, else (None, why not)."""
     from distill_engine.errors import JobError
     from distill_engine.warm import load_onnx_weights
     from distill_engine.zoo import build_model
 
+    num_features = int(card["num_features"])
     model = build_model(variant["factory"], variant["kwargs"], num_features, len(card["classes"]))
     try:
         load_onnx_weights(model, parent, num_features, grow=True)
@@ -114,7 +113,7 @@ def _growable(
 
 def first_candidate(settings: Any, store: Any, run: Any) -> tuple[list[str], list[str]]:
     """How the first candidate did against the parent: the slices on which it fails the
-    regression gate (hold-out or frozen set), and the weak slices whose gap it left mostly
+    regression gate (hold-out or frozen set), and the weak slices whose gap it left partly
     open (gain on the changed hold-out rows under CLOSED_SHARE of the gap in the run's trigger)."""
     from distill_watchdog.card import parse_card
     from distill_watchdog.loop.finish import _frozen, _holdout

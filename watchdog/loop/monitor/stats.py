@@ -177,14 +177,20 @@ def _weak_test(agree: np.ndarray, m: np.ndarray, rest: np.ndarray, z: float) -> 
 NEWEST_BLOCKS = 4  # min_samples x 1, 2, 4, 8: older changes show in the window or since-healthy tests
 
 
+def _newest_first(w: Window, m: np.ndarray, limit: int) -> np.ndarray:
+    """Row indices of a slice, newest first, at most `limit`."""
+    idx = np.flatnonzero(m)
+    return idx[np.argsort(-w.at[idx], kind="stable")][:limit]
+
+
 def _newest_blocks(w: Window, m: np.ndarray, min_samples: int) -> list[np.ndarray]:
     """The slice's newest rows in blocks of min_samples x 1, 2, 4, 8 (each smaller than the
     slice): a change that began within a block's span shows at nearly full strength in the
     block that starts near it, however slowly the slice sends."""
-    idx = np.flatnonzero(m)
-    idx = idx[np.argsort(w.at[idx], kind="stable")]
+    n = int(m.sum())
+    idx = _newest_first(w, m, min_samples * 2 ** (NEWEST_BLOCKS - 1))
     sizes = [min_samples * 2**j for j in range(NEWEST_BLOCKS)]
-    return [idx[-k:] for k in sizes if k < len(idx)]
+    return [idx[:k] for k in sizes if k < n]
 
 
 def weak_slices(
@@ -256,8 +262,7 @@ def _change_start(w: Window, m: np.ndarray, agree: np.ndarray, rest: float, min_
     """When a weak slice's change began: the time of the first of its newest k rows, k (up to
     the largest newest block) maximising gap x sqrt(k), the scan statistic's estimate of a
     change point. Evidence only: the slice was found weak by its own test."""
-    idx = np.flatnonzero(m)
-    idx = idx[np.argsort(w.at[idx], kind="stable")][::-1][: min_samples * 2 ** (NEWEST_BLOCKS - 1)]
+    idx = _newest_first(w, m, min_samples * 2 ** (NEWEST_BLOCKS - 1))
     first = max(1, min(min_samples, len(idx)) // 2)
     if len(idx) < first:
         return None
