@@ -242,15 +242,18 @@ class SynthesisSpec(_Spec):
         ge=0,
         description="seeds: the slice's training rows whose data `weight` is at least this; 0: all its rows",
     )
-    candidates_per_row: float = Field(3.0, gt=0, description="candidates made per real row of the slice")
-    jitter_scale: float = Field(0.1, gt=0, description="jitter std as a share of each feature's slice std")
+    candidates_per_row: float = Field(12.0, gt=0, description="candidates made per real row of the slice")
+    max_candidates: int = Field(
+        20_000, ge=1, description="candidates per slice at most (each is a teacher call)"
+    )
+    jitter_scale: float = Field(0.3, gt=0, description="jitter std as a share of each feature's slice std")
     neighbours: int = Field(5, ge=1, description="SMOTE: same-slice neighbours to pick from")
     mixup_alpha: float = Field(0.4, gt=0, description="mixup: Beta(alpha, alpha) mixing weight")
     min_teacher_confidence: float = Field(0.6, ge=0, le=1, description="drop less confident candidates")
     min_production_weight: float = Field(
         0.5, ge=0, description="with curation.match_production: drop candidates weighted below this"
     )
-    max_ratio: float = Field(1.0, gt=0, description="kept per slice <= this x real rows")
+    max_ratio: float = Field(8.0, gt=0, description="kept per slice <= this x real rows")
     weight: float = Field(0.5, gt=0, le=1, description="row weight of a synthetic row (real rows: their own)")
     ablate: bool = Field(False, description="also train without synthetic rows and report both")
 

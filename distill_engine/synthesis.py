@@ -35,15 +35,18 @@ def jitter(x: np.ndarray, n: int, scale: float, rng: np.random.Generator) -> np.
 
 
 def smote(x: np.ndarray, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
-    """A point on the segment between a row and one of its k nearest same-slice neighbours."""
+    """A point on the segment between a row and one of its k nearest same-slice neighbours.
+    Neighbours come from a tree, once per slice row: memory grows with rows x k, not with
+    candidates x rows."""
+    from sklearn.neighbors import NearestNeighbors
+
     if len(x) < 2:
         return x[np.zeros(n, dtype=np.int64)]
     k = min(k, len(x) - 1)
     pick = rng.integers(0, len(x), n)
-    d = ((x[pick, None, :] - x[None, :, :]) ** 2).sum(-1)
-    d[np.arange(n), pick] = np.inf
-    nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
-    other = nearest[np.arange(n), rng.integers(0, k, n)]
+    _, nearest = NearestNeighbors(n_neighbors=k + 1).fit(x).kneighbors(x)
+    nearest = nearest[:, 1:]  # each row's first neighbour is itself (or an exact duplicate)
+    other = nearest[pick, rng.integers(0, k, n)]
     u = rng.uniform(size=(n, 1))
     return x[pick] + u * (x[other] - x[pick])
 
@@ -59,7 +62,7 @@ def generate(
     x: np.ndarray, spec: SynthesisSpec, rng: np.random.Generator, user: Callable[..., Any] | None = None
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Candidates for one slice's rows, clipped into the slice's feature ranges; counts per generator."""
-    total = int(round(spec.candidates_per_row * len(x)))
+    total = min(int(round(spec.candidates_per_row * len(x))), spec.max_candidates)
     kinds: list[str] = [*spec.generators, *(["user"] if user is not None else [])]
     if not kinds or total == 0 or len(x) == 0:
         return np.zeros((0, x.shape[1]), np.float32), {}

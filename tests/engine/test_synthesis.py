@@ -35,7 +35,9 @@ def test_user_generator_is_clipped_and_counted() -> None:
     spec = SynthesisSpec(generators=[], generator=f"{double_rows.__module__}:double_rows")
     user = resolve_factory(str(spec.generator), "synthesis.generator")
     cand, counts = generate(x.astype(np.float64), spec, np.random.default_rng(0), user)
-    assert counts == {"user": 150} and (cand <= x.max(0) + 1e-6).all() and (cand >= x.min(0) - 1e-6).all()
+    assert counts == {"user": 600} and (cand <= x.max(0) + 1e-6).all() and (cand >= x.min(0) - 1e-6).all()
+    capped = spec.model_copy(update={"max_candidates": 70})  # at most max_candidates per slice
+    assert generate(x.astype(np.float64), capped, np.random.default_rng(0), user)[1] == {"user": 70}
 
 
 def test_filters_remove_what_they_say(tmp_path) -> None:
@@ -50,6 +52,7 @@ def test_filters_remove_what_they_say(tmp_path) -> None:
                 "enabled": True,
                 "slices": ["weak"],
                 "min_teacher_confidence": 0.9,
+                "candidates_per_row": 3.0,
                 "max_ratio": 0.5,
             },
         }
@@ -112,7 +115,7 @@ def test_seeds_are_the_heavy_rows_of_the_slice(tmp_path) -> None:
     x[240:] += 4.0  # the weak slice's newest rows moved far from everything else
     slices = np.where(np.arange(300) < 200, "other", "weak")
     weights = np.where(np.arange(300) >= 240, 3.0, 1.0)
-    spec = {"enabled": True, "slices": ["weak"], "min_teacher_confidence": 0.0, "max_ratio": 10.0}
+    spec = {"enabled": True, "slices": ["weak"], "min_teacher_confidence": 0.0, "candidates_per_row": 3.0}
     job = parse_job(
         {
             "data": {"train": "a", "eval": "b"},

@@ -27,6 +27,70 @@ def _window(sources: list[str], agree: np.ndarray, at: np.ndarray, seed: int = 0
     )
 
 
+def _classed_window(sources: np.ndarray, teacher_cls: np.ndarray, agree: np.ndarray, classes: int) -> Window:
+    """Rows with the teacher's class given (the student agrees where `agree` is true)."""
+    n = len(sources)
+    student_cls = np.where(agree, teacher_cls, (teacher_cls + 1) % classes)
+    kinds = sorted(set(sources))
+    eye = np.eye(classes)
+    return Window(
+        x=np.zeros((n, 4), np.float32),
+        student=eye[student_cls] * 0.8 + 0.2 / classes,
+        teacher=eye[teacher_cls] * 0.8 + 0.2 / classes,
+        labels=np.full(n, -1),
+        slice_codes=np.array([kinds.index(s) for s in sources]),
+        slice_kinds=[[f"source={k}"] for k in kinds],
+        at=np.arange(n, dtype=float),
+        student_versions=np.full(n, "v1"),
+    )
+
+
+def _label_prior(seed: int, hard_share: float, c_hard_rate: float = 0.72) -> Window:
+    """8 classes; the student agrees on 72% of classes 0-2 and 90% of the rest. Sources a and b
+    send 3,000 rows of every class; source c's 100 rows come `hard_share` from classes 0-2."""
+    rng = np.random.default_rng(seed)
+    cls_ab = rng.integers(0, 8, 3000)
+    hard = rng.random(100) < hard_share
+    cls_c = np.where(hard, rng.integers(0, 3, 100), rng.integers(3, 8, 100))
+    cls = np.concatenate([cls_ab, cls_c])
+    rate = np.where(cls < 3, 0.72, 0.9)
+    rate[3000:] = np.where(cls_c < 3, c_hard_rate, 0.9)
+    sources = np.concatenate([rng.choice(["a", "b"], 3000), np.full(100, "c")])
+    return _classed_window(sources, cls, rng.random(len(cls)) < rate, 8)
+
+
+def test_a_slice_whose_traffic_moves_to_the_students_weak_classes_is_found_by_its_class_mix() -> None:
+    """c's 100 rows come 85% from the classes the student gets wrong most: its agreement is
+    some 7 pt below the rest's, too little for 100 rows to show on their own (the agreement
+    test finds it in 3 of 20 seeds); the class mix shows it in nearly all (18)."""
+    from distill_watchdog.loop.monitor import stats
+
+    by_mix = by_agreement = 0
+    for seed in range(20):
+        w = _label_prior(seed, 0.85)
+        found = _weak(w)
+        assert [f["slice"] for f in found] in ([], ["source=c"])
+        by_mix += bool(found)
+        slices = bounded_slices(w, 50, 200)
+        agree = (w.student.argmax(1) == w.teacher.argmax(1)).astype(float)
+        c = slices["source=c"]
+        by_agreement += stats._weak_test(agree, c, ~c, stats._z_for(12)) is not None
+        if found and found[0]["test"] == "class_mix":
+            assert found[0]["gap"] > 0 and 0.05 < found[0]["expected_gap"] < 0.2
+            assert found[0]["from"] <= 3020  # c's rows begin at 3,000: its change point
+    assert by_mix >= 18 and by_agreement <= 10
+
+
+def test_a_class_mix_the_student_does_well_on_is_not_weak() -> None:
+    """c moves to the student's good classes, or keeps the rest's mix: not weak."""
+    for seed in range(10):
+        assert _weak(_label_prior(seed, 0.0)) == []  # all from the student's good classes
+        assert _weak(_label_prior(seed, 3 / 8)) == []  # the same mix as the rest
+    # The weak classes, but c's rows of them agree as often as its good rows: its own agreement
+    # is not below the rest's, so the mix alone does not make it weak.
+    assert all(_weak(_label_prior(seed, 0.85, c_hard_rate=0.9)) == [] for seed in range(10))
+
+
 def _weak(w: Window, min_samples: int = 50, recent: dict[str, np.ndarray] | None = None) -> list[dict]:
     slices = bounded_slices(w, 50, 200)
     return weak_slices(w, slice_table(w, slices), slices, min_samples, recent)

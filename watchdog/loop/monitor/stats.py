@@ -171,6 +171,56 @@ def _weak_test(agree: np.ndarray, m: np.ndarray, rest: np.ndarray, z: float) -> 
         "rest_agreement": p_rest,
         "rest_ci_low": lo_rest,
         "gap": p_rest - p_in,
+        "test": "agreement",
+    }
+
+
+def _class_rates(agree: np.ndarray, target: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Agreement of the `rest` rows per teacher class, and their count per class. A class the
+    rest never sent gets the rest's overall rate (no evidence either way)."""
+    classes = int(target.max()) + 1
+    count = np.bincount(target[rest], minlength=classes).astype(np.float64)
+    hits = np.bincount(target[rest], weights=agree[rest], minlength=classes)
+    return np.where(count > 0, hits / np.maximum(count, 1), float(agree[rest].mean())), count
+
+
+MIX_MIN_GAP = 0.03  # a large slice's mix predicts gaps of a point or less that no run can close
+
+
+def _mix_test(
+    agree: np.ndarray, target: np.ndarray, m: np.ndarray, rest: np.ndarray, z: float
+) -> dict[str, Any] | None:
+    """Rows `m` of a slice against the rest by their class mix: the agreement the slice would
+    have if each of its rows (by the teacher's class) agreed as often as the rest's rows of
+    that class. When a slice's traffic moves towards the classes the student gets wrong (a
+    label-prior shift), this estimate varies only with the mix, not with each row's hit or
+    miss: a 5-pt gap on 100 rows, noise to `_weak_test`, stands out here. Weak when that gap
+    is significant, and both it and the slice's own gap are at least MIX_MIN_GAP (where the
+    slice's rows of a class agree more often than the rest's, the mix alone says little)."""
+    n_in, n_rest = int(m.sum()), int(rest.sum())
+    a, count_rest = _class_rates(agree, target, rest)
+    p_rest = float(agree[rest].mean())
+    mix_in = np.bincount(target[m], minlength=len(a)) / n_in
+    mix_rest = count_rest / n_rest
+    expected = float(mix_in @ a)
+    gap = p_rest - expected
+    # Variance: the slice's mix (multinomial, n_in rows) and the rest's per-class rates.
+    var = (float(mix_in @ a**2) - expected**2) / n_in
+    var += float(((mix_rest - mix_in) ** 2 * a * (1 - a) / np.maximum(count_rest, 1)).sum())
+    p_in = float(agree[m].mean())
+    if min(gap, p_rest - p_in) < MIX_MIN_GAP or gap < z * math.sqrt(max(var, 1e-12)):
+        return None
+    lo_in, hi_in = wilson(float(agree[m].sum()), n_in, z)
+    return {
+        "n": n_in,
+        "agreement": p_in,
+        "agreement_ci": [lo_in, hi_in],
+        "rest_agreement": p_rest,
+        "rest_ci_low": wilson(float(agree[rest].sum()), n_rest, z)[0],
+        "gap": p_rest - p_in,
+        "test": "class_mix",
+        "expected_agreement": expected,
+        "expected_gap": gap,
     }
 
 
@@ -203,7 +253,8 @@ def weak_slices(
     """Slices whose agreement is significantly below the rest of the window, by expected gain.
 
     Significant: the slice's Wilson upper bound lies below the Wilson lower bound of the rows
-    outside it (z corrected for the number of tests). Each slice is tested on its window rows,
+    outside it, or its class mix predicts an agreement significantly below theirs (`_mix_test`;
+    z corrected for the number of tests). Each slice is tested on its window rows,
     on its rows since the loop last saw it healthy (`recent`, per slice), and on its newest
     rows in blocks of `min_samples` x 1, 2, 4 ...: a shift that sent a few hundred bad rows
     hides among a slice's older good rows, a slow slice may be judged healthy on its window
@@ -233,11 +284,13 @@ def weak_slices(
             newest = np.zeros(n_all, dtype=bool)
             newest[block] = True
             scopes.append((label, "newest", newest))
-    z = _z_for(len(scopes))
+    z = _z_for(2 * len(scopes))  # two tests per scope: its agreement and its class mix
+    target = w.teacher.argmax(1)
     found: dict[str, dict[str, Any]] = {}
     block: dict[str, dict[str, Any]] = {}
     for label, scope, m in scopes:
-        result = _weak_test(agree, m, ~slices[label], z)
+        rest = ~slices[label]
+        result = _weak_test(agree, m, rest, z) or _mix_test(agree, target, m, rest, z)
         if result is None:
             continue
         result["expected_gain"] = result["gap"] * int(slices[label].sum()) / n_all
@@ -252,7 +305,11 @@ def weak_slices(
         if label not in found or entry["expected_gain"] > found[label]["expected_gain"]:
             found[label] = entry
     for label, entry in found.items():
-        start = _change_start(w, slices[label], agree, entry["rest_agreement"], min_samples)
+        # Found by its class mix: each row's class rate is a steadier score than its hit or miss.
+        score = agree
+        if entry["test"] == "class_mix":
+            score = _class_rates(agree, target, ~slices[label])[0][target]
+        start = _change_start(w, slices[label], score, entry["rest_agreement"], min_samples)
         if start is not None:
             entry["from"] = start
     return sorted(found.values(), key=lambda r: -r["expected_gain"])
@@ -261,7 +318,8 @@ def weak_slices(
 def _change_start(w: Window, m: np.ndarray, agree: np.ndarray, rest: float, min_samples: int) -> float | None:
     """When a weak slice's change began: the time of the first of its newest k rows, k (up to
     the largest newest block) maximising gap x sqrt(k), the scan statistic's estimate of a
-    change point. Evidence only: the slice was found weak by its own test."""
+    change point (`agree`: each row's score, its hit or its class's rate). Evidence only: the
+    slice was found weak by its own test."""
     idx = _newest_first(w, m, min_samples * 2 ** (NEWEST_BLOCKS - 1))
     first = max(1, min(min_samples, len(idx)) // 2)
     if len(idx) < first:
