@@ -176,3 +176,24 @@ def test_changed_rows_begin_where_the_change_began_across_a_healthy_verdict() ->
     start = changed_after(healthy_at, found[0]["from"])
     changed = int(((sources == "c") & (at > start)).sum())
     assert 90 <= changed <= 110  # about the 100 bad rows, not the 52 since the verdict
+
+
+def test_changed_rows_begin_at_the_change_not_at_an_earlier_healthy_verdict() -> None:
+    """A busy slice sent 60 good rows between its last healthy verdict and its change: its
+    changed rows (seeds, up-weighted rows, the gain's hold-out) are its 100 bad rows only."""
+    from distill_watchdog.loop.policy import changed_after
+
+    rng = np.random.default_rng(4)
+    n = 4000
+    sources = np.where(np.arange(n) % 4 == 0, "c", np.where(rng.random(n) < 0.5, "a", "b"))
+    agree = rng.random(n) < 0.9
+    c_rows = np.flatnonzero(sources == "c")
+    bad = c_rows[-100:]
+    agree[bad] = rng.random(100) < 0.3
+    at = np.arange(n, dtype=float)
+    healthy_at = at[c_rows[-161]]  # 60 good rows of c came after this verdict, then the change
+    found = _weak(_window(list(sources), agree, at), recent={f"source={s}": at > healthy_at for s in "abc"})
+    assert [f["slice"] for f in found] == ["source=c"]
+    changed = int(((sources == "c") & (at > changed_after(healthy_at, found[0]["from"]))).sum())
+    assert 90 <= changed <= 110  # not 160
+    assert changed_after(healthy_at, None) == healthy_at  # no change point: since the verdict

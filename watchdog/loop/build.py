@@ -90,9 +90,9 @@ def _weights(
     """Row weights, the recent rows, each weak slice's changed rows, and the earliest time a
     weak slice's changed rows begin.
 
-    A weak slice's changed rows are its rows since the newest decision that did not find it
-    weak, or since its change began (`changed_from`, the cycle's change point), whichever
-    is earlier (with neither: its rows in the newest window): they show the problem, so they
+    A weak slice's changed rows are its rows since its change began (`changed_from`, the
+    cycle's change point), else since the newest decision that did not find it weak (with
+    neither: its rows in the newest window): they show the problem, so they
     are up-weighted, seed synthesis, and judge the candidate's gain. Recent: the newest window
     and every changed row's time span; the hold-out is drawn from it.
     """
@@ -122,7 +122,7 @@ def _job_spec(settings: Settings, registry: Registry, active: str) -> tuple[dict
         {
             "student": parent_student
             or {"factory": "distill_engine.zoo:mlp", "kwargs": {"hidden": [128, 128]}},
-            "loss": {"temperature": 2.0, "kd_weight": 1.0},
+            "loss": {"temperature": 4.0, "kd_weight": 1.0},
             "train": {"epochs": 100, "batch_size": 256, "lr": 0.003, "device": "cpu"},  # early stop ends it
             "baseline": "none",
             "calibrate": True,

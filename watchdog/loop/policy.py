@@ -109,12 +109,15 @@ def healthy_since(store: Store, labels: list[str], lookback: int = 500) -> dict[
 
 
 def changed_after(healthy_at: float | None, change_from: float | None) -> float | None:
-    """The time after which a weak slice's rows count as changed: when it was last seen
-    healthy, or earlier when the cycle's change point (`from`) lies before that (a slow slice
-    may be judged healthy while its first bad rows do not yet show). None: its whole window."""
-    if healthy_at is None or change_from is None:
+    """The time after which a weak slice's rows count as changed: the cycle's change point
+    (`from`) when it gave one, else when the slice was last seen healthy. The change point
+    wins both ways: a slow slice may be judged healthy while its first bad rows do not yet
+    show (`from` is earlier), and a busy one may send many good rows between its last healthy
+    verdict and the change (`from` is later; counting those rows diluted the seeds and the
+    gain with rows from before the change). None: its whole window."""
+    if change_from is None:
         return healthy_at
-    return min(healthy_at, change_from - 1e-6)
+    return change_from - 1e-6
 
 
 def _need(cfg: PolicyConfig) -> int:

@@ -108,7 +108,8 @@ def _count_new_rows(
     since: dict[str, float | None],
 ) -> None:
     """Per weak slice: its changed rows (`recent_rows`: since the loop last saw it healthy or its
-    change point, whichever is earlier; what a run would train and judge on) and its rows since
+    since its change point, else since the loop last saw it healthy; what a run would train
+    and judge on) and its rows since
     the newest run began (`rows_since_run`, new data the ceiling rule waits for)."""
     if not weak:
         return
