@@ -113,8 +113,8 @@ def changed_after(healthy_at: float | None, change_from: float | None) -> float 
     (`from`) when it gave one, else when the slice was last seen healthy. The change point
     wins both ways: a slow slice may be judged healthy while its first bad rows do not yet
     show (`from` is earlier), and a busy one may send many good rows between its last healthy
-    verdict and the change (`from` is later; counting those rows diluted the seeds and the
-    gain with rows from before the change). None: its whole window."""
+    verdict and the change (`from` is later: those rows would dilute the seeds, the
+    up-weighted rows and the gain's hold-out). None: its whole window."""
     if change_from is None:
         return healthy_at
     return change_from - 1e-6

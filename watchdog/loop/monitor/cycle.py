@@ -107,10 +107,9 @@ def _count_new_rows(
     weak: list[dict[str, Any]],
     since: dict[str, float | None],
 ) -> None:
-    """Per weak slice: its changed rows (`recent_rows`: since the loop last saw it healthy or its
-    since its change point, else since the loop last saw it healthy; what a run would train
-    and judge on) and its rows since
-    the newest run began (`rows_since_run`, new data the ceiling rule waits for)."""
+    """Per weak slice: its changed rows (`recent_rows`: since its change point, else since the
+    loop last saw it healthy; what a run would train and judge on) and its rows since the
+    newest run began (`rows_since_run`, new data the ceiling rule waits for)."""
     if not weak:
         return
     runs = [r for r in store.list_runs(5) if r.status != "failed"]
