@@ -233,8 +233,9 @@ class SynthesisSpec(_Spec):
 
     enabled: bool = Field(False, description="off by default in the engine")
     slices: list[str] = Field(default_factory=list, description="slices to synthesise; empty: all")
-    generators: list[Literal["jitter", "smote", "mixup"]] = Field(
-        default_factory=lambda: ["jitter", "smote", "mixup"], description="built-in generators to use"
+    generators: list[Literal["jitter", "smote", "mixup", "shift"]] = Field(
+        default_factory=lambda: ["jitter", "smote", "mixup", "shift"],
+        description="built-in generators to use",
     )
     generator: str | None = Field(None, description="user generator 'module:function' (x, n, rng) -> [n, D]")
     min_seed_weight: float = Field(

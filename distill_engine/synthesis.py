@@ -58,12 +58,27 @@ def mixup(x: np.ndarray, n: int, alpha: float, rng: np.random.Generator) -> np.n
     return lam * a + (1 - lam) * b
 
 
+def shift(x: np.ndarray, donors: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A row from outside the seeds, moved by the difference between the seeds' mean and the
+    donors' mean: what changed, carried onto the many rows the slice did not send. A
+    covariate shift (a feature moved) is carried exactly; other changes in their mean only,
+    with the teacher's labels and the filters to judge the result."""
+    return donors[rng.integers(0, len(donors), n)] - donors.mean(0) + x.mean(0)
+
+
 def generate(
-    x: np.ndarray, spec: SynthesisSpec, rng: np.random.Generator, user: Callable[..., Any] | None = None
+    x: np.ndarray,
+    spec: SynthesisSpec,
+    rng: np.random.Generator,
+    user: Callable[..., Any] | None = None,
+    donors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
-    """Candidates for one slice's rows, clipped into the slice's feature ranges; counts per generator."""
+    """Candidates for one slice's rows, clipped into the slice's feature ranges; counts per
+    generator. `donors`: training rows outside the seeds, for `shift` (skipped without)."""
     total = min(int(round(spec.candidates_per_row * len(x))), spec.max_candidates)
     kinds: list[str] = [*spec.generators, *(["user"] if user is not None else [])]
+    if donors is None or len(donors) == 0:
+        kinds = [k for k in kinds if k != "shift"]
     if not kinds or total == 0 or len(x) == 0:
         return np.zeros((0, x.shape[1]), np.float32), {}
     shares = np.diff(np.linspace(0, total, len(kinds) + 1).round().astype(int))
@@ -75,6 +90,9 @@ def generate(
             out = smote(x, n, spec.neighbours, rng)
         elif kind == "mixup":
             out = mixup(x, n, spec.mixup_alpha, rng)
+        elif kind == "shift":
+            assert donors is not None
+            out = shift(x, donors, n, rng)
         else:
             assert user is not None
             out = np.asarray(user(x=x.copy(), n=int(n), rng=rng), dtype=np.float64).reshape(-1, x.shape[1])
@@ -121,24 +139,35 @@ def _per_slice(names: np.ndarray, mask: np.ndarray) -> dict[str, int]:
 def _seeds(
     job: DistillJob, x: np.ndarray, slices: np.ndarray | None, weights: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    """Each wanted slice's seed rows: its training rows, those of weight >= `min_seed_weight`."""
+    """Each wanted slice's seed rows (a mask): its training rows, those of weight >= `min_seed_weight`."""
     spec = job.synthesis
     names = np.full(len(x), "*", dtype=object) if slices is None else slices.astype(str).astype(object)
     heavy = np.ones(len(x), bool)
     if weights is not None and spec.min_seed_weight > 0:
         heavy = weights >= spec.min_seed_weight
     wanted = spec.slices or sorted(set(names.tolist()))
-    return {str(name): x[(names == name) & heavy].astype(np.float64) for name in wanted}
+    return {str(name): (names == name) & heavy for name in wanted}
+
+
+MAX_DONORS = 20_000  # rows the shift generator draws from (and averages)
 
 
 def _candidates(
-    job: DistillJob, seeds: dict[str, np.ndarray], width: int, rng: np.random.Generator
+    job: DistillJob, x: np.ndarray, seeds: dict[str, np.ndarray], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
     spec = job.synthesis
     user = resolve_factory(spec.generator, "synthesis.generator") if spec.generator else None
+    width = x.shape[1]
     made, tags, counts = [], [], {}
-    for name, rows in seeds.items():
-        cand, by_gen = generate(rows, spec, rng, user) if len(rows) >= 2 else (np.zeros((0, width)), {})
+    for name, mask in seeds.items():
+        rows = x[mask].astype(np.float64)
+        outside = np.flatnonzero(~mask)
+        if len(outside) > MAX_DONORS:
+            outside = np.sort(rng.choice(outside, MAX_DONORS, replace=False))
+        donors = x[outside].astype(np.float64)
+        cand, by_gen = (
+            generate(rows, spec, rng, user, donors) if len(rows) >= 2 else (np.zeros((0, width)), {})
+        )
         counts[name] = {"real_rows": int(len(rows)), "generated": int(len(cand)), "by_generator": by_gen}
         made.append(cand.astype(np.float32))
         tags.append(np.full(len(cand), name, dtype=object))
@@ -183,8 +212,9 @@ def synthesize(
     """Generate, label and filter synthetic rows from the training rows `x` (never hold-out rows);
     `weights`: the rows' own data weights, for `min_seed_weight`."""
     spec, rng = job.synthesis, np.random.default_rng(seed + 33)
-    seeds = _seeds(job, x, slices, weights)
-    cand, tags, counts = _candidates(job, seeds, x.shape[1], rng)
+    masks = _seeds(job, x, slices, weights)
+    cand, tags, counts = _candidates(job, x, masks, rng)
+    seeds = {name: x[m].astype(np.float64) for name, m in masks.items()}
     empty = Synthetic(np.zeros((0, x.shape[1]), np.float32), np.zeros((0, 0)), np.zeros(0), None, counts)
     if not len(cand):
         return empty

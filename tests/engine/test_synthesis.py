@@ -20,14 +20,30 @@ def double_rows(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return x[rng.integers(0, len(x), n)] * 2.0
 
 
-@pytest.mark.parametrize("kind", ["jitter", "smote", "mixup"])
+@pytest.mark.parametrize("kind", ["jitter", "smote", "mixup", "shift"])
 def test_generators_stay_inside_the_slice_feature_ranges(kind: str) -> None:
     x, _ = blobs(80, 3)
+    donors = blobs(500, 4)[0].astype(np.float64) * 3.0  # rows outside the slice, spread wider
     spec = SynthesisSpec(generators=[kind], candidates_per_row=2.0, jitter_scale=3.0)
-    cand, counts = generate(x.astype(np.float64), spec, np.random.default_rng(0))
+    cand, counts = generate(x.astype(np.float64), spec, np.random.default_rng(0), donors=donors)
     assert counts == {kind: 160} and cand.shape == (160, x.shape[1])
     assert (cand >= x.min(0) - 1e-6).all() and (cand <= x.max(0) + 1e-6).all()
     assert len(np.unique(cand.round(5), axis=0)) > 100  # new points, not copies
+
+
+def test_shift_carries_the_slices_change_onto_rows_it_did_not_send() -> None:
+    """The slice's rows are the others moved by +3 on feature 0 (a covariate shift): shifted
+    donors are distributed as the slice is, though the slice sent 40 rows and the donors 2,000."""
+    rng = np.random.default_rng(1)
+    donors = rng.normal(size=(2000, 5))
+    slice_rows = rng.normal(size=(40, 5)) + np.array([3.0, 0, 0, 0, 0])
+    spec = SynthesisSpec(generators=["shift"], candidates_per_row=25.0)
+    cand, counts = generate(slice_rows, spec, rng, donors=donors)
+    assert counts == {"shift": 1000}
+    assert abs(cand[:, 0].mean() - slice_rows[:, 0].mean()) < 0.15  # moved with the slice
+    assert np.allclose(cand[:, 1:].std(0), 1.0, atol=0.15)  # the donors' spread, not the slice's 40 rows
+    # Without donors (no rows outside the seeds) the generator is skipped, not an error.
+    assert generate(slice_rows, spec, rng)[1] == {}
 
 
 def test_user_generator_is_clipped_and_counted() -> None:
