@@ -21,7 +21,11 @@ sends only the first 100 shifted rows of source c (a small source in those runs:
 step against 30 from a and b), and runs each scenario twice, with `policy.synthesis` on and
 off (issue 33).
 
-Usage: .venv/bin/python bench/loop_suite.py [--cases a,b] [--limit-shifted N] [--no-record]
+`--repeats N` runs each session N times on the same data and models (a fresh daemon each time):
+with a hundred shifted rows a single run's outcome varies with training, so the table gives
+each run and the summary the range.
+
+Usage: .venv/bin/python bench/loop_suite.py [--cases a,b] [--limit-shifted N] [--repeats N] [--no-record]
 """
 
 from __future__ import annotations
@@ -474,6 +478,21 @@ def _row(r: dict[str, Any]) -> str:
     )
 
 
+def _spread(results: list[dict[str, Any]]) -> str:
+    """Per scenario and setting: the runs' recovered shares, their median and range."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        syn = "default" if r["synthesis"] is None else ("on" if r["synthesis"] else "off")
+        groups.setdefault((r["case"], syn), []).append(r["recovered"])
+    lines = ["| scenario | synthesis | recovered, each run | median | min – max |", "|---|---|---|---|---|"]
+    for (case, syn), values in groups.items():
+        each = ", ".join(f"{v:.0%}" for v in values)
+        lines.append(
+            f"| {case} | {syn} | {each} | {np.median(values):.0%} | {min(values):.0%} – {max(values):.0%} |"
+        )
+    return "\n".join(lines)
+
+
 HEADER = (
     "| scenario | synthesis | source c agreement: clean → shifted → after | recovered | sources a, b: "
     "accuracy change (pt) | shift → promotion (s) | runs on clean traffic (accuracy) | stop verdict |\n"
@@ -486,6 +505,7 @@ def main() -> None:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--limit-shifted", type=int, default=None)
     ap.add_argument("--clean-s", type=float, default=40.0)
+    ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--workdir", help="keep each scenario's data and models here (reused when present)")
     args = ap.parse_args()
@@ -496,7 +516,7 @@ def main() -> None:
         tmp = str(Path(args.workdir) / name) if args.workdir else tempfile.mkdtemp(prefix=f"suite-{name}-")
         Path(tmp).mkdir(parents=True, exist_ok=True)
         files = prepare(Path(tmp), CASES[name])
-        for synthesis in settings:
+        for synthesis in [s for s in settings for _ in range(args.repeats)]:
             began = time.perf_counter()
             session = Path(tmp) / ("default" if synthesis is None else f"synthesis-{synthesis}")
             res = run_case(CASES[name], files, session, args.limit_shifted, synthesis, args.clean_s)
@@ -511,6 +531,8 @@ def main() -> None:
         if not args.workdir:
             shutil.rmtree(tmp, ignore_errors=True)
     table = HEADER + "\n" + "\n".join(_row(r) for r in results)
+    if args.repeats > 1:
+        table += "\n\n" + _spread(results)
     print(table)
     if args.no_record:
         return
