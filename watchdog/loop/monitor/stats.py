@@ -175,20 +175,35 @@ def _weak_test(agree: np.ndarray, m: np.ndarray, rest: np.ndarray, z: float) -> 
     }
 
 
-def _class_rates(agree: np.ndarray, target: np.ndarray, rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Agreement of the `rest` rows per teacher class, and their count per class. A class the
-    rest never sent gets the rest's overall rate (no evidence either way)."""
-    classes = int(target.max()) + 1
-    count = np.bincount(target[rest], minlength=classes).astype(np.float64)
-    hits = np.bincount(target[rest], weights=agree[rest], minlength=classes)
-    return np.where(count > 0, hits / np.maximum(count, 1), float(agree[rest].mean())), count
+@dataclass
+class _Rest:
+    """The rows outside a slice, per teacher class: their agreement rate and count."""
+
+    rates: np.ndarray
+    counts: np.ndarray
+    agreement: float
+    n: int
+
+
+def _rest_of(
+    agree: np.ndarray, target: np.ndarray, in_slice: np.ndarray, totals: tuple[np.ndarray, np.ndarray]
+) -> _Rest:
+    """The window's per-class totals (`totals`: counts, hits) less the slice's rows: one pass
+    over the slice's rows, not the window's. A class the rest never sent gets the rest's overall
+    rate (no evidence either way)."""
+    idx = np.flatnonzero(in_slice)
+    counts = totals[0] - np.bincount(target[idx], minlength=len(totals[0]))
+    hits = totals[1] - np.bincount(target[idx], weights=agree[idx], minlength=len(totals[0]))
+    n = float(counts.sum())
+    p = float(hits.sum()) / n if n else 0.0
+    return _Rest(np.where(counts > 0, hits / np.maximum(counts, 1), p), counts, p, int(n))
 
 
 MIX_MIN_GAP = 0.03  # a large slice's mix predicts gaps of a point or less that no run can close
 
 
 def _mix_test(
-    agree: np.ndarray, target: np.ndarray, m: np.ndarray, rest: np.ndarray, z: float
+    agree: np.ndarray, target: np.ndarray, m: np.ndarray, rest: _Rest, z: float
 ) -> dict[str, Any] | None:
     """Rows `m` of a slice against the rest by their class mix: the agreement the slice would
     have if each of its rows (by the teacher's class) agreed as often as the rest's rows of
@@ -197,26 +212,28 @@ def _mix_test(
     miss: a 5-pt gap on 100 rows, noise to `_weak_test`, stands out here. Weak when that gap
     is significant, and both it and the slice's own gap are at least MIX_MIN_GAP (where the
     slice's rows of a class agree more often than the rest's, the mix alone says little)."""
-    n_in, n_rest = int(m.sum()), int(rest.sum())
-    a, count_rest = _class_rates(agree, target, rest)
-    p_rest = float(agree[rest].mean())
-    mix_in = np.bincount(target[m], minlength=len(a)) / n_in
-    mix_rest = count_rest / n_rest
+    idx = np.flatnonzero(m)
+    n_in, a, p_rest = len(idx), rest.rates, rest.agreement
+    if n_in == 0 or rest.n == 0:
+        return None
+    mix_in = np.bincount(target[idx], minlength=len(a)) / n_in
+    mix_rest = rest.counts / rest.n
     expected = float(mix_in @ a)
     gap = p_rest - expected
     # Variance: the slice's mix (multinomial, n_in rows) and the rest's per-class rates.
     var = (float(mix_in @ a**2) - expected**2) / n_in
-    var += float(((mix_rest - mix_in) ** 2 * a * (1 - a) / np.maximum(count_rest, 1)).sum())
-    p_in = float(agree[m].mean())
+    var += float(((mix_rest - mix_in) ** 2 * a * (1 - a) / np.maximum(rest.counts, 1)).sum())
+    hits_in = float(agree[idx].sum())
+    p_in = hits_in / n_in
     if min(gap, p_rest - p_in) < MIX_MIN_GAP or gap < z * math.sqrt(max(var, 1e-12)):
         return None
-    lo_in, hi_in = wilson(float(agree[m].sum()), n_in, z)
+    lo_in, hi_in = wilson(hits_in, n_in, z)
     return {
         "n": n_in,
         "agreement": p_in,
         "agreement_ci": [lo_in, hi_in],
         "rest_agreement": p_rest,
-        "rest_ci_low": wilson(float(agree[rest].sum()), n_rest, z)[0],
+        "rest_ci_low": wilson(p_rest * rest.n, rest.n, z)[0],
         "gap": p_rest - p_in,
         "test": "class_mix",
         "expected_agreement": expected,
@@ -286,11 +303,17 @@ def weak_slices(
             scopes.append((label, "newest", newest))
     z = _z_for(2 * len(scopes))  # two tests per scope: its agreement and its class mix
     target = w.teacher.argmax(1)
+    classes = w.teacher.shape[1]
+    totals = (np.bincount(target, minlength=classes), np.bincount(target, weights=agree, minlength=classes))
+    rests: dict[str, _Rest] = {}
     found: dict[str, dict[str, Any]] = {}
     block: dict[str, dict[str, Any]] = {}
     for label, scope, m in scopes:
-        rest = ~slices[label]
-        result = _weak_test(agree, m, rest, z) or _mix_test(agree, target, m, rest, z)
+        result = _weak_test(agree, m, ~slices[label], z)
+        if result is None:
+            if label not in rests:
+                rests[label] = _rest_of(agree, target, slices[label], totals)
+            result = _mix_test(agree, target, m, rests[label], z)
         if result is None:
             continue
         result["expected_gain"] = result["gap"] * int(slices[label].sum()) / n_all
@@ -308,7 +331,7 @@ def weak_slices(
         # Found by its class mix: each row's class rate is a steadier score than its hit or miss.
         score = agree
         if entry["test"] == "class_mix":
-            score = _class_rates(agree, target, ~slices[label])[0][target]
+            score = rests[label].rates[target]
         start = _change_start(w, slices[label], score, entry["rest_agreement"], min_samples)
         if start is not None:
             entry["from"] = start
