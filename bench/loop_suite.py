@@ -421,6 +421,7 @@ def run_case(
         def promoted(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
             return next((r for r in runs if r["status"] == "promoted" and r["id"] not in seen), None)
 
+        shift_wall = time.time()
         sent, run = _traffic_until(client, url, pools, 420, True, limit, promoted)
         took = time.monotonic() - shift_at
         if run is not None:  # the loop goes on until the weak slice is gone or 5 min have passed
@@ -437,6 +438,11 @@ def run_case(
             if path.exists():
                 reports.append(json.loads(path.read_text()))
         report = reports[0] if reports else {}
+        samples = [
+            ln
+            for ln in client.get(f"{url}/metrics").text.splitlines()
+            if ln.startswith("watchdog_samples_total")
+        ]
     lost = before["clean"]["agreement"] - before["shifted"]["agreement"]
     regained = after["shifted"]["agreement"] - before["shifted"]["agreement"]
     return {
@@ -461,7 +467,38 @@ def run_case(
         "candidates": report.get("candidates"),
         "synthesis_counts": report.get("synthesis"),
         "stop": (report.get("stop") or {}).get("verdict"),
+        "samples": samples,
+        "decisions_after_shift": _decisions(root / "daemon" / "watchdog.db", shift_wall),
     }
+
+
+def _decisions(db: Path, since: float) -> list[dict[str, Any]]:
+    """The policy's decisions after the shift, with their weak slices: why a run did or did not
+    start (read from the daemon's SQLite store once it has stopped)."""
+    import sqlite3
+
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "select at, action, reason, numbers_json from policy_decisions where at >= ? order by at",
+            (since,),
+        ).fetchall()
+    out = []
+    for at, action, reason, numbers in rows[:80]:
+        weak = json.loads(numbers).get("weak_slices", [])
+        out.append(
+            {
+                "s": round(at - since, 1),
+                "action": action,
+                "reason": reason[:160],
+                "weak": [
+                    {k: w.get(k) for k in ("slice", "test", "scope", "n", "gap", "recent_rows", "from")}
+                    for w in weak
+                ],
+            }
+        )
+    return out
 
 
 def _row(r: dict[str, Any]) -> str:
@@ -518,13 +555,16 @@ def main() -> None:
         files = prepare(Path(tmp), CASES[name])
         for synthesis in [s for s in settings for _ in range(args.repeats)]:
             began = time.perf_counter()
-            session = Path(tmp) / ("default" if synthesis is None else f"synthesis-{synthesis}")
+            label = "default" if synthesis is None else f"synthesis-{synthesis}"
+            done = sum(1 for r in results if r["case"] == name and r["synthesis"] == synthesis)
+            session = Path(tmp) / (label if args.repeats == 1 else f"{label}-{done + 1}")
             res = run_case(CASES[name], files, session, args.limit_shifted, synthesis, args.clean_s)
             res["wall_s"] = time.perf_counter() - began
             print(_row(res), flush=True)
             print(
                 json.dumps(
-                    {k: res[k] for k in ("case", "runs", "candidates", "synthesis_counts")}, default=str
+                    {k: res[k] for k in ("case", "runs", "candidates", "synthesis_counts", "samples")},
+                    default=str,
                 )
             )
             results.append(res)
