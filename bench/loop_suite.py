@@ -474,24 +474,24 @@ def run_case(
 
 def _decisions(db: Path, since: float) -> list[dict[str, Any]]:
     """The policy's decisions after the shift, with their weak slices: why a run did or did not
-    start (read from the daemon's SQLite store once it has stopped)."""
-    import sqlite3
+    start (read through the store once the daemon has stopped)."""
+    from distill_watchdog.store import Store
 
     if not db.exists():
         return []
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute(
-            "select at, action, reason, numbers_json from policy_decisions where at >= ? order by at",
-            (since,),
-        ).fetchall()
+    store = Store(f"sqlite:///{db}", create=False)
+    try:
+        rows = [d for d in reversed(store.recent_decisions(500)) if d.at >= since][:80]
+    finally:
+        store.close()
     out = []
-    for at, action, reason, numbers in rows[:80]:
-        weak = json.loads(numbers).get("weak_slices", [])
+    for d in rows:
+        weak = json.loads(d.numbers_json).get("weak_slices", [])
         out.append(
             {
-                "s": round(at - since, 1),
-                "action": action,
-                "reason": reason[:160],
+                "s": round(d.at - since, 1),
+                "action": d.action,
+                "reason": d.reason[:160],
                 "weak": [
                     {k: w.get(k) for k in ("slice", "test", "scope", "n", "gap", "recent_rows", "from")}
                     for w in weak

@@ -153,13 +153,14 @@ MAX_DONORS = 20_000  # rows the shift generator draws from (and averages)
 
 
 def _candidates(
-    job: DistillJob, x: np.ndarray, seeds: dict[str, np.ndarray], rng: np.random.Generator
+    job: DistillJob, x: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, Any]]]:
+    """Each slice's candidates from its seed rows (`masks` over `x`); `shift` draws from the rest."""
     spec = job.synthesis
     user = resolve_factory(spec.generator, "synthesis.generator") if spec.generator else None
     width = x.shape[1]
     made, tags, counts = [], [], {}
-    for name, mask in seeds.items():
+    for name, mask in masks.items():
         rows = x[mask].astype(np.float64)
         outside = np.flatnonzero(~mask)
         if len(outside) > MAX_DONORS:
@@ -181,7 +182,8 @@ def _unlike_production(
     cand: np.ndarray,
     tags: np.ndarray,
     keep: np.ndarray,
-    seeds: dict[str, np.ndarray],
+    x: np.ndarray,
+    masks: dict[str, np.ndarray],
     matching: bool,
     seed: int,
 ) -> np.ndarray:
@@ -191,11 +193,11 @@ def _unlike_production(
     if not matching:
         return far
     clip = job.curation.match_production.clip if job.curation.match_production else (0.1, 10.0)
-    for name, rows in seeds.items():
+    for name, mask in masks.items():
         mine = np.flatnonzero(keep & (tags == name))
-        if len(mine) < 2 or len(rows) < 2:
+        if len(mine) < 2 or int(mask.sum()) < 2:
             continue
-        w, _ = production_weights(cand[mine], rows, clip, seed)
+        w, _ = production_weights(cand[mine], x[mask].astype(np.float64), clip, seed)
         far[mine[w < job.synthesis.min_production_weight]] = True
     return far
 
@@ -214,7 +216,6 @@ def synthesize(
     spec, rng = job.synthesis, np.random.default_rng(seed + 33)
     masks = _seeds(job, x, slices, weights)
     cand, tags, counts = _candidates(job, x, masks, rng)
-    seeds = {name: x[m].astype(np.float64) for name, m in masks.items()}
     empty = Synthetic(np.zeros((0, x.shape[1]), np.float32), np.zeros((0, 0)), np.zeros(0), None, counts)
     if not len(cand):
         return empty
@@ -234,7 +235,7 @@ def synthesize(
         dup[survivors] = False
         keep &= ~dup
     steps["duplicates"] = dup
-    far = _unlike_production(job, cand, tags, keep, seeds, production is not None, seed)
+    far = _unlike_production(job, cand, tags, keep, x, masks, production is not None, seed)
     keep &= ~far
     steps["unlike_production"] = far
     capped = np.zeros(len(cand), bool)

@@ -279,7 +279,7 @@ class PolicyConfig(Section):
         False, description="a candidate that passes the gates is promoted at once; else it waits for approval"
     )
     weak_slice_weight: Positive = Field(
-        3.0, description="training weight of weak slices' rows since they were last healthy"
+        3.0, description="training weight of weak slices' changed rows (since their change point)"
     )
     warm_start: bool = Field(
         True, description="candidates start from the active student's weights (same architecture)"

@@ -8,26 +8,13 @@ from distill_watchdog.loop.monitor.stats import bounded_slices, slice_table, wea
 from distill_watchdog.loop.monitor.window import Window
 
 
-def _window(sources: list[str], agree: np.ndarray, at: np.ndarray, seed: int = 0) -> Window:
-    """Rows whose student agrees with the teacher where `agree` is true (3 classes)."""
-    rng = np.random.default_rng(seed)
-    n = len(sources)
-    teacher_cls = rng.integers(0, 3, n)
-    student_cls = np.where(agree, teacher_cls, (teacher_cls + 1) % 3)
-    kinds = sorted(set(sources))
-    return Window(
-        x=rng.normal(size=(n, 4)).astype(np.float32),
-        student=np.eye(3)[student_cls] * 0.8 + 0.2 / 3,
-        teacher=np.eye(3)[teacher_cls] * 0.8 + 0.2 / 3,
-        labels=np.full(n, -1),
-        slice_codes=np.array([kinds.index(s) for s in sources]),
-        slice_kinds=[[f"source={k}"] for k in kinds],
-        at=at,
-        student_versions=np.full(n, "v1"),
-    )
-
-
-def _classed_window(sources: np.ndarray, teacher_cls: np.ndarray, agree: np.ndarray, classes: int) -> Window:
+def _classed_window(
+    sources: np.ndarray | list[str],
+    teacher_cls: np.ndarray,
+    agree: np.ndarray,
+    classes: int,
+    at: np.ndarray | None = None,
+) -> Window:
     """Rows with the teacher's class given (the student agrees where `agree` is true)."""
     n = len(sources)
     student_cls = np.where(agree, teacher_cls, (teacher_cls + 1) % classes)
@@ -40,9 +27,23 @@ def _classed_window(sources: np.ndarray, teacher_cls: np.ndarray, agree: np.ndar
         labels=np.full(n, -1),
         slice_codes=np.array([kinds.index(s) for s in sources]),
         slice_kinds=[[f"source={k}"] for k in kinds],
-        at=np.arange(n, dtype=float),
+        at=np.arange(n, dtype=float) if at is None else at,
         student_versions=np.full(n, "v1"),
     )
+
+
+def _window(sources: list[str], agree: np.ndarray, at: np.ndarray, seed: int = 0) -> Window:
+    """Rows whose student agrees with the teacher where `agree` is true (3 classes, at random)."""
+    teacher_cls = np.random.default_rng(seed).integers(0, 3, len(sources))
+    return _classed_window(sources, teacher_cls, agree, 3, at)
+
+
+def _slow_c(n: int, every: int, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Sources (c sends one row in `every`, a and b the rest), each row agreeing at `rate`, the
+    row times, and c's row indices."""
+    sources = np.where(np.arange(n) % every == 0, "c", np.where(rng.random(n) < 0.5, "a", "b"))
+    agree = rng.random(n) < rate
+    return sources, agree, np.arange(n, dtype=float), np.flatnonzero(sources == "c")
 
 
 def _label_prior(seed: int, hard_share: float, c_hard_rate: float = 0.72) -> Window:
@@ -116,13 +117,9 @@ def test_a_slow_slice_judged_healthy_each_cycle_is_found_by_its_newest_rows() ->
     """c sends 1 row in 11; its last 100 go bad. On its window rows it passes, and it was judged
     healthy a moment ago (its rows since then are too few to test): only its newest rows show it."""
     rng = np.random.default_rng(2)
-    n = 11_000
-    sources = np.where(np.arange(n) % 11 == 0, "c", np.where(rng.random(n) < 0.5, "a", "b"))
-    c_rows = np.flatnonzero(sources == "c")
-    agree = rng.random(n) < 0.85
+    sources, agree, at, c_rows = _slow_c(11_000, 11, 0.85, rng)
     bad = c_rows[-100:]
     agree[bad] = rng.random(100) < 0.45
-    at = np.arange(n, dtype=float)
     w = _window(list(sources), agree, at)
     recent = {f"source={s}": at > c_rows[-20] for s in "abc"}  # healthy 20 rows of c ago
     found = _weak(w, recent=recent)
@@ -159,16 +156,12 @@ def test_changed_rows_begin_where_the_change_began_across_a_healthy_verdict() ->
     from distill_watchdog.loop.policy import changed_after
 
     rng = np.random.default_rng(3)
-    n = 6000
-    sources = np.where(np.arange(n) % 20 == 0, "c", np.where(rng.random(n) < 0.5, "a", "b"))
-    agree = rng.random(n) < 0.87
-    c_rows = np.flatnonzero(sources == "c")
+    sources, agree, at, c_rows = _slow_c(6000, 20, 0.87, rng)
     bad = c_rows[-100:]
     # The first 48 bad rows a little less bad (60%) than the 52 after the verdict (50%): the rows
     # since the verdict are the scope with the widest gap, yet all 100 are the change.
     agree[bad[:48]] = rng.permutation(np.arange(48) < 29)
     agree[bad[48:]] = rng.permutation(np.arange(52) < 26)
-    at = np.arange(n, dtype=float)
     w = _window(list(sources), agree, at)
     healthy_at = at[bad[47]]  # the verdict came after 48 of the bad rows
     found = _weak(w, recent={f"source={s}": at > healthy_at for s in "abc"})
@@ -184,13 +177,9 @@ def test_changed_rows_begin_at_the_change_not_at_an_earlier_healthy_verdict() ->
     from distill_watchdog.loop.policy import changed_after
 
     rng = np.random.default_rng(4)
-    n = 4000
-    sources = np.where(np.arange(n) % 4 == 0, "c", np.where(rng.random(n) < 0.5, "a", "b"))
-    agree = rng.random(n) < 0.9
-    c_rows = np.flatnonzero(sources == "c")
+    sources, agree, at, c_rows = _slow_c(4000, 4, 0.9, rng)
     bad = c_rows[-100:]
     agree[bad] = rng.random(100) < 0.3
-    at = np.arange(n, dtype=float)
     healthy_at = at[c_rows[-161]]  # 60 good rows of c came after this verdict, then the change
     found = _weak(_window(list(sources), agree, at), recent={f"source={s}": at > healthy_at for s in "abc"})
     assert [f["slice"] for f in found] == ["source=c"]

@@ -32,7 +32,7 @@ class EvalSet:
     teacher: np.ndarray
     labels: np.ndarray | None  # only when every row is labelled
     slices: list[list[str]]
-    changed: np.ndarray | None = None  # weak slices' rows since they were last healthy
+    changed: np.ndarray | None = None  # weak slices' changed rows (since their change point)
 
     def masks(self) -> dict[str, np.ndarray]:
         out = {"all": np.ones(len(self.x), dtype=bool)}
