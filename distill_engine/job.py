@@ -162,6 +162,11 @@ class TrainSpec(_Spec):
         10, ge=0, description="epochs without a better hold-out score before stopping; 0: never"
     )
     min_epochs: int = Field(5, ge=1, description="epochs always run before early stopping may end the run")
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="weights kept at the end: the best epoch's on the hold-out, or the last epoch's "
+        "(for a hold-out that cannot judge what the job is for)",
+    )
     lr_schedule: Literal["warmup_hold_decay", "constant", "cosine"] = Field(
         "warmup_hold_decay", description="warm-up, constant, cosine decay over the last `decay` share"
     )

@@ -54,6 +54,7 @@ def _card(st: RunState, choice: Choice, run: TrainRun, classes: list[str], diges
         "epochs": job.train.epochs,
         "epochs_run": run.epochs_run,
         "best_epoch": run.best_epoch,
+        "kept_epoch": run.kept_epoch,
         "batch_size": job.train.batch_size,
         "lr": job.train.lr,
         "lr_schedule": job.train.lr_schedule,

@@ -54,6 +54,7 @@ class TrainRun:
     best_score: float | None = None
     stopped_early: bool = False
     val_curve: list[float] = field(default_factory=list)
+    kept_epoch: int | None = None  # the epoch whose weights the model has (`train.keep`)
 
     def summary(self) -> dict[str, Any]:
         """The result.json block of this phase (curves live elsewhere)."""
@@ -63,6 +64,7 @@ class TrainRun:
             "best_epoch": self.best_epoch,
             "best_val_score": self.best_score,
             "stopped_early": self.stopped_early,
+            "kept_epoch": self.kept_epoch,
             "val_curve": self.val_curve,
         }
 
@@ -275,8 +277,10 @@ def train_model(
         if spec.patience and since_best >= spec.patience and epoch >= spec.min_epochs:
             run.stopped_early = True
             break
-    best.restore()
+    if spec.keep == "best":
+        best.restore()
     run.best_epoch, run.best_score = best.epoch, (best.score if best.epoch else None)
+    run.kept_epoch = run.epochs_run if spec.keep == "last" or not best.epoch else best.epoch
     model.eval()
     return run
 

@@ -37,6 +37,30 @@ def test_epochs_is_a_maximum_and_the_best_epoch_is_restored() -> None:
     assert abs(restored - res.best_score) < 1e-6
 
 
+def test_keep_last_runs_the_whole_schedule_and_keeps_its_last_epoch() -> None:
+    """A hold-out that favours an early epoch (here: labels opposite to training's) does not
+    decide the weights when `keep: last`; with `best` it would keep that early epoch."""
+    x, y = blobs(400, 1)
+    xv, yv = blobs(150, 2)
+    wrong = (yv + 1) % C  # the better the model learns, the lower its hold-out score
+    kept = {}
+    for keep in ("best", "last"):
+        torch.manual_seed(0)
+        model = mlp(D, C, hidden=[16])
+        spec = TrainSpec(epochs=12, batch_size=32, lr=0.01, patience=0, keep=keep)
+        res = train_model(
+            model, make_data(x, None, y), LossSpec(kd_weight=0.0), spec, ctx=DistContext(),
+            progress=Progress("none"), phase="s", val=make_data(xv, None, wrong),
+        )  # fmt: skip
+        assert res.epochs_run == 12 and not res.stopped_early
+        kept[keep] = (res, float((predict_logits(model, xv).argmax(1) == wrong).mean()))
+    best, last = kept["best"], kept["last"]
+    assert best[0].best_epoch == best[0].kept_epoch < 12 and abs(best[1] - max(best[0].val_curve)) < 1e-6
+    assert last[0].kept_epoch == 12 and abs(last[1] - last[0].val_curve[-1]) < 1e-6
+    assert last[1] < best[1]
+    assert last[0].summary()["kept_epoch"] == 12
+
+
 def test_schedule_warms_up_holds_then_decays_at_the_end() -> None:
     spec = TrainSpec()  # warm-up 5%, decay over the last 30%
     total = 1000

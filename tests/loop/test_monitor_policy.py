@@ -288,6 +288,8 @@ def test_job_holds_out_recent_rows_per_slice_weights_weak_rows_and_replays_refer
     assert built["train_rows"] + built["holdout_rows"] == 600 and built["replayed_reference_rows"] == 50
     job = yaml.safe_load((tmp_path / "run" / "job.yaml").read_text())
     assert job["calibrate"]["exclude_slices"] == ["reference"]  # trained on, never validated on
+    # The whole schedule, the last epoch: the engine's hold-out cannot judge a weak slice's gain.
+    assert job["train"]["patience"] == 0 and job["train"]["keep"] == "last"
     with np.load(tmp_path / "run" / "train.npz") as train, np.load(tmp_path / "run" / "holdout.npz") as hold:
         assert len(train["x"]) == built["train_rows"] + 50 and (train["slice"] == "reference").sum() == 50
         real = train["slice"] != "reference"
@@ -469,3 +471,34 @@ def test_runs_with_no_weak_slice_use_at_most_half_the_daily_budget(tmp_path: Pat
     old = time.time() - 90_000  # yesterday's runs do not count
     store.update_run("w0", created_at=old)
     assert policy.decide(store, cfg, _cycle(0.86, drift=0.9)).action == "trigger"
+
+
+def test_a_weak_slice_whose_rows_left_the_window_is_carried_while_a_run_can_read_them(
+    tmp_path: Path, model_files
+) -> None:
+    """A slow slice that sent its changed rows and went quiet stays weak for the policy (so a run
+    rejected on it can be followed by another), while the same student serves, the slice has too
+    few rows in the window to be judged, and its changed rows are within a run's reach."""
+    settings, store, registry, version = _setup(tmp_path, model_files)
+    seed_samples(store, version, n=900, teacher_seed=0)  # a, b, c: teacher == student, none weak
+    cfg = PolicyConfig(hysteresis=1, cooldown_s=0)
+
+    def weak(label: str, n: int) -> dict:
+        return {"slice": label, "scope": "newest", "n": n, "from": time.time() - 10_000, "recent_rows": n}
+
+    quiet, judged = weak("sensor=d", 100), weak("sensor=c", 300)
+    policy.decide(store, cfg, {**_cycle(0.95), "weak_slices": [quiet, judged], "student_version": version})
+    result = run_cycle(settings, store, registry)
+    carried = [w for w in result["weak_slices"] if w.get("carried")]
+    assert [w["slice"] for w in carried] == ["sensor=d"]  # c has its rows in the window: judged healthy
+    assert carried[0]["recent_rows"] == 100 and carried[0]["rows_since_run"] == 100
+    decision = policy.decide(store, cfg, result)
+    assert decision.action == "trigger" and "sensor=d (its rows left the window)" in decision.reason
+    # Carried again from that decision, until a run could no longer read the changed rows ...
+    assert [w["slice"] for w in run_cycle(settings, store, registry)["weak_slices"]] == ["sensor=d"]
+    settings.policy.max_train_rows = 800
+    assert run_cycle(settings, store, registry)["weak_slices"] == []
+    # ... or another student serves.
+    settings.policy.max_train_rows = 50_000
+    store.add_decision(None, "trigger", "weak slices", {"weak_slices": [quiet], "student_version": "earlier"})
+    assert run_cycle(settings, store, registry)["weak_slices"] == []

@@ -49,6 +49,7 @@ def breaches(cycle: dict[str, Any], cfg: PolicyConfig) -> tuple[list[str], dict[
         "ece": ece,
         "drift_share": drift,
         "weak_slices": cycle.get("weak_slices", []),
+        "student_version": cycle.get("student_version"),
         "judged_slices": cycle.get("judged_slices"),
         "rows": cycle.get("rows", 0),
         "teacher_versions": cycle.get("teacher_versions", {}),
@@ -71,7 +72,10 @@ def breaches(cycle: dict[str, Any], cfg: PolicyConfig) -> tuple[list[str], dict[
     if drift is not None and drift > cfg.max_drift_share:
         found.append(f"drift share {drift:.2f} > {cfg.max_drift_share:g}")
     if numbers["weak_slices"]:
-        names = ", ".join(w["slice"] for w in numbers["weak_slices"][:5])
+        names = ", ".join(
+            w["slice"] + (" (its rows left the window)" if w.get("carried") else "")
+            for w in numbers["weak_slices"][:5]
+        )
         found.append(f"weak slices: {names}")
     return found, numbers
 

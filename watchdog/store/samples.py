@@ -208,11 +208,15 @@ class SampleStore:
 
         return self.db.retry("add_samples", op)
 
-    def count_samples(self, quarantined: bool | None = None) -> int:
+    def count_samples(self, quarantined: bool | None = None, after: float | None = None) -> int:
+        """Stored rows (`after`: only those sampled later than this time)."""
+
         def op(session: Session) -> int:
             query = select(func.count()).select_from(Sample)
             if quarantined is not None:
                 query = query.where(col(Sample.quarantined) == quarantined)
+            if after is not None:
+                query = query.where(col(Sample.at) > after)
             return int(session.exec(query).one())
 
         return self.db.retry("count_samples", op)

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import numpy as np
+import orjson
 
 from distill_watchdog.config import Settings
 from distill_watchdog.loop.monitor.drift import Comparison, column_drift
@@ -66,6 +67,7 @@ def compute(
         label for label in slices if not label.endswith(OTHER) and table[label]["n"] >= enough
     ]
     _count_new_rows(store, w, slices, out["weak_slices"], since)
+    out["weak_slices"] += _carried(store, settings, active, w, slices, out)
     reference = load_reference(settings, registry, active) if active else None
     if reference is None:
         out["drift"] = None
@@ -119,6 +121,51 @@ def _count_new_rows(
         after = changed_after(since.get(entry["slice"]), entry.get("from"))
         entry["recent_rows"] = int((m & (w.at > after)).sum()) if after is not None else int(m.sum())
         entry["rows_since_run"] = int((m & (w.at > run_at)).sum()) if run_at else int(m.sum())
+
+
+def _last_judgement(store: Store) -> tuple[float, dict[str, Any]] | None:
+    for d in store.recent_decisions(20):
+        numbers = orjson.loads(d.numbers_json)
+        if "weak_slices" in numbers:
+            return float(d.at), numbers
+    return None
+
+
+def _carried(
+    store: Store,
+    settings: Settings,
+    active: str,
+    w: Window,
+    slices: dict[str, np.ndarray],
+    out: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Weak slices of the last judgement that this cycle cannot judge (fewer than
+    `policy.min_samples` of their rows left in the window), carried forward as `carried`.
+
+    A slow slice may send its changed rows and go quiet: its rows then leave the window long
+    before a run has used them (a rejected run, a blocked one), and the slice would be neither
+    weak nor healthy. Carried while the same student serves and its changed rows (since its
+    change point) are all within the newest `policy.max_train_rows` rows a run reads."""
+    last = _last_judgement(store)
+    if last is None or last[1].get("student_version") != active:
+        return []
+    seen = set(out["judged_slices"]) | {e["slice"] for e in out["weak_slices"]}
+    runs = [r for r in store.list_runs(5) if r.status != "failed"]
+    run_at = runs[0].created_at if runs else None
+    carried = []
+    for entry in last[1]["weak_slices"]:
+        label, start = entry["slice"], entry.get("from")
+        if label in seen or start is None or entry.get("recent_rows") is None:
+            continue
+        if store.count_samples(quarantined=False, after=start) > settings.policy.max_train_rows:
+            continue
+        m = slices.get(label)
+        if run_at is None:
+            since_run = int(entry["recent_rows"])
+        else:
+            since_run = 0 if m is None else int((m & (w.at > run_at)).sum())
+        carried.append({**entry, "carried": True, "rows_since_run": since_run})
+    return carried
 
 
 def run_cycle(settings: Settings, store: Store, registry: Registry) -> dict[str, Any]:
