@@ -32,7 +32,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def seed_samples(
-    store: Store, version: str, n: int = 600, seed: int = 0, shift_c: float = 0.0, teacher_seed: int = 1
+    store: Store,
+    version: str,
+    n: int = 600,
+    seed: int = 0,
+    shift_c: float = 0.0,
+    teacher_seed: int = 1,
+    sensors: tuple[str, ...] = SENSORS,
+    ago: float = 0.0,
 ) -> np.ndarray:
     """Stores `n` sampled rows (sensors a, b, c) answered by the seed-0 student and a seed-1 teacher.
 
@@ -42,11 +49,11 @@ def seed_samples(
     """
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 40)).astype(np.float32)
-    sensors = np.array([SENSORS[i % 3] for i in range(n)])
-    x[sensors == "c"] += shift_c * rng.normal(size=(int((sensors == "c").sum()), 40)).astype(np.float32)
+    sensor = np.array([sensors[i % len(sensors)] for i in range(n)])
+    x[sensor == "c"] += shift_c * rng.normal(size=(int((sensor == "c").sum()), 40)).astype(np.float32)
     student = softmax(mlp_reference(x, mlp_weights(40, 10, seed=0)))
     teacher = softmax(mlp_reference(x, mlp_weights(40, 10, seed=teacher_seed)))
-    now = time.time()
+    now = time.time() - ago
     records = [
         SampleRecord(
             id=uuid.uuid4().hex,
@@ -55,7 +62,7 @@ def seed_samples(
             features=x[i],
             student_probs=student[i],
             student_version=version,
-            slices={"sensor": str(sensors[i])},
+            slices={"sensor": str(sensor[i])},
             quarantined=False,
             teachers={"big": ("v1", teacher[i], False)},
         )

@@ -478,27 +478,48 @@ def test_a_weak_slice_whose_rows_left_the_window_is_carried_while_a_run_can_read
 ) -> None:
     """A slow slice that sent its changed rows and went quiet stays weak for the policy (so a run
     rejected on it can be followed by another), while the same student serves, the slice has too
-    few rows in the window to be judged, and its changed rows are within a run's reach."""
-    settings, store, registry, version = _setup(tmp_path, model_files)
-    seed_samples(store, version, n=900, teacher_seed=0)  # a, b, c: teacher == student, none weak
+    few rows in the window to be judged, and its changed rows are within a run's reach; its
+    changed rows are counted in the store, where a run reads them."""
+    settings, store, registry, version = _setup(tmp_path, model_files, window=900)
+    seed_samples(store, version, n=100, sensors=("d",), ago=5_000)  # d's rows, then it went quiet
+    seed_samples(store, version, n=900, teacher_seed=0)  # the window: a, b, c, none weak
     cfg = PolicyConfig(hysteresis=1, cooldown_s=0)
 
     def weak(label: str, n: int) -> dict:
         return {"slice": label, "scope": "newest", "n": n, "from": time.time() - 10_000, "recent_rows": n}
 
-    quiet, judged = weak("sensor=d", 100), weak("sensor=c", 300)
+    quiet, judged = weak("sensor=d", 70), weak("sensor=c", 300)  # d: 70 when its rows began to leave
     policy.decide(store, cfg, {**_cycle(0.95), "weak_slices": [quiet, judged], "student_version": version})
     result = run_cycle(settings, store, registry)
     carried = [w for w in result["weak_slices"] if w.get("carried")]
     assert [w["slice"] for w in carried] == ["sensor=d"]  # c has its rows in the window: judged healthy
-    assert carried[0]["recent_rows"] == 100 and carried[0]["rows_since_run"] == 100
+    assert carried[0]["recent_rows"] == 100 and carried[0]["rows_since_run"] == 100  # all d's rows
     decision = policy.decide(store, cfg, result)
     assert decision.action == "trigger" and "sensor=d (its rows left the window)" in decision.reason
     # Carried again from that decision, until a run could no longer read the changed rows ...
     assert [w["slice"] for w in run_cycle(settings, store, registry)["weak_slices"]] == ["sensor=d"]
-    settings.policy.max_train_rows = 800
+    settings.policy.max_train_rows = 900
     assert run_cycle(settings, store, registry)["weak_slices"] == []
     # ... or another student serves.
     settings.policy.max_train_rows = 50_000
     store.add_decision(None, "trigger", "weak slices", {"weak_slices": [quiet], "student_version": "earlier"})
     assert run_cycle(settings, store, registry)["weak_slices"] == []
+
+
+def test_changed_rows_that_began_before_the_window_are_counted_in_the_store(
+    tmp_path: Path, model_files
+) -> None:
+    """As a slow slice's changed rows leave the window, the policy would count fewer of them
+    than a run reads, and wait for data it has."""
+    from types import SimpleNamespace
+
+    from distill_watchdog.loop.monitor.cycle import _count_new_rows
+
+    _, store, _, version = _setup(tmp_path, model_files)
+    seed_samples(store, version, n=100, sensors=("d",), ago=5_000)
+    now = time.time()
+    w = SimpleNamespace(at=np.array([now - 20, now - 10, now]))
+    slices = {"sensor=d": np.array([True, False, True])}
+    weak = [{"slice": "sensor=d", "from": now - 10_000}, {"slice": "sensor=d", "from": now - 15}]
+    _count_new_rows(store, w, slices, weak, {})
+    assert [e["recent_rows"] for e in weak] == [100, 1]  # before the window: the store; inside: the window

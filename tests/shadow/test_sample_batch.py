@@ -135,3 +135,33 @@ def test_later_inserts_get_later_keys_and_answers_follow_their_rows(store_url):
         for rid in (f"r{i}", f"q{i}"):
             assert bytes(by_key[keys[rid], "big"]) == np.float32(np.eye(2)[i % 2]).tobytes()
             assert ((keys[rid], "expert") in by_key) == (i % 2 == 0)
+
+
+def test_a_slices_rows_are_counted_after_a_time_without_quarantined_rows(store_url):
+    """What a run can read of a slice that left the window: its pairs matched as stored, with
+    LIKE's wildcards (`%`, `_`) taken literally."""
+    from distill_watchdog.store import Store
+
+    from support import SampleRecord, add_samples
+
+    rows = [
+        *[({"sensor": "c"}, 100.0 + i, i == 4) for i in range(5)],  # the last one quarantined
+        ({"sensor": "cc"}, 101.0, False),
+        ({"site": "x", "sensor": "c"}, 103.0, False),
+        ({"sensor": "a%b"}, 101.0, False),
+        ({"sensor": "aXb"}, 101.0, False),
+        ({"sen_or": "c"}, 101.0, False),
+    ]
+    store = Store(store_url)
+    add_samples(
+        store,
+        [
+            SampleRecord(f"s{i}", f"r{i}", at, np.zeros(2), np.full(2, 0.5), "v1", slices, quarantined, {})
+            for i, (slices, at, quarantined) in enumerate(rows)
+        ],
+    )
+    assert store.count_slice_rows("sensor=c", 0.0) == 5  # four of its own, one with another key
+    assert store.count_slice_rows("sensor=c", 101.5) == 3
+    assert store.count_slice_rows("sensor=c,site=x", 0.0) == 1
+    assert store.count_slice_rows("sensor=a%b", 0.0) == 1
+    assert store.count_slice_rows("sen_or=c", 0.0) == 1

@@ -221,6 +221,21 @@ class SampleStore:
 
         return self.db.retry("count_samples", op)
 
+    def count_slice_rows(self, label: str, after: float) -> int:
+        """Unquarantined rows of slice `label` (`key=value`, labels joined by `,`) sampled later
+        than `after`. Slices are stored as compact JSON, so each pair is matched as text."""
+        query = (
+            select(func.count())
+            .select_from(Sample)
+            .where(col(Sample.at) > after, col(Sample.quarantined).is_(False))
+        )
+        for part in label.split(","):
+            key, _, value = part.partition("=")
+            pair = dumps({key: value})[1:-1]
+            escaped = pair.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(col(Sample.slice_json).like(f"%{escaped}%", escape="\\"))
+        return self.db.retry("count_slice_rows", lambda session: int(session.exec(query).one()))
+
     def sample_chunks(
         self,
         limit: int,

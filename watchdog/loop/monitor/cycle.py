@@ -67,7 +67,7 @@ def compute(
         label for label in slices if not label.endswith(OTHER) and table[label]["n"] >= enough
     ]
     _count_new_rows(store, w, slices, out["weak_slices"], since)
-    out["weak_slices"] += _carried(store, settings, active, w, slices, out)
+    out["weak_slices"] += _carried(store, settings, active, out)
     reference = load_reference(settings, registry, active) if active else None
     if reference is None:
         out["drift"] = None
@@ -110,16 +110,23 @@ def _count_new_rows(
     since: dict[str, float | None],
 ) -> None:
     """Per weak slice: its changed rows (`recent_rows`: since its change point, else since the
-    loop last saw it healthy; what a run would train and judge on) and its rows since the
-    newest run began (`rows_since_run`, new data the ceiling rule waits for)."""
+    loop last saw it healthy; what a run would train and judge on, counted in the store when
+    they began before the window) and its rows since the newest run began (`rows_since_run`,
+    new data the ceiling rule waits for)."""
     if not weak:
         return
     runs = [r for r in store.list_runs(5) if r.status != "failed"]
     run_at = runs[0].created_at if runs else None
+    oldest = float(w.at.min()) if len(w.at) else None
     for entry in weak:
         m = slices[entry["slice"]]
         after = changed_after(since.get(entry["slice"]), entry.get("from"))
-        entry["recent_rows"] = int((m & (w.at > after)).sum()) if after is not None else int(m.sum())
+        if after is None:
+            entry["recent_rows"] = int(m.sum())
+        elif oldest is not None and after < oldest:  # the window begins after them: a run reads further
+            entry["recent_rows"] = store.count_slice_rows(entry["slice"], after)
+        else:
+            entry["recent_rows"] = int((m & (w.at > after)).sum())
         entry["rows_since_run"] = int((m & (w.at > run_at)).sum()) if run_at else int(m.sum())
 
 
@@ -131,14 +138,7 @@ def _last_judgement(store: Store) -> tuple[float, dict[str, Any]] | None:
     return None
 
 
-def _carried(
-    store: Store,
-    settings: Settings,
-    active: str,
-    w: Window,
-    slices: dict[str, np.ndarray],
-    out: dict[str, Any],
-) -> list[dict[str, Any]]:
+def _carried(store: Store, settings: Settings, active: str, out: dict[str, Any]) -> list[dict[str, Any]]:
     """Weak slices of the last judgement that this cycle cannot judge (fewer than
     `policy.min_samples` of their rows left in the window), carried forward as `carried`.
 
@@ -155,16 +155,13 @@ def _carried(
     carried = []
     for entry in last[1]["weak_slices"]:
         label, start = entry["slice"], entry.get("from")
-        if label in seen or start is None or entry.get("recent_rows") is None:
+        if label in seen or start is None:
             continue
         if store.count_samples(quarantined=False, after=start) > settings.policy.max_train_rows:
             continue
-        m = slices.get(label)
-        if run_at is None:
-            since_run = int(entry["recent_rows"])
-        else:
-            since_run = 0 if m is None else int((m & (w.at > run_at)).sum())
-        carried.append({**entry, "carried": True, "rows_since_run": since_run})
+        changed = store.count_slice_rows(label, changed_after(None, start) or start)
+        since_run = changed if run_at is None else store.count_slice_rows(label, run_at)
+        carried.append({**entry, "carried": True, "recent_rows": changed, "rows_since_run": since_run})
     return carried
 
 
