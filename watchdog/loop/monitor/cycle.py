@@ -130,11 +130,12 @@ def _count_new_rows(
         entry["rows_since_run"] = int((m & (w.at > run_at)).sum()) if run_at else int(m.sum())
 
 
-def _last_judgement(store: Store) -> tuple[float, dict[str, Any]] | None:
+def _last_judgement(store: Store) -> dict[str, Any] | None:
+    """The numbers of the newest decision that judged a window (a skipped cycle has none)."""
     for d in store.recent_decisions(20):
         numbers = orjson.loads(d.numbers_json)
         if "weak_slices" in numbers:
-            return float(d.at), numbers
+            return numbers
     return None
 
 
@@ -147,13 +148,13 @@ def _carried(store: Store, settings: Settings, active: str, out: dict[str, Any])
     weak nor healthy. Carried while the same student serves and its changed rows (since its
     change point) are all within the newest `policy.max_train_rows` rows a run reads."""
     last = _last_judgement(store)
-    if last is None or last[1].get("student_version") != active:
+    if last is None or last.get("student_version") != active:
         return []
     seen = set(out["judged_slices"]) | {e["slice"] for e in out["weak_slices"]}
     runs = [r for r in store.list_runs(5) if r.status != "failed"]
     run_at = runs[0].created_at if runs else None
     carried = []
-    for entry in last[1]["weak_slices"]:
+    for entry in last["weak_slices"]:
         label, start = entry["slice"], entry.get("from")
         if label in seen or start is None:
             continue
