@@ -511,15 +511,19 @@ def test_changed_rows_that_began_before_the_window_are_counted_in_the_store(
 ) -> None:
     """As a slow slice's changed rows leave the window, the policy would count fewer of them
     than a run reads, and wait for data it has."""
-    from types import SimpleNamespace
-
     from distill_watchdog.loop.monitor.cycle import _count_new_rows
+    from distill_watchdog.loop.monitor.window import Window
 
     _, store, _, version = _setup(tmp_path, model_files)
     seed_samples(store, version, n=100, sensors=("d",), ago=5_000)
     now = time.time()
-    w = SimpleNamespace(at=np.array([now - 20, now - 10, now]))
-    slices = {"sensor=d": np.array([True, False, True])}
+    probs = np.full((3, 2), 0.5)
+    w = Window(
+        x=np.zeros((3, 2), np.float32), student=probs, teacher=probs, labels=np.full(3, -1),
+        slice_codes=np.array([0, 1, 0]), slice_kinds=[["sensor=d"], ["sensor=a"]],
+        at=np.array([now - 20, now - 10, now]), student_versions=np.full(3, version),
+    )  # fmt: skip
+    slices = {"sensor=d": w.mask("sensor=d")}
     weak = [{"slice": "sensor=d", "from": now - 10_000}, {"slice": "sensor=d", "from": now - 15}]
     _count_new_rows(store, w, slices, weak, {})
     assert [e["recent_rows"] for e in weak] == [100, 1]  # before the window: the store; inside: the window

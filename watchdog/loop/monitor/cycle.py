@@ -115,9 +115,8 @@ def _count_new_rows(
     new data the ceiling rule waits for)."""
     if not weak:
         return
-    runs = [r for r in store.list_runs(5) if r.status != "failed"]
-    run_at = runs[0].created_at if runs else None
-    oldest = float(w.at.min()) if len(w.at) else None
+    run_at = _newest_run_at(store)
+    oldest = float(w.at.min()) if len(w) else None
     for entry in weak:
         m = slices[entry["slice"]]
         after = changed_after(since.get(entry["slice"]), entry.get("from"))
@@ -128,6 +127,12 @@ def _count_new_rows(
         else:
             entry["recent_rows"] = int((m & (w.at > after)).sum())
         entry["rows_since_run"] = int((m & (w.at > run_at)).sum()) if run_at else int(m.sum())
+
+
+def _newest_run_at(store: Store) -> float | None:
+    """When the newest run that did not fail began (a failed run trained on nothing)."""
+    runs = [r for r in store.list_runs(5) if r.status != "failed"]
+    return runs[0].created_at if runs else None
 
 
 def _last_judgement(store: Store) -> dict[str, Any] | None:
@@ -151,8 +156,7 @@ def _carried(store: Store, settings: Settings, active: str, out: dict[str, Any])
     if last is None or last.get("student_version") != active:
         return []
     seen = set(out["judged_slices"]) | {e["slice"] for e in out["weak_slices"]}
-    runs = [r for r in store.list_runs(5) if r.status != "failed"]
-    run_at = runs[0].created_at if runs else None
+    run_at = _newest_run_at(store)
     carried = []
     for entry in last["weak_slices"]:
         label, start = entry["slice"], entry.get("from")
