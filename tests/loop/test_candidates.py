@@ -11,7 +11,9 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import orjson
+import pytest
 
 from distill_watchdog.config import load_settings
 from distill_watchdog.loop.build import build_job
@@ -214,11 +216,36 @@ def test_a_candidate_that_loses_on_a_slice_or_leaves_its_gap_open_is_found(tmp_p
     assert first_candidate(settings, store, row) == ([], [])  # no gap in the trigger: none to close
     # The cycle saw sensor c 30 points below the rest: the parent again gains nothing of it.
     gap_row = _run_row("r1", version, run_dir, ["sensor=c"], gap=0.3)
-    assert first_candidate(settings, store, gap_row) == ([], ["sensor=c (gain +0.000 of gap 0.300)"])
+    left = "sensor=c (gain +0.000 [+0.000, +0.000] of gap 0.300)"
+    assert first_candidate(settings, store, gap_row) == ([], [left])
     shutil.rmtree(run_dir / "out")
     _candidate(run_dir / "out", write_model(tmp_path / "src", stem="other", seed=0), "converged", 826)
     traded, _ = first_candidate(settings, store, row)
     assert {t.split(" ")[0] for t in traded} >= {"all", "sensor=a", "sensor=b"}
+
+
+def test_a_gap_counts_as_closed_only_when_the_lower_end_of_its_interval_closes_it() -> None:
+    """30 changed rows, 3 more right: +0.100 reaches 80% of a 0.125 gap by its point estimate
+    alone, which 30 rows cannot tell from noise; the wider variants must still be trained."""
+    from distill_watchdog.loop.gates import EvalSet, changed_key, compare
+    from distill_watchdog.loop.widen import left_open
+
+    n = 200
+    teacher = np.tile([[0.9, 0.1]], (n, 1))
+    before = teacher.copy()
+    changed = np.zeros(n, dtype=bool)
+    changed[-30:] = True
+    before[-30:-10] = [0.1, 0.9]  # the parent gets 20 of the 30 changed rows wrong
+    after = before.copy()
+    after[-13:-10] = [0.9, 0.1]  # the candidate fixes 3 of them
+    es = EvalSet("holdout", np.zeros((n, 1)), teacher, None, [["sensor=c"]] * n, changed)
+    row = compare(es, before, after)[changed_key("sensor=c")]
+    assert row["n"] == 30 and row["change"] == pytest.approx(0.1)
+    assert row["ci"][0] < 0.05
+    assert left_open(row, 0.125)
+    wide = {"change": 0.1, "ci": [0.1, 0.1]}  # the same gain, measured on many rows
+    assert not left_open(wide, 0.125)
+    assert left_open(wide, 0.2)
 
 
 def test_a_policy_run_without_weak_slices_must_gain_overall_a_manual_one_need_not(tmp_path: Path) -> None:

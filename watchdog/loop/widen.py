@@ -3,7 +3,8 @@
 When the engine's stop rule says the run's student plateaued and a wider probe fits the
 teacher clearly better (`capacity_limited`), the first candidate lost on a slice (it fails
 the regression gate), or it left part of a weak slice's gap open (its gain on the slice's
-changed hold-out rows is under `CLOSED_SHARE` of the gap the cycle measured), up to
+changed hold-out rows may be under `CLOSED_SHARE` of the gap the cycle measured: the lower
+end of the gain's paired 95% interval is), up to
 `policy.wider_candidates` wider variants of the same family, each within
 `policy.max_params_factor` x the parent's parameters, are trained on the same job folder.
 The gates then judge every candidate and the best that passes is promoted.
@@ -29,8 +30,10 @@ import yaml
 from distill_watchdog.config import PolicyConfig
 
 WIDE_PREFIX = "wide-"
-# A first candidate that closed less of a weak slice's gap than this also gets the wider
-# variants: the gates choose by gain, so a variant that closes more can only help.
+# A first candidate that may have closed less of a weak slice's gap than this (the lower end
+# of its gain's 95% interval is under it) also gets the wider variants: the gates choose by
+# gain, so a variant that closes more can only help. On a few dozen changed rows the point
+# estimate alone passes candidates whose gain is mostly noise.
 CLOSED_SHARE = 0.8
 
 
@@ -111,10 +114,16 @@ def _growable(variant: dict[str, Any], parent: str, card: dict[str, Any]) -> tup
     return parent, ""
 
 
+def left_open(row: dict[str, Any], gap: float) -> bool:
+    """Whether a gates table row's gain may fall short of CLOSED_SHARE of the cycle's gap."""
+    return bool(row["ci"][0] < CLOSED_SHARE * gap)
+
+
 def first_candidate(settings: Any, store: Any, run: Any) -> tuple[list[str], list[str]]:
     """How the first candidate did against the parent: the slices on which it fails the
     regression gate (hold-out or frozen set), and the weak slices whose gap it left partly
-    open (gain on the changed hold-out rows under CLOSED_SHARE of the gap in the run's trigger)."""
+    open (the lower end of the gain's 95% interval on the changed hold-out rows under
+    CLOSED_SHARE of the gap in the run's trigger)."""
     from distill_watchdog.card import parse_card
     from distill_watchdog.loop.finish import _frozen, _holdout
     from distill_watchdog.loop.gates import changed_key, judge
@@ -144,8 +153,9 @@ def first_candidate(settings: Any, store: Any, run: Any) -> tuple[list[str], lis
     for entry in entries:
         row = table.get(changed_key(entry["slice"]), table.get(entry["slice"]))
         gap = entry.get("gap")
-        if row is not None and gap is not None and row["change"] < CLOSED_SHARE * gap:
-            open_gaps.append(f"{entry['slice']} (gain {row['change']:+.3f} of gap {gap:.3f})")
+        if row is not None and gap is not None and left_open(row, gap):
+            gain = f"gain {row['change']:+.3f} [{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}]"
+            open_gaps.append(f"{entry['slice']} ({gain} of gap {gap:.3f})")
     return traded, open_gaps
 
 
