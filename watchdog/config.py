@@ -302,7 +302,8 @@ class PolicyConfig(Section):
     wider_candidates: Annotated[int, _within(0, 8)] = Field(
         2,
         description="wider students (grown from the parent) trained besides the first candidate when it "
-        "is capacity-limited, fails the regression gate or closes under 80% of a weak slice's gap; 0: none",
+        "is capacity-limited, fails the regression gate or may close under 80% of a weak slice's gap (the "
+        "lower end of its gain's 95% interval); 0: none",
     )
     max_params_factor: Annotated[float, _within(1)] = Field(
         4.0, description="a wider candidate has at most this many times the parent's parameters"
